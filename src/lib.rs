@@ -1,0 +1,22 @@
+//! chartgate: a pool of persistent TradingView chart-feed connections behind an HTTP API that
+//! streams OHLCV history for whole stock screens as Server-Sent Events.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed settings, layered (defaults, file, environment, flags), checked key by key.
+//! - [`domain`]: `Symbol`, `Resolution`, `BarCount`, `Bar`, `Chart`: parsed once, valid by
+//!   construction.
+//! - [`protocol`]: the feed's wire format (framing, client and server messages, bar extraction),
+//!   pure code shared by the client side and the simulator.
+//! - [`jwt`]: the little of JSON Web Tokens both sides need (claims in, claims out).
+//! - [`simulator`]: a faithful fake of the chart feed and of MarketInOut's Web API, with fault
+//!   injection, so chartgate runs and is tested with no credentials.
+
+#![forbid(unsafe_code)]
+#![recursion_limit = "256"]
+
+pub mod config;
+pub mod domain;
+pub mod jwt;
+pub mod protocol;
+pub mod simulator;

@@ -1,0 +1,637 @@
+//! Messages the feed sends, decoded by borrowing from the message text.
+//!
+//! The 118 KB `timescale_update` of a 300-bar chart is the hot path: its bars are read straight into
+//! [`IndexedBar`]s through a typed visitor (no `serde_json::Value`), and study entries that share
+//! the message are skipped without being built. Everything this module does not use is kept as
+//! [`ServerMessage::Other`] so callers can ignore it.
+//!
+//! The encoders produce the same shapes as the capture's `recv` side (field names, nesting, the
+//! tick-mark element of `timescale_update`, `t`/`t_ms` stamps); the simulator answers with them.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::json::to_ascii_string;
+use crate::domain::{Bar, ChartMetadata};
+
+/// The server hello, the first packet of every connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub session_id: String,
+    #[serde(default)]
+    pub timestamp: i64,
+    #[serde(default)]
+    pub release: String,
+    #[serde(default)]
+    pub protocol: String,
+}
+
+/// The part of `symbol_resolved` chartgate reads; the feed sends about fifty keys.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SymbolInfo {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub full_name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub exchange: String,
+    #[serde(default)]
+    pub currency_code: String,
+    #[serde(default)]
+    pub pricescale: u64,
+    #[serde(default)]
+    pub minmov: u64,
+    #[serde(default)]
+    pub timezone: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub session: String,
+    #[serde(default)]
+    pub isin: String,
+}
+
+impl SymbolInfo {
+    pub fn to_metadata(&self) -> ChartMetadata {
+        ChartMetadata {
+            name: self.name.clone(),
+            exchange: self.exchange.clone(),
+            description: self.description.clone(),
+            currency_code: self.currency_code.clone(),
+            pricescale: self.pricescale,
+            timezone: self.timezone.clone(),
+            kind: self.kind.clone(),
+        }
+    }
+}
+
+/// A bar with the feed's index: 0.. for the first answer, negative for `request_more_data`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IndexedBar {
+    pub index: i64,
+    pub bar: Bar,
+}
+
+/// The bars one `timescale_update` or `du` carries for one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesData<'a> {
+    pub series_id: Cow<'a, str>,
+    pub turnaround: Option<Cow<'a, str>>,
+    pub bars: Vec<IndexedBar>,
+}
+
+/// A server-to-client message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerMessage<'a> {
+    Hello(Hello),
+    SeriesLoading {
+        session: Cow<'a, str>,
+        series_id: Cow<'a, str>,
+        turnaround: Cow<'a, str>,
+    },
+    SymbolResolved {
+        session: Cow<'a, str>,
+        symbol_id: Cow<'a, str>,
+        info: SymbolInfo,
+    },
+    TimescaleUpdate {
+        session: Cow<'a, str>,
+        series: Vec<SeriesData<'a>>,
+    },
+    DataUpdate {
+        session: Cow<'a, str>,
+        series: Vec<SeriesData<'a>>,
+    },
+    SeriesCompleted {
+        session: Cow<'a, str>,
+        series_id: Cow<'a, str>,
+        /// `streaming`, or `delayed_streaming_900` for unauthorised (delayed) data.
+        status: Cow<'a, str>,
+        turnaround: Cow<'a, str>,
+    },
+    SeriesTimeframe {
+        session: Cow<'a, str>,
+        series_id: Cow<'a, str>,
+        turnaround: Cow<'a, str>,
+    },
+    SymbolError {
+        session: Cow<'a, str>,
+        symbol_id: Cow<'a, str>,
+        reason: Cow<'a, str>,
+    },
+    SeriesError {
+        session: Cow<'a, str>,
+        series_id: Cow<'a, str>,
+        turnaround: Cow<'a, str>,
+        reason: Cow<'a, str>,
+    },
+    /// `critical_error`: the chart session (when the first parameter names one), the reason
+    /// (`invalid parameters`), and the rest as text.
+    CriticalError {
+        session: Option<Cow<'a, str>>,
+        reason: String,
+        detail: Vec<String>,
+    },
+    /// `protocol_error`, e.g. `bad auth token`: the whole connection is unusable.
+    ProtocolError {
+        reason: String,
+    },
+    Other {
+        name: Cow<'a, str>,
+    },
+}
+
+/// Why a packet is not a message this module can read. Never echoes the payload.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServerError {
+    #[error("packet is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("{method} has unexpected parameters: {detail}")]
+    BadParameters { method: String, detail: String },
+}
+
+/// Five or six numbers (time, open, high, low, close, volume); longer arrays (studies) are cut.
+#[derive(Debug, Clone, Copy)]
+struct BarValues {
+    values: [f64; 6],
+    len: usize,
+}
+
+impl<'de> Deserialize<'de> for BarValues {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BarValues;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of bar values")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<BarValues, A::Error> {
+                let mut out = BarValues {
+                    values: [0.0; 6],
+                    len: 0,
+                };
+                while let Some(v) = seq.next_element::<Option<f64>>()? {
+                    if out.len < 6 {
+                        out.values[out.len] = v.unwrap_or(f64::NAN);
+                        out.len += 1;
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawBar {
+    i: i64,
+    v: BarValues,
+}
+
+#[derive(Deserialize)]
+struct SeriesPayload<'a> {
+    #[serde(default)]
+    s: Option<Vec<RawBar>>,
+    #[serde(default, borrow)]
+    t: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    m: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    p: Option<Vec<&'a RawValue>>,
+}
+
+impl<'a> ServerMessage<'a> {
+    /// Decodes one JSON packet.
+    pub fn decode(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
+        let env: Envelope<'a> =
+            serde_json::from_str(payload).map_err(|e| ServerError::NotJson(e.to_string()))?;
+        let Some(method) = env.m else {
+            let hello: Hello =
+                serde_json::from_str(payload).map_err(|e| ServerError::NotJson(e.to_string()))?;
+            return Ok(ServerMessage::Hello(hello));
+        };
+        let p = env.p.unwrap_or_default();
+        let bad = |detail: String| ServerError::BadParameters {
+            method: method.to_string(),
+            detail,
+        };
+        let s = |i: usize| -> Result<Cow<'a, str>, ServerError> {
+            let raw = p
+                .get(i)
+                .ok_or_else(|| bad(format!("missing parameter {i}")))?;
+            <Cow<'a, str>>::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+                .map_err(|e| bad(format!("parameter {i}: {e}")))
+        };
+        let texts = |from: usize| -> Vec<String> {
+            p.iter()
+                .skip(from)
+                .map(|raw| match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(Value::String(text)) => text,
+                    _ => raw.get().to_string(),
+                })
+                .collect()
+        };
+        Ok(match method.as_ref() {
+            "series_loading" => ServerMessage::SeriesLoading {
+                session: s(0)?,
+                series_id: s(1)?,
+                turnaround: s(2)?,
+            },
+            "symbol_resolved" => {
+                let raw = p.get(2).ok_or_else(|| bad("missing symbol info".into()))?;
+                let info = serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
+                ServerMessage::SymbolResolved {
+                    session: s(0)?,
+                    symbol_id: s(1)?,
+                    info,
+                }
+            }
+            "timescale_update" | "du" => {
+                let raw = p.get(1).ok_or_else(|| bad("missing series map".into()))?;
+                let map: BTreeMap<Cow<'a, str>, SeriesPayload<'a>> =
+                    serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
+                let series = map
+                    .into_iter()
+                    .filter_map(|(series_id, payload)| {
+                        let rows = payload.s?;
+                        Some(bars_of(&rows).map(|bars| SeriesData {
+                            series_id,
+                            turnaround: payload.t,
+                            bars,
+                        }))
+                    })
+                    .collect::<Result<Vec<_>, String>>()
+                    .map_err(bad)?;
+                if method == "du" {
+                    ServerMessage::DataUpdate {
+                        session: s(0)?,
+                        series,
+                    }
+                } else {
+                    ServerMessage::TimescaleUpdate {
+                        session: s(0)?,
+                        series,
+                    }
+                }
+            }
+            "series_completed" => ServerMessage::SeriesCompleted {
+                session: s(0)?,
+                series_id: s(1)?,
+                status: s(2)?,
+                turnaround: s(3)?,
+            },
+            "series_timeframe" => ServerMessage::SeriesTimeframe {
+                session: s(0)?,
+                series_id: s(1)?,
+                turnaround: s(2)?,
+            },
+            "symbol_error" => ServerMessage::SymbolError {
+                session: s(0)?,
+                symbol_id: s(1)?,
+                reason: s(2)?,
+            },
+            "series_error" => ServerMessage::SeriesError {
+                session: s(0)?,
+                series_id: s(1)?,
+                turnaround: s(2)?,
+                reason: s(3)?,
+            },
+            "critical_error" => {
+                let mut all = texts(0);
+                let session = match all.first() {
+                    Some(first) if first.starts_with("cs_") => Some(Cow::Owned(all.remove(0))),
+                    _ => None,
+                };
+                let reason = if all.is_empty() {
+                    String::new()
+                } else {
+                    all.remove(0)
+                };
+                ServerMessage::CriticalError {
+                    session,
+                    reason,
+                    detail: all,
+                }
+            }
+            "protocol_error" => ServerMessage::ProtocolError {
+                reason: texts(0).join(": "),
+            },
+            _ => ServerMessage::Other { name: method },
+        })
+    }
+
+    /// The method name on the wire (`hello` for the hello, which has none).
+    pub fn name(&self) -> &str {
+        match self {
+            ServerMessage::Hello(_) => "hello",
+            ServerMessage::SeriesLoading { .. } => "series_loading",
+            ServerMessage::SymbolResolved { .. } => "symbol_resolved",
+            ServerMessage::TimescaleUpdate { .. } => "timescale_update",
+            ServerMessage::DataUpdate { .. } => "du",
+            ServerMessage::SeriesCompleted { .. } => "series_completed",
+            ServerMessage::SeriesTimeframe { .. } => "series_timeframe",
+            ServerMessage::SymbolError { .. } => "symbol_error",
+            ServerMessage::SeriesError { .. } => "series_error",
+            ServerMessage::CriticalError { .. } => "critical_error",
+            ServerMessage::ProtocolError { .. } => "protocol_error",
+            ServerMessage::Other { name } => name,
+        }
+    }
+
+    /// Encodes the message as the feed would, stamped with `now_ms` (Unix milliseconds) where the
+    /// feed stamps it. `Other` cannot be encoded and gives an empty object.
+    pub fn to_payload(&self, now_ms: i64) -> String {
+        let stamped = |m: &str, p: Value| {
+            to_ascii_string(&json!({"m": m, "p": p, "t": now_ms / 1000, "t_ms": now_ms}))
+        };
+        match self {
+            ServerMessage::Hello(hello) => to_ascii_string(hello),
+            ServerMessage::SeriesLoading {
+                session,
+                series_id,
+                turnaround,
+            } => stamped("series_loading", json!([session, series_id, turnaround])),
+            ServerMessage::SymbolResolved {
+                session,
+                symbol_id,
+                info,
+            } => stamped(
+                "symbol_resolved",
+                json!([session, symbol_id, symbol_resolved_object(info)]),
+            ),
+            ServerMessage::TimescaleUpdate { session, series }
+            | ServerMessage::DataUpdate { session, series } => {
+                let parts: Vec<SeriesPart<'_>> = series
+                    .iter()
+                    .map(|data| {
+                        let bars: Vec<Bar> = data.bars.iter().map(|b| b.bar).collect();
+                        let first_index = data.bars.first().map_or(0, |b| b.index);
+                        SeriesPart {
+                            series_id: &data.series_id,
+                            turnaround: data.turnaround.as_deref().unwrap_or("s1"),
+                            bars_json: bars_json(&bars, first_index),
+                            bars,
+                            first_index,
+                        }
+                    })
+                    .collect();
+                encode_series_update(self.name(), session, &parts, now_ms)
+            }
+            ServerMessage::SeriesCompleted {
+                session,
+                series_id,
+                status,
+                turnaround,
+            } => stamped(
+                "series_completed",
+                json!([session, series_id, status, turnaround, {"rt_update_period": 0}]),
+            ),
+            ServerMessage::SeriesTimeframe {
+                session,
+                series_id,
+                turnaround,
+            } => to_ascii_string(
+                &json!({"m": "series_timeframe", "p": [session, series_id, turnaround, 0, 0, "", true]}),
+            ),
+            ServerMessage::SymbolError {
+                session,
+                symbol_id,
+                reason,
+            } => stamped("symbol_error", json!([session, symbol_id, reason])),
+            ServerMessage::SeriesError {
+                session,
+                series_id,
+                turnaround,
+                reason,
+            } => stamped(
+                "series_error",
+                json!([session, series_id, turnaround, reason]),
+            ),
+            ServerMessage::CriticalError {
+                session,
+                reason,
+                detail,
+            } => {
+                let mut p: Vec<Value> = session.iter().map(|s| json!(s)).collect();
+                p.push(json!(reason));
+                p.extend(detail.iter().map(|d| json!(d)));
+                to_ascii_string(&json!({"m": "critical_error", "p": p}))
+            }
+            ServerMessage::ProtocolError { reason } => {
+                to_ascii_string(&json!({"m": "protocol_error", "p": [reason]}))
+            }
+            ServerMessage::Other { .. } => "{}".to_string(),
+        }
+    }
+}
+
+/// Converts rows to bars, refusing rows with fewer than five values.
+fn bars_of(rows: &[RawBar]) -> Result<Vec<IndexedBar>, String> {
+    rows.iter()
+        .map(|row| {
+            let v = &row.v.values;
+            if row.v.len < 5 {
+                return Err(format!(
+                    "bar {} has {} values, expected 5 or 6",
+                    row.i, row.v.len
+                ));
+            }
+            Ok(IndexedBar {
+                index: row.i,
+                bar: Bar {
+                    time: v[0] as i64,
+                    open: v[1],
+                    high: v[2],
+                    low: v[3],
+                    close: v[4],
+                    volume: (row.v.len >= 6).then_some(v[5]),
+                },
+            })
+        })
+        .collect()
+}
+
+/// Bars gathered from one or more updates (a first answer, then `request_more_data` pages with
+/// negative indices, possibly overlapping), as one series ascending by time with no duplicates.
+pub fn into_ascending(mut bars: Vec<IndexedBar>) -> Vec<Bar> {
+    bars.sort_by_key(|b| b.bar.time);
+    // A later update for the same time replaces the earlier one; keep the last of each run.
+    let mut out: Vec<Bar> = Vec::with_capacity(bars.len());
+    for b in bars {
+        match out.last_mut() {
+            Some(last) if last.time == b.bar.time => *last = b.bar,
+            _ => out.push(b.bar),
+        }
+    }
+    out
+}
+
+/// The `s` array of a series update: `[{"i":0,"v":[t,o,h,l,c,v]},...]`, numbers written as the
+/// feed writes them (times and prices as floats). Kept separate so a server can cache it.
+pub fn bars_json(bars: &[Bar], first_index: i64) -> String {
+    let mut out = String::with_capacity(bars.len() * 64 + 2);
+    out.push('[');
+    for (n, bar) in bars.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{{\"i\":{},\"v\":[", first_index + n as i64);
+        push_float(&mut out, bar.time as f64);
+        for value in [bar.open, bar.high, bar.low, bar.close]
+            .into_iter()
+            .chain(bar.volume)
+        {
+            out.push(',');
+            push_float(&mut out, value);
+        }
+        out.push_str("]}");
+    }
+    out.push(']');
+    out
+}
+
+/// Writes a float as JSON the way the feed does (`361.5`, `1728272700.0`).
+fn push_float(out: &mut String, value: f64) {
+    if !value.is_finite() {
+        out.push_str("null");
+    } else if value.fract() == 0.0 && value.abs() < 1e15 {
+        let _ = write!(out, "{value:.1}");
+    } else {
+        let _ = write!(out, "{value}");
+    }
+}
+
+/// One series' element of a `timescale_update` or `du`.
+pub struct SeriesPart<'a> {
+    pub series_id: &'a str,
+    pub turnaround: &'a str,
+    /// The `s` array, from [`bars_json`] (which a server may cache).
+    pub bars_json: String,
+    pub bars: Vec<Bar>,
+    pub first_index: i64,
+}
+
+/// A whole `timescale_update` (or `du`) payload: one element per series with `node`, `s`, `ns`,
+/// `t`, `lbs`, then (for `timescale_update`) the tick-mark element of the first series, stamped.
+pub fn encode_series_update(
+    method: &str,
+    session: &str,
+    series: &[SeriesPart<'_>],
+    now_ms: i64,
+) -> String {
+    let size: usize = series.iter().map(|s| s.bars_json.len() * 2 + 160).sum();
+    let mut out = String::with_capacity(size + 128);
+    let _ = write!(
+        out,
+        "{{\"m\":{},\"p\":[{},{{",
+        to_ascii_string(method),
+        to_ascii_string(session)
+    );
+    for (n, part) in series.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let last_close = part.bars.last().map_or(0, |b| b.time);
+        let _ = write!(
+            out,
+            "{}:{{\"node\":\"sim-series-1\",\"s\":{},\"ns\":{{\"d\":\"\",\"indexes\":[]}},\"t\":{},\"lbs\":{{\"bar_close_time\":{last_close}}}}}",
+            to_ascii_string(part.series_id),
+            part.bars_json,
+            to_ascii_string(part.turnaround),
+        );
+    }
+    out.push('}');
+    if let Some(part) = series.first().filter(|_| method == "timescale_update") {
+        let _ = write!(
+            out,
+            ",{{\"index\":{},\"zoffset\":0,\"changes\":[",
+            part.first_index
+        );
+        for (n, bar) in part.bars.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            push_float(&mut out, bar.time as f64);
+        }
+        out.push_str("],\"marks\":[");
+        for (n, bar) in part.bars.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "[40,{},{}]", bar.time, part.first_index + n as i64);
+        }
+        out.push_str("],\"index_diff\":[]}");
+    }
+    let _ = write!(out, "],\"t\":{},\"t_ms\":{now_ms}}}", now_ms / 1000);
+    out
+}
+
+/// The full `symbol_resolved` object in the feed's shape: the keys the capture shows, filled from
+/// `info` and plausible constants.
+pub fn symbol_resolved_object(info: &SymbolInfo) -> Value {
+    let exchange = &info.exchange;
+    json!({
+        "source2": {"country": "IN", "description": exchange, "exchange-type": "exchange", "id": exchange, "name": exchange, "url": ""},
+        "currency_code": info.currency_code,
+        "source_id": exchange,
+        "session_holidays": "",
+        "subsession_id": "regular",
+        "provider_id": "sim",
+        "currency_id": info.currency_code,
+        "country": "IN",
+        "pro_perm": "",
+        "measure": "price",
+        "allowed_adjustment": "any",
+        "short_description": info.description,
+        "variable_tick_size": "",
+        "isin": info.isin,
+        "language": "en",
+        "name": info.name,
+        "full_name": info.full_name,
+        "pro_name": info.full_name,
+        "base_name": [info.full_name],
+        "description": info.description,
+        "exchange": exchange,
+        "pricescale": info.pricescale,
+        "pointvalue": 1.0,
+        "minmov": info.minmov,
+        "session": info.session,
+        "session_display": info.session,
+        "subsessions": [{"description": "Regular Trading Hours", "id": "regular", "private": false, "session": info.session, "session-correction": "", "session-display": info.session}],
+        "type": info.kind,
+        "typespecs": ["common"],
+        "has_intraday": true,
+        "fractional": false,
+        "listed_exchange": exchange,
+        "legs": [info.full_name],
+        "is_tradable": false,
+        "minmove2": 0,
+        "timezone": info.timezone,
+        "aliases": [],
+        "alternatives": [],
+        "is_replayable": true,
+        "has_adjustment": true,
+        "has_extended_hours": false,
+        "bar_source": "trade",
+        "bar_transform": "none",
+        "bar_fillgaps": false,
+        "visible_plots_set": "ohlcv",
+        "isin-displayed": info.isin,
+        "is-tickbars-available": false,
+        "figi": {"country-composite": "", "exchange-level": ""},
+        "exchange_listed_name": exchange,
+    })
+}
