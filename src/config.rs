@@ -6,7 +6,7 @@
 //! `upstream.connect_timeout_ms`), so a typo never silently falls back to a default. Secrets are
 //! wrapped in [`Secret`], which neither `Debug` nor error messages reveal.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -380,11 +380,10 @@ pub struct Settings {
 }
 
 /// Keys whose environment-variable values are comma-separated lists.
-const LIST_KEYS: [&str; 4] = [
+const LIST_KEYS: [&str; 3] = [
     "server.cors_origins",
     "simulator.volumeless",
     "simulator.unknown_symbols",
-    "simulator.formulas",
 ];
 
 impl Settings {
@@ -394,24 +393,25 @@ impl Settings {
         file: Option<&Path>,
         overrides: &[(&str, String)],
     ) -> Result<Settings, ConfigError> {
+        Self::load_with_env(file, None, overrides)
+    }
+
+    /// [`Settings::load`] with the environment variables given explicitly (`None`: the process
+    /// environment), so tests need not touch the process environment.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env_vars: Option<HashMap<String, String>>,
+        overrides: &[(&str, String)],
+    ) -> Result<Settings, ConfigError> {
         let env = config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
-            .list_separator(",");
+            .list_separator(",")
+            .source(env_vars);
         let env = LIST_KEYS
             .iter()
             .fold(env, |env, key| env.with_list_parse_key(key));
-        Self::load_with_env(file, env, overrides)
-    }
-
-    /// [`Settings::load`] with the environment given explicitly (tests pass a map instead of the
-    /// process environment).
-    pub fn load_with_env(
-        file: Option<&Path>,
-        env: config::Environment,
-        overrides: &[(&str, String)],
-    ) -> Result<Settings, ConfigError> {
         let mut builder = config::Config::builder();
         match file {
             Some(path) => {

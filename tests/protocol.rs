@@ -1,0 +1,453 @@
+//! The wire protocol against the real capture in `../shared/fixtures`, and property tests: no input
+//! panics a decoder, and encoding then decoding gives back what was encoded.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chartgate::domain::Bar;
+use chartgate::protocol::client::{ClientMessage, SymbolSpec};
+use chartgate::protocol::server::{
+    IndexedBar, SeriesData, ServerMessage, SymbolInfo, into_ascending,
+};
+use chartgate::protocol::{Packet, decode_message, encode_heartbeat, encode_packet};
+use proptest::prelude::*;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct CapturedMessage {
+    dir: String,
+    data: String,
+}
+
+fn capture() -> Vec<CapturedMessage> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/tradingview-capture.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .map(|line| serde_json::from_str(line).expect("capture line is JSON"))
+        .collect()
+}
+
+fn received() -> Vec<String> {
+    capture()
+        .into_iter()
+        .filter(|m| m.dir == "recv")
+        .map(|m| m.data)
+        .collect()
+}
+
+#[test]
+fn every_received_message_decodes_and_kinds_match_the_capture() {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for message in received() {
+        for packet in decode_message(&message).expect("framing") {
+            let kind = match packet {
+                Packet::Heartbeat(_) => "heartbeat".to_string(),
+                Packet::Json(json) => ServerMessage::decode(json)
+                    .expect("server message")
+                    .name()
+                    .to_string(),
+            };
+            *kinds.entry(kind).or_default() += 1;
+        }
+    }
+    let expected: BTreeMap<String, usize> = [
+        ("du", 15),
+        ("heartbeat", 9),
+        ("hello", 1),
+        ("qsd", 49),
+        ("quote_completed", 12),
+        ("series_completed", 4),
+        ("series_loading", 4),
+        ("series_timeframe", 2),
+        ("study_completed", 17),
+        ("study_deleted", 1),
+        ("study_loading", 18),
+        ("symbol_resolved", 2),
+        ("timescale_update", 7),
+    ]
+    .into_iter()
+    .map(|(k, n)| (k.to_string(), n))
+    .collect();
+    assert_eq!(kinds, expected);
+}
+
+#[test]
+fn every_heartbeat_is_recognised_and_its_echo_is_what_the_browser_sent() {
+    let messages = capture();
+    let mut echoed = 0;
+    for (n, message) in messages.iter().enumerate() {
+        if message.dir != "recv" {
+            continue;
+        }
+        let packets = decode_message(&message.data).unwrap();
+        if let [Packet::Heartbeat(counter)] = packets.as_slice() {
+            let reply = &messages[n + 1];
+            assert_eq!(reply.dir, "send");
+            assert_eq!(encode_heartbeat(counter), reply.data);
+            echoed += 1;
+        }
+    }
+    assert_eq!(echoed, 9);
+}
+
+#[test]
+fn every_packet_reencodes_to_the_same_bytes() {
+    for message in capture() {
+        let mut out = String::new();
+        for packet in decode_message(&message.data).unwrap() {
+            match packet {
+                Packet::Heartbeat(n) => out.push_str(&encode_heartbeat(n)),
+                Packet::Json(json) => encode_packet(json, &mut out),
+            }
+        }
+        assert_eq!(out, message.data);
+    }
+}
+
+#[test]
+fn every_sent_message_decodes_as_a_client_message() {
+    let mut names = BTreeMap::<String, usize>::new();
+    for message in capture().into_iter().filter(|m| m.dir == "send") {
+        for packet in decode_message(&message.data).unwrap() {
+            if let Packet::Json(json) = packet {
+                let msg = ClientMessage::from_payload(json).expect("client message");
+                *names.entry(msg.name().to_string()).or_default() += 1;
+            }
+        }
+    }
+    assert_eq!(names["create_series"], 2);
+    assert_eq!(names["resolve_symbol"], 2);
+    assert_eq!(names["set_auth_token"], 1);
+    assert_eq!(names["request_more_data"], 1);
+}
+
+/// All series bars the capture carries, by (chart session, series id).
+fn captured_series() -> BTreeMap<(String, String), Vec<IndexedBar>> {
+    let mut series = BTreeMap::<(String, String), Vec<IndexedBar>>::new();
+    let messages = received();
+    for message in &messages {
+        for packet in decode_message(message).unwrap() {
+            let Packet::Json(json) = packet else { continue };
+            if let ServerMessage::TimescaleUpdate {
+                session,
+                series: data,
+            } = ServerMessage::decode(json).unwrap()
+            {
+                for d in data {
+                    series
+                        .entry((session.to_string(), d.series_id.to_string()))
+                        .or_default()
+                        .extend(d.bars);
+                }
+            }
+        }
+    }
+    series
+}
+
+#[test]
+fn the_daily_series_has_the_300_bars_the_capture_shows() {
+    let series = captured_series();
+    let bars =
+        into_ascending(series[&("cs_2iRcv6K6V6wl".to_string(), "sds_1".to_string())].clone());
+    assert_eq!(bars.len(), 300);
+    let (first, last) = (bars[0], bars[299]);
+    assert_eq!((first.time, first.open), (1_728_272_700, 361.5));
+    assert_eq!((last.time, last.close), (1_766_029_500, 253.42));
+    assert!(bars.windows(2).all(|w| w[0].time < w[1].time));
+    assert!(bars.iter().all(|b| b.volume.is_some() && b.low <= b.high));
+}
+
+#[test]
+fn request_more_data_pages_with_negative_indices_join_in_time_order() {
+    let series = captured_series();
+    let raw = &series[&("cs_1EScFq71Fjjf".to_string(), "sds_2".to_string())];
+    assert!(
+        raw.iter().any(|b| b.index < 0),
+        "the capture pages older bars with negative indices"
+    );
+    let bars = into_ascending(raw.clone());
+    assert!(bars.windows(2).all(|w| w[0].time < w[1].time));
+    let oldest_page_start = raw.iter().min_by_key(|b| b.index).unwrap();
+    assert_eq!(bars[0], oldest_page_start.bar);
+}
+
+#[test]
+fn symbol_resolved_gives_the_metadata_clients_need() {
+    let message = &received()[1];
+    let packets = decode_message(message).unwrap();
+    let info = packets
+        .iter()
+        .find_map(|p| match p {
+            Packet::Json(json) => match ServerMessage::decode(json).unwrap() {
+                ServerMessage::SymbolResolved { info, .. } => Some(info),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("symbol_resolved in the first answer");
+    let meta = info.to_metadata();
+    assert_eq!(meta.name, "JUNIPER");
+    assert_eq!(meta.exchange, "NSE");
+    assert_eq!(meta.description, "Juniper Hotels Limited");
+    assert_eq!((meta.currency_code.as_str(), meta.pricescale), ("INR", 100));
+    assert_eq!(
+        (meta.timezone.as_str(), meta.kind.as_str()),
+        ("Asia/Kolkata", "stock")
+    );
+}
+
+#[test]
+fn five_value_bars_have_no_volume_and_short_bars_are_refused() {
+    let json = r#"{"m":"du","p":["cs_a",{"sds_1":{"s":[{"i":3,"v":[1700000000.0,1,2,0.5,1.5]}],"t":"s2"}}]}"#;
+    let ServerMessage::DataUpdate { series, .. } = ServerMessage::decode(json).unwrap() else {
+        panic!()
+    };
+    assert_eq!(series[0].bars[0].bar.volume, None);
+    assert_eq!(series[0].turnaround.as_deref(), Some("s2"));
+    let short = r#"{"m":"du","p":["cs_a",{"sds_1":{"s":[{"i":3,"v":[1700000000.0,1,2]}]}}]}"#;
+    assert!(ServerMessage::decode(short).is_err());
+}
+
+#[test]
+fn errors_keep_their_session_and_reason() {
+    let critical = ServerMessage::decode(
+        r#"{"m":"critical_error","p":["cs_x","invalid parameters","create_series"]}"#,
+    );
+    assert_eq!(
+        critical.unwrap(),
+        ServerMessage::CriticalError {
+            session: Some("cs_x".into()),
+            reason: "invalid parameters".into(),
+            detail: vec!["create_series".into()],
+        }
+    );
+    let protocol =
+        ServerMessage::decode(r#"{"m":"protocol_error","p":["bad auth token"]}"#).unwrap();
+    assert_eq!(
+        protocol,
+        ServerMessage::ProtocolError {
+            reason: "bad auth token".into()
+        }
+    );
+}
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9_:.=-]{0,24}",
+        any::<String>(),
+        Just("~m~5~m~~h~1".to_string()),
+        Just("\"quoted\" \\ back".to_string())
+    ]
+}
+
+fn client_message() -> impl Strategy<Value = ClientMessage> {
+    prop_oneof![
+        text().prop_map(|token| ClientMessage::SetAuthToken { token }),
+        (text(), text())
+            .prop_map(|(language, country)| ClientMessage::SetLocale { language, country }),
+        text().prop_map(|session| ClientMessage::ChartCreateSession { session }),
+        text().prop_map(|session| ClientMessage::ChartDeleteSession { session }),
+        (text(), text())
+            .prop_map(|(session, timezone)| ClientMessage::SwitchTimezone { session, timezone }),
+        (text(), text(), proptest::option::of(text()), text()).prop_map(
+            |(session, symbol_id, adjustment, symbol)| {
+                ClientMessage::ResolveSymbol {
+                    session,
+                    symbol_id,
+                    spec: SymbolSpec {
+                        adjustment,
+                        session: None,
+                        symbol,
+                    },
+                }
+            }
+        ),
+        (text(), text(), text(), text(), text(), any::<u32>(), text()).prop_map(
+            |(session, series_id, turnaround, symbol_id, resolution, count, range)| {
+                ClientMessage::CreateSeries {
+                    session,
+                    series_id,
+                    turnaround,
+                    symbol_id,
+                    resolution,
+                    count,
+                    range,
+                }
+            }
+        ),
+        (text(), text(), text(), text(), text(), text()).prop_map(
+            |(session, series_id, turnaround, symbol_id, resolution, range)| {
+                ClientMessage::ModifySeries {
+                    session,
+                    series_id,
+                    turnaround,
+                    symbol_id,
+                    resolution,
+                    range,
+                }
+            }
+        ),
+        (text(), text(), any::<u32>()).prop_map(|(session, series_id, count)| {
+            ClientMessage::RequestMoreData {
+                session,
+                series_id,
+                count,
+            }
+        }),
+        (text(), text())
+            .prop_map(|(session, series_id)| ClientMessage::RemoveSeries { session, series_id }),
+    ]
+}
+
+fn price() -> impl Strategy<Value = f64> {
+    (0u64..10_000_000).prop_map(|cents| cents as f64 / 100.0)
+}
+
+fn series_data() -> impl Strategy<Value = SeriesData<'static>> {
+    let bar = (
+        0i64..2_000_000_000,
+        price(),
+        price(),
+        price(),
+        price(),
+        proptest::option::of(price()),
+    )
+        .prop_map(|(time, open, high, low, close, volume)| Bar {
+            time,
+            open,
+            high,
+            low,
+            close,
+            volume,
+        });
+    (
+        "sds_[0-9]{1,3}",
+        "s[0-9]{1,2}",
+        -5000i64..5000,
+        proptest::collection::vec(bar, 0..20),
+    )
+        .prop_map(|(series_id, turnaround, first, bars)| SeriesData {
+            series_id: series_id.into(),
+            turnaround: Some(turnaround.into()),
+            bars: bars
+                .into_iter()
+                .enumerate()
+                .map(|(n, bar)| IndexedBar {
+                    index: first + n as i64,
+                    bar,
+                })
+                .collect(),
+        })
+}
+
+fn server_message() -> impl Strategy<Value = ServerMessage<'static>> {
+    let s = || text().prop_map(std::borrow::Cow::Owned);
+    prop_oneof![
+        (s(), s(), s()).prop_map(
+            |(session, series_id, turnaround)| ServerMessage::SeriesLoading {
+                session,
+                series_id,
+                turnaround
+            }
+        ),
+        (s(), s(), s(), s()).prop_map(|(session, series_id, status, turnaround)| {
+            ServerMessage::SeriesCompleted {
+                session,
+                series_id,
+                status,
+                turnaround,
+            }
+        }),
+        (s(), s(), s()).prop_map(|(session, symbol_id, reason)| ServerMessage::SymbolError {
+            session,
+            symbol_id,
+            reason
+        }),
+        (s(), s(), s(), s()).prop_map(|(session, series_id, turnaround, reason)| {
+            ServerMessage::SeriesError {
+                session,
+                series_id,
+                turnaround,
+                reason,
+            }
+        }),
+        (s(), series_data()).prop_map(|(session, data)| ServerMessage::TimescaleUpdate {
+            session,
+            series: vec![data]
+        }),
+        (s(), series_data()).prop_map(|(session, data)| ServerMessage::DataUpdate {
+            session,
+            series: vec![data]
+        }),
+        (s(), s(), "[A-Z]{1,10}", 1u64..10_000).prop_map(
+            |(session, symbol_id, name, pricescale)| {
+                ServerMessage::SymbolResolved {
+                    session,
+                    symbol_id,
+                    info: SymbolInfo {
+                        full_name: format!("NSE:{name}"),
+                        name,
+                        pricescale,
+                        ..SymbolInfo::default()
+                    },
+                }
+            }
+        ),
+        text().prop_map(|reason| ServerMessage::ProtocolError { reason }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn random_input_never_panics_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = decode_message(&text);
+        let _ = ServerMessage::decode(&text);
+        let _ = ClientMessage::from_payload(&text);
+    }
+
+    #[test]
+    fn framed_random_text_never_panics(payload in any::<String>(), declared in 0usize..64) {
+        let message = format!("~m~{declared}~m~{payload}");
+        if let Ok(packets) = decode_message(&message) {
+            for packet in packets {
+                if let Packet::Json(json) = packet {
+                    let _ = ServerMessage::decode(json);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn framing_round_trips(payloads in proptest::collection::vec(any::<String>(), 1..6)) {
+        let payloads: Vec<String> = payloads.into_iter().filter(|p| !p.starts_with("~h~")).collect();
+        prop_assume!(!payloads.is_empty());
+        let mut message = String::new();
+        for p in &payloads {
+            encode_packet(p, &mut message);
+        }
+        let decoded: Vec<&str> = decode_message(&message)
+            .unwrap()
+            .into_iter()
+            .map(|p| match p { Packet::Json(j) => j, Packet::Heartbeat(h) => h })
+            .collect();
+        prop_assert_eq!(decoded, payloads.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn client_messages_round_trip(msg in client_message()) {
+        let payload = msg.to_payload();
+        prop_assert!(payload.is_ascii());
+        prop_assert_eq!(ClientMessage::from_payload(&payload).unwrap(), msg);
+    }
+
+    #[test]
+    fn server_messages_round_trip(msg in server_message(), now_ms in 0i64..4_000_000_000_000) {
+        let payload = msg.to_payload(now_ms);
+        prop_assert!(payload.is_ascii());
+        prop_assert_eq!(ServerMessage::decode(&payload).unwrap(), msg);
+    }
+}
