@@ -256,6 +256,11 @@ pub struct FormulasSettings {
     /// MarketInOut Web API base; empty means the real one in `remote` mode and the simulator's in
     /// `embedded` mode.
     pub source_url: String,
+    /// How long the source may take to answer.
+    pub timeout_ms: u64,
+    /// Optional JSON array of `{"symbol","name","sector","industry"}` used to enrich stock lists
+    /// (MarketInOut gives only symbol and price). Empty: no enrichment.
+    pub universe_file: String,
     pub list: Vec<FormulaDef>,
 }
 
@@ -275,6 +280,8 @@ impl Default for FormulasSettings {
     fn default() -> Self {
         FormulasSettings {
             source_url: String::new(),
+            timeout_ms: 10_000,
+            universe_file: String::new(),
             list: DEMO_FORMULAS
                 .iter()
                 .map(|(id, name, key, _)| FormulaDef {
@@ -478,7 +485,7 @@ impl Settings {
                 reason: reason.into(),
             })
         };
-        let positive: [(&str, u64); 11] = [
+        let positive: [(&str, u64); 12] = [
             (
                 "upstream.connect_timeout_ms",
                 self.upstream.connect_timeout_ms,
@@ -491,6 +498,7 @@ impl Settings {
                 "upstream.max_frame_bytes",
                 self.upstream.max_frame_bytes as u64,
             ),
+            ("formulas.timeout_ms", self.formulas.timeout_ms),
             ("pool.max_connections", self.pool.max_connections as u64),
             (
                 "pool.requests_per_connection",

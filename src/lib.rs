@@ -15,8 +15,12 @@
 #![forbid(unsafe_code)]
 #![recursion_limit = "256"]
 
+pub mod cache;
 pub mod config;
 pub mod domain;
+pub mod formulas;
+pub mod hash;
+pub mod http;
 pub mod jwt;
 pub mod protocol;
 pub mod simulator;
