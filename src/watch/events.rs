@@ -216,9 +216,7 @@ impl Tally {
     /// Charts loaded for the progress display: the server's running count when it sends one
     /// (it knows about batches this client may have missed), else the client's own count.
     pub fn loaded(&self) -> u64 {
-        self.server_loaded
-            .unwrap_or(0)
-            .max(self.charts_received())
+        self.server_loaded.unwrap_or(0).max(self.charts_received())
     }
 
     /// Distinct batches received.

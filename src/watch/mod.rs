@@ -82,7 +82,12 @@ pub struct WatchArgs {
     pub json: bool,
 
     /// API token, sent as `Authorization: Bearer` (needed when the server sets server.api_token).
-    #[arg(long, value_name = "TOKEN", env = "CHARTGATE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "CHARTGATE_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 
     /// Treat the connection as lost after this many seconds without a byte (the server sends a
@@ -178,7 +183,9 @@ pub enum WatchError {
     #[error("stream failed: {message} ({code})")]
     StreamFailed { code: String, message: String },
     /// The first request got no answer at all.
-    #[error("no answer from the chartgate server at {server}: {reason} (is it running? see --server)")]
+    #[error(
+        "no answer from the chartgate server at {server}: {reason} (is it running? see --server)"
+    )]
     Unreachable { server: String, reason: String },
     /// The stream dropped and could not be resumed.
     #[error(
@@ -202,7 +209,9 @@ impl WatchError {
     pub fn exit_code(&self) -> u8 {
         match self {
             WatchError::Usage(_) => 2,
-            WatchError::Rejected { status, .. } if matches!(status, 400 | 422) => 2,
+            WatchError::Rejected {
+                status: 400 | 422, ..
+            } => 2,
             _ => 1,
         }
     }
@@ -284,8 +293,8 @@ pub async fn watch(
                 reconnects += 1;
                 let wait = session.parser.retry().unwrap_or(DEFAULT_RETRY);
                 session.reporter.notice(&format!(
-                    "connection lost ({reason}); reconnecting in {:.1} s (attempt {failures_in_a_row}/{MAX_RECONNECTS})",
-                    wait.as_secs_f64()
+                    "connection lost ({reason}); reconnecting in {} (attempt {failures_in_a_row}/{MAX_RECONNECTS})",
+                    render::format_ms(wait.as_secs_f64() * 1000.0)
                 ))?;
                 sleep(wait).await;
             }
@@ -317,15 +326,14 @@ fn http_client(server: &str) -> awc::Client {
         return builder.finish();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    match rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
     {
         Ok(config) => {
             let roots = rustls::RootCertStore {
                 roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
             };
-            let mut config = config
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let mut config = config.with_root_certificates(roots).with_no_client_auth();
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             builder
                 .connector(awc::Connector::new().rustls_0_23(Arc::new(config)))
@@ -514,13 +522,20 @@ impl Session<'_> {
         });
 
         if self.args.json {
-            let fallback;
+            let owned;
             let printed = match data.or(whole) {
+                // Multi-line `data:` leaves newlines in the JSON; in valid JSON they can only be
+                // whitespace between tokens, so spaces keep the output one line per event.
+                Some(raw) if raw.get().contains(['\n', '\r']) => {
+                    owned = RawValue::from_string(raw.get().replace(['\n', '\r'], " "))
+                        .map_err(|e| self.protocol_error(e.to_string()))?;
+                    &*owned
+                }
                 Some(raw) => raw,
                 None => {
-                    fallback = serde_json::value::to_raw_value(&event.data)
+                    owned = serde_json::value::to_raw_value(&event.data)
                         .map_err(|e| self.protocol_error(e.to_string()))?;
-                    &*fallback
+                    &*owned
                 }
             };
             let line = JsonLine {
@@ -547,10 +562,7 @@ impl Session<'_> {
             )));
         };
         let bad = |e: serde_json::Error| {
-            self.protocol_error(format!(
-                "event {} (id {:?}): {e}",
-                event.event, event.id
-            ))
+            self.protocol_error(format!("event {} (id {:?}): {e}", event.event, event.id))
         };
         match event.event.as_str() {
             "formula-results" => {
@@ -592,7 +604,9 @@ fn rejection(status: StatusCode, body: &[u8]) -> WatchError {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(parsed) => WatchError::Rejected {
             status: status.as_u16(),
-            code: parsed.code.unwrap_or_else(|| format!("http_{}", status.as_u16())),
+            code: parsed
+                .code
+                .unwrap_or_else(|| format!("http_{}", status.as_u16())),
             message: parsed.error,
         },
         Err(_) => WatchError::Rejected {

@@ -145,7 +145,7 @@ fn formula_label(tally: &Tally) -> String {
 }
 
 /// `2.41 s` or `830 ms`.
-fn format_ms(ms: f64) -> String {
+pub(crate) fn format_ms(ms: f64) -> String {
     if ms >= 1000.0 {
         format!("{:.2} s", ms / 1000.0)
     } else if ms >= 10.0 {
@@ -157,7 +157,11 @@ fn format_ms(ms: f64) -> String {
 
 /// Writes the end-of-stream table: the server's `complete` figures when it sent them, the
 /// client's own counts and clock otherwise (after a `204` resume, for instance).
-pub(crate) fn write_summary(out: &mut dyn Write, tally: &Tally, elapsed: Duration) -> io::Result<()> {
+pub(crate) fn write_summary(
+    out: &mut dyn Write,
+    tally: &Tally,
+    elapsed: Duration,
+) -> io::Result<()> {
     let figures = tally.complete_figures().unwrap_or_default();
     let failed = tally.failed();
     let ok = figures.successful_charts.unwrap_or_else(|| tally.ok());
@@ -177,7 +181,9 @@ pub(crate) fn write_summary(out: &mut dyn Write, tally: &Tally, elapsed: Duratio
         ("formula", formula_label(tally)),
         (
             "stocks",
-            tally.stocks.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            tally
+                .stocks
+                .map_or_else(|| "-".to_owned(), |s| s.to_string()),
         ),
         ("charts ok", ok.to_string()),
         ("charts failed", failed_count.to_string()),
