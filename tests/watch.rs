@@ -749,12 +749,26 @@ async fn binary_usage_errors_exit_2_naming_the_flag() {
     ];
     for (args, flags) in cases {
         let out = run_binary(args, &[]).await;
+        assert!(out.stdout.is_empty());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         for flag in flags {
             assert!(stderr.contains(flag), "{args:?}: {stderr}");
         }
     }
+}
+
+#[actix_web::test]
+async fn binary_bad_token_is_a_usage_error_that_does_not_echo_it() {
+    let out = run_binary(
+        &["watch", "--formula", "a", "--server", "http://127.0.0.1:9"],
+        &[("CHARTGATE_TOKEN", "two words")],
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--token"), "{stderr}");
+    assert!(!stderr.contains("two words"), "{stderr}");
 }
 
 #[actix_web::test]

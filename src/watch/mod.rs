@@ -137,6 +137,15 @@ impl WatchArgs {
                 ));
             }
         }
+        // Checked here rather than by clap, whose message would echo the secret.
+        if let Some(token) = &self.token
+            && (token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(WatchError::Usage(
+                "--token (or CHARTGATE_TOKEN) must be non-empty printable ASCII without spaces"
+                    .to_owned(),
+            ));
+        }
         if !self.resolutions.is_empty() {
             let list: Vec<&str> = self.resolutions.iter().map(|r| r.as_str()).collect();
             query.push(("resolutions", list.join(",")));

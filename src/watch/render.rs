@@ -69,7 +69,7 @@ impl<'a> Reporter<'a> {
             Some(bar) => {
                 bar.set_style(
                     ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {pos}/{len} charts ({percent}%) {elapsed_precise} ETA {eta}",
+                        "{msg} [{wide_bar}] {pos}/{len} charts ({percent}%) {elapsed_precise} ETA {eta}",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
                     .progress_chars("=> "),
@@ -123,6 +123,9 @@ impl<'a> Reporter<'a> {
             } else {
                 bar.abandon();
             }
+            // indicatif leaves the cursor at the end of the bar's line; what follows (the summary
+            // on stdout, or the error) starts on a line of its own.
+            let _ = writeln!(self.err);
         }
     }
 }
