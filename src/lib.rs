@@ -11,6 +11,8 @@
 //! - [`jwt`]: the little of JSON Web Tokens both sides need (claims in, claims out).
 //! - [`simulator`]: a faithful fake of the chart feed and of MarketInOut's Web API, with fault
 //!   injection, so chartgate runs and is tested with no credentials.
+//! - [`watch`]: the `chartgate watch` client: reads the chart stream over SSE, resumes it with
+//!   `Last-Event-ID` after a drop, and shows progress and a summary (or JSON lines).
 
 #![forbid(unsafe_code)]
 #![recursion_limit = "256"]
@@ -24,3 +26,4 @@ pub mod http;
 pub mod jwt;
 pub mod protocol;
 pub mod simulator;
+pub mod watch;

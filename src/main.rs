@@ -24,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run the upstream simulator alone: the chart feed WebSocket and MarketInOut's Web API.
     Simulate(SimulateArgs),
+    /// Watch a formula's chart stream from a running chartgate: a progress bar and a summary,
+    /// or one JSON line per event with --json.
+    Watch(chartgate::watch::WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +54,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let result = match cli.command {
+        Command::Watch(args) => {
+            // Its own exit codes: 2 also when the server refused the input (400/422).
+            return match chartgate::watch::run(args) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("chartgate: {e}");
+                    ExitCode::from(e.exit_code())
+                }
+            };
+        }
         Command::Simulate(args) => {
             let overrides: Vec<(&str, String)> = args
                 .bind
