@@ -1159,3 +1159,100 @@ async fn fault_unknown_symbols_set_at_run_time_reaches_open_connections() {
     assert_eq!(all, ["symbol_error", "series_error"]);
     sim.stop().await;
 }
+
+// ------------------------------------------------------------------------------------------------
+// Robustness
+// ------------------------------------------------------------------------------------------------
+
+#[actix_web::test]
+async fn nothing_a_client_sends_breaks_the_feed() {
+    let sim = start(settings()).await;
+    let mut client = connect_unauthorized(&sim).await;
+    let mut junk: Vec<String> = vec![
+        r#"{"m":"create_series","p":["cs_1","sds_1","s1","sds_sym_1","1D",-5,""]}"#.into(),
+        r#"{"m":"create_series","p":["cs_1","sds_1","s1","sds_sym_1","1D",99999999999,""]}"#.into(),
+        r#"{"m":"create_series","p":[1,2,3,4,5,6,7]}"#.into(),
+        r#"{"m":"request_more_data","p":["cs_1","sds_1",4294967295]}"#.into(),
+        r#"{"m":"resolve_symbol","p":["cs_1","sds_sym_1","={not json"]}"#.into(),
+        r#"{"m":"resolve_symbol","p":["cs_1","sds_sym_1","=\"\u00e9\""]}"#.into(),
+        r#"{"m":"set_auth_token","p":[]}"#.into(),
+        r#"{"m":"chart_create_session"}"#.into(),
+        r#"{"m":null,"p":null}"#.into(),
+        r#"{"p":[1]}"#.into(),
+        "~h~".into(),
+        "~h~-1".into(),
+        "\u{0}\u{1}".into(),
+        "{".repeat(10_000),
+    ];
+    // Every capture call with its parameters shuffled into wrong types.
+    for line in fixture("tradingview-capture.jsonl").lines() {
+        let v: Value = serde_json::from_str(line).expect("JSON");
+        if v["dir"] != "send" {
+            continue;
+        }
+        for packet in decode_message(v["data"].as_str().unwrap_or_default()).unwrap_or_default() {
+            if let Packet::Json(payload) = packet
+                && let Ok(mut call) = serde_json::from_str::<Value>(payload)
+                && call["m"] != "set_auth_token"
+            {
+                if let Some(p) = call["p"].as_array_mut() {
+                    p.reverse();
+                    p.push(Value::Null);
+                }
+                junk.push(call.to_string());
+            }
+        }
+    }
+    for payload in &junk {
+        let mut text = String::new();
+        encode_packet(payload, &mut text);
+        client.send_raw(&text).await;
+    }
+    // A huge batch of valid calls in one message.
+    let mut batch = Vec::new();
+    for n in 0..200 {
+        batch.extend(chart_calls(&format!("cs_b{n}"), "NSE:TCS", "1D", 2));
+    }
+    client.send(&batch).await;
+    let mut completed = 0;
+    while completed < 200 {
+        let text = client.next_text(WAIT).await;
+        completed += messages(&text)
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::SeriesCompleted { .. }))
+            .count();
+    }
+    let answer = fetch_chart(&mut client, "cs_final", "NSE:TCS", "1D", 3).await;
+    assert_eq!(bars_of(&answer, "cs_final").len(), 3);
+    assert_eq!(sim.stats().connections_open, 1);
+    sim.stop().await;
+}
+
+#[actix_web::test]
+async fn a_deleted_session_gets_no_answer_for_its_pending_series() {
+    let sim = start_with(Faults {
+        latency_ms: 150,
+        ..Faults::default()
+    })
+    .await;
+    let mut client = connect_unauthorized(&sim).await;
+    let mut calls = chart_calls("cs_gone", "NSE:TCS", "1D", 5);
+    calls.push(ClientMessage::ChartDeleteSession {
+        session: "cs_gone".into(),
+    });
+    client.send(&calls).await;
+    let answer = fetch_chart(&mut client, "cs_kept", "NSE:INFY", "1D", 5).await;
+    let sessions: BTreeSet<String> = answer
+        .iter()
+        .flat_map(|t| messages(t))
+        .filter_map(|m| match m {
+            ServerMessage::SeriesLoading { session, .. }
+            | ServerMessage::SeriesCompleted { session, .. }
+            | ServerMessage::TimescaleUpdate { session, .. } => Some(session.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sessions, BTreeSet::from(["cs_kept".to_string()]));
+    assert_eq!(sim.stats().series_served, 1);
+    sim.stop().await;
+}

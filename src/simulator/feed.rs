@@ -32,7 +32,6 @@ use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use futures_util::stream::FuturesUnordered;
 use log::{debug, info};
-use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
 
 use crate::config::Faults;
@@ -66,6 +65,8 @@ const MAX_INCOMING_MESSAGE: usize = 8 * 1024 * 1024;
 const MAX_CHART_SESSIONS: usize = 4096;
 const MAX_SERIES_PER_SESSION: usize = 64;
 const MAX_SYMBOLS_PER_SESSION: usize = 256;
+/// Series answers waiting for a `series_concurrency` slot on one connection.
+const MAX_QUEUED_SERIES: usize = 10_000;
 
 /// `GET /socket.io/websocket` (the query string is ignored).
 pub(crate) async fn ws_route(
@@ -841,6 +842,16 @@ impl Connection {
     }
 
     async fn enqueue(&mut self, job: Job) {
+        if self.queue.len() >= MAX_QUEUED_SERIES {
+            self.series_error(
+                &job.session,
+                &job.series_id,
+                &job.turnaround,
+                "too many requests",
+            )
+            .await;
+            return;
+        }
         let faults = self.state.faults();
         if self.queue.is_empty() && faults.latency_ms == 0 && self.has_free_slot(&faults) {
             self.answer(job).await;
@@ -996,20 +1007,14 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The server hello, with the capture's keys.
+/// The server hello, with the capture's keys in the capture's order.
 fn hello_payload(connection: u64) -> String {
     let now = now_ms();
-    to_ascii_string(&json!({
-        "session_id": format!("0.{connection}.{}_sim-charts-1", now % 10_000),
-        "timestamp": now / 1000,
-        "timestampMs": now,
-        "release": "release_sim-1",
-        "studies_metadata_hash": "0000000000000000000000000000000000000000",
-        "auth_scheme_vsn": 2,
-        "protocol": "json",
-        "via": "127.0.0.1:0",
-        "javastudies": ["3.66"],
-    }))
+    let session_id = to_ascii_string(&format!("0.{connection}.{}_sim-charts-1", now % 10_000));
+    format!(
+        "{{\"session_id\":{session_id},\"timestamp\":{},\"timestampMs\":{now},\"release\":\"release_sim-1\",\"studies_metadata_hash\":\"0000000000000000000000000000000000000000\",\"auth_scheme_vsn\":2,\"protocol\":\"json\",\"via\":\"127.0.0.1:0\",\"javastudies\":[\"3.66\"]}}",
+        now / 1000
+    )
 }
 
 fn symbol_resolved_payload(session: &str, symbol_id: &str, info: &SymbolInfo) -> String {
