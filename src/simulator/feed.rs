@@ -17,6 +17,23 @@
 //!   symbol (`symbol_error`), per call (`critical_error ["invalid parameters", method]`) or, for
 //!   authentication, per connection (`protocol_error`, then close).
 //! - Faults are read when they act, so `POST /sim/faults` reaches open connections.
+//! - `request_more_data` is answered `series_loading`, `timescale_update` (older bars, negative
+//!   indices), `series_completed`; a `modify_series` to the same symbol and resolution with
+//!   `series_loading`, two `series_timeframe`, `series_completed` (as in the capture), and to
+//!   another symbol or resolution with fresh bars like `create_series`.
+//!
+//! Texts clients may match on:
+//! - `symbol_error` reasons: `invalid symbol`, `unknown chart session`.
+//! - `series_error` reasons: `invalid resolution`, `unknown symbol`, `invalid symbol`,
+//!   `unknown chart session`, `unknown series`, `invalid bar count`, `too many series`,
+//!   `too many requests`.
+//! - `critical_error`: `["invalid parameters", <method>]`; also `too many chart sessions` and
+//!   `too many symbols` when a client exceeds this task's bounds.
+//! - `protocol_error` then a close frame (code 1008): `bad auth token` (also counted in
+//!   `handshakesRejected`), `max sessions rate exceeded` (the `max_connections` fault, which
+//!   applies to every token including `unauthorized_user_token`; connections that never send
+//!   `set_auth_token` are served as unauthorised and not counted against any token).
+//! - Close frame `heartbeat timeout` (code 1008) for a client that stopped echoing.
 //!
 //! Nothing a client sends can panic this code: every decode is checked and every limit bounded.
 
