@@ -25,7 +25,6 @@ use futures_util::{Sink, StreamExt};
 use rand::Rng;
 
 use super::FetchError;
-use super::pool::Pool;
 use crate::config::{Secret, Settings};
 use crate::domain::{BarCount, Chart, ChartMetadata, Resolution, Symbol};
 use crate::protocol::client::SymbolSpec;
@@ -209,7 +208,34 @@ pub struct StartFetch {
     pub fetch: u64,
     pub symbol: Symbol,
     pub resolution: Resolution,
+    /// The resolution as sent in `create_series`; `resolution.as_str()` unless a caller needs a
+    /// feed-specific name (tests use one the feed refuses to reach `series_error`).
+    pub feed_resolution: String,
     pub bars: BarCount,
+}
+
+/// Where a connection reports: the pool, or in tests any actor that handles the three reports.
+#[derive(Clone)]
+pub struct ConnectionEvents {
+    pub ready: Recipient<ConnReady>,
+    pub ended: Recipient<ConnEnded>,
+    pub done: Recipient<FetchDone>,
+}
+
+impl ConnectionEvents {
+    pub fn to<A>(addr: &Addr<A>) -> Self
+    where
+        A: Actor + Handler<ConnReady> + Handler<ConnEnded> + Handler<FetchDone>,
+        A::Context: actix::dev::ToEnvelope<A, ConnReady>
+            + actix::dev::ToEnvelope<A, ConnEnded>
+            + actix::dev::ToEnvelope<A, FetchDone>,
+    {
+        ConnectionEvents {
+            ready: addr.clone().recipient(),
+            ended: addr.clone().recipient(),
+            done: addr.clone().recipient(),
+        }
+    }
 }
 
 /// Pool → connection: close now.
@@ -246,7 +272,7 @@ pub struct Connection {
     url: String,
     /// Presented once, in `set_auth_token`.
     token: Secret,
-    pool: Addr<Pool>,
+    events: ConnectionEvents,
     shared: Arc<ConnShared>,
     started_at: Instant,
     state: State,
@@ -265,7 +291,7 @@ impl Connection {
         settings: Arc<Settings>,
         feed_url: &str,
         token: Secret,
-        pool: Addr<Pool>,
+        events: ConnectionEvents,
         shared: Arc<ConnShared>,
     ) -> Self {
         Connection {
@@ -273,7 +299,7 @@ impl Connection {
             url: self::feed_url(feed_url),
             settings,
             token,
-            pool,
+            events,
             shared,
             started_at: Instant::now(),
             state: State::Connecting,
@@ -327,7 +353,7 @@ impl Connection {
         ctx.cancel_future(state.timer);
         let fetch = state.fetch;
         let result = result(state);
-        self.pool.do_send(FetchDone {
+        self.events.done.do_send(FetchDone {
             conn: self.id,
             fetch,
             result,
@@ -385,7 +411,7 @@ impl Connection {
                 );
                 if self.state == State::Connecting {
                     self.state = State::Ready;
-                    self.pool.do_send(ConnReady {
+                    self.events.ready.do_send(ConnReady {
                         conn: self.id,
                         authenticated_in: Instant::now().saturating_duration_since(self.started_at),
                     });
@@ -592,7 +618,7 @@ impl Actor for Connection {
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
         let reason = self.end.take().unwrap_or(EndReason::Closed);
-        self.pool.do_send(ConnEnded {
+        self.events.ended.do_send(ConnEnded {
             conn: self.id,
             reason,
         });
@@ -660,7 +686,7 @@ impl Handler<StartFetch> for Connection {
                 series_id: SERIES_ID.into(),
                 turnaround: TURNAROUND.into(),
                 symbol_id: SYMBOL_ID.into(),
-                resolution: msg.resolution.as_str().into(),
+                resolution: msg.feed_resolution,
                 count: u32::from(msg.bars.get()),
                 range: String::new(),
             },

@@ -22,7 +22,8 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::connection::{
-    ConnEnded, ConnReady, ConnShared, Connection, EndReason, FetchDone, Shutdown, StartFetch,
+    ConnEnded, ConnReady, ConnShared, Connection, ConnectionEvents, EndReason, FetchDone, Shutdown,
+    StartFetch,
 };
 use super::token::{AuthToken, TokenProvider};
 use super::{
@@ -192,6 +193,7 @@ impl Pool {
             fetch,
             symbol: pending.req.symbol.clone(),
             resolution: pending.req.resolution,
+            feed_resolution: pending.req.resolution.as_str().to_string(),
             bars: pending.req.bars,
         });
     }
@@ -257,7 +259,7 @@ impl Pool {
             self.settings.clone(),
             &self.target.feed_url,
             token.value.clone(),
-            ctx.address(),
+            ConnectionEvents::to(&ctx.address()),
             shared.clone(),
         )
         .start();
