@@ -134,6 +134,9 @@ pub struct Manager {
     idle: Option<IdleTimer>,
     /// Health at the last check, to log changes only.
     last_health: Option<Health>,
+    /// A `CloseAll` is on its way to the pool: the health check must not read the pool's
+    /// pre-close numbers as connections left open without a lease.
+    closing: usize,
 }
 
 impl Manager {
@@ -144,6 +147,7 @@ impl Manager {
             leases: HashMap::new(),
             idle: None,
             last_health: None,
+            closing: 0,
         }
     }
 
@@ -238,12 +242,19 @@ impl Manager {
     }
 
     fn close_pool(&mut self, why: &'static str, ctx: &mut Context<Self>) {
-        ctx.spawn(self.pool.send(CloseAll).into_actor(self).map(
-            move |closed, _, _| match closed {
-                Ok(n) => log::info!("manager: {why}, closed {n} connections"),
-                Err(e) => log::warn!("manager: {why}, but the pool did not answer: {e}"),
-            },
-        ));
+        self.closing += 1;
+        ctx.spawn(
+            self.pool
+                .send(CloseAll)
+                .into_actor(self)
+                .map(move |closed, act, _| {
+                    act.closing = act.closing.saturating_sub(1);
+                    match closed {
+                        Ok(n) => log::info!("manager: {why}, closed {n} connections"),
+                        Err(e) => log::warn!("manager: {why}, but the pool did not answer: {e}"),
+                    }
+                }),
+        );
     }
 
     fn stats(&self, pool: PoolStats) -> ManagerStats {
@@ -288,6 +299,7 @@ impl Manager {
                     // Connections opened with no lease (or left over) still get closed.
                     if ref_count == 0
                         && act.idle.is_none()
+                        && act.closing == 0
                         && pool.open_connections > 0
                         && pool.in_flight == 0
                         && pool.queued == 0

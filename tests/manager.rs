@@ -64,7 +64,23 @@ async fn settle(mut cond: impl FnMut() -> bool) -> bool {
 }
 
 async fn stats(manager: &Addr<Manager>) -> ManagerStats {
-    manager.send(GetManagerStats).await.expect("manager answers")
+    manager
+        .send(GetManagerStats)
+        .await
+        .expect("manager answers")
+}
+
+/// Waits (real time, paused clock) until the pool has `n` authenticated connections, so that no
+/// later `advance` fires a connect timeout while the hello is still on the wire.
+async fn ready_connections(manager: &Addr<Manager>, n: usize) -> bool {
+    for _ in 0..5_000 {
+        if stats(manager).await.pool.open_connections == n {
+            return true;
+        }
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    false
 }
 
 #[actix_web::test]
@@ -75,7 +91,8 @@ async fn idle_timer_closes_connections_and_a_new_lease_cancels_it() {
     assert_eq!(lease.ref_count, 1);
     assert_eq!(lease.ttl_secs, 0);
     // A lease keeps the pool warm: one connection opens without any fetch.
-    assert!(settle(|| sim.stats().connections_open == 1).await);
+    assert!(ready_connections(&manager, 1).await);
+    assert_eq!(sim.stats().connections_open, 1);
 
     assert_eq!(
         manager
@@ -117,9 +134,9 @@ async fn idle_timer_closes_connections_and_a_new_lease_cancels_it() {
 
     // Again, but a new lease arrives while the timer runs.
     let first = acquire_implicit(&manager).await.unwrap();
-    assert!(settle(|| sim.stats().connections_open == 1).await);
+    assert!(ready_connections(&manager, 1).await);
     drop(first);
-    assert!(settle(|| sim.stats().connections_total == 2).await);
+    assert_eq!(sim.stats().connections_total, 2);
     tokio::time::advance(Duration::from_secs(100)).await;
     assert!(stats(&manager).await.has_idle_timer);
     let second = acquire_implicit(&manager).await.unwrap();
@@ -142,7 +159,7 @@ async fn an_unrenewed_lease_expires_and_a_renewed_one_does_not() {
     let Rig { sim, manager } = rig(|s| s.manager.idle_timeout_secs = 0).await;
     let lease = manager.send(Acquire { explicit: true }).await.unwrap();
     assert_eq!(lease.ttl_secs, 60);
-    assert!(settle(|| sim.stats().connections_open == 1).await);
+    assert!(ready_connections(&manager, 1).await);
 
     tokio::time::advance(Duration::from_secs(45)).await;
     let renewed = manager
@@ -180,7 +197,7 @@ async fn force_cleanup_drops_every_lease_and_connection() {
     }
     let guard = acquire_implicit(&manager).await.unwrap();
     assert_eq!(stats(&manager).await.ref_count, 4);
-    assert!(settle(|| sim.stats().connections_open == 1).await);
+    assert!(ready_connections(&manager, 1).await);
     manager.send(ForceCleanup).await.unwrap();
     let s = stats(&manager).await;
     assert_eq!(s.ref_count, 0);
@@ -230,6 +247,7 @@ async fn a_thousand_concurrent_leases_some_aborted_leave_nothing_behind() {
     assert!(s.has_idle_timer);
 
     // The idle timeout closes whatever the leases kept warm.
+    assert!(ready_connections(&manager, 1).await);
     tokio::time::advance(Duration::from_secs(6)).await;
     assert!(settle(|| sim.stats().connections_open == 0).await);
     let s = stats(&manager).await;

@@ -77,11 +77,9 @@ fn assert_expected(req: &FetchChart, chart: &Chart) {
     assert_eq!(chart.symbol, req.symbol);
     assert_eq!(chart.resolution, req.resolution);
     assert_eq!(
-        chart.bars,
-        *expected,
+        chart.bars, *expected,
         "bars of {} {}",
-        req.symbol,
-        req.resolution
+        req.symbol, req.resolution
     );
     assert_eq!(chart.metadata.exchange, req.symbol.exchange());
     assert_eq!(chart.metadata.name, req.symbol.ticker());
@@ -331,7 +329,10 @@ async fn token_rotation_under_load_fails_nothing() {
     assert!(total >= 40);
     let stats = sim.stats();
     assert!(stats.tokens_issued >= 2, "{stats:?}");
-    assert!(stats.connections_total > 3, "connections were replaced: {stats:?}");
+    assert!(
+        stats.connections_total > 3,
+        "connections were replaced: {stats:?}"
+    );
     // The first token's connections (1 to 3) are gone.
     let mut pool_stats = pool.send(GetPoolStats).await.unwrap();
     for _ in 0..100 {
@@ -364,7 +365,10 @@ async fn unknown_symbols_and_timeouts_fail_only_their_own_fetch() {
         run(&pool, good.clone()),
         run(&pool, fetch("NSE:INVALIDX", Resolution::Week, 30)),
     );
-    assert_eq!(a.unwrap_err(), FetchError::UnknownSymbol("NSE:GHOST".into()));
+    assert_eq!(
+        a.unwrap_err(),
+        FetchError::UnknownSymbol("NSE:GHOST".into())
+    );
     assert_expected(&good, &b.unwrap());
     let c = c.unwrap_err();
     assert_eq!(c.code(), "unknown_symbol");
