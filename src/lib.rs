@@ -9,6 +9,11 @@
 //! - [`protocol`]: the feed's wire format (framing, client and server messages, bar extraction),
 //!   pure code shared by the client side and the simulator.
 //! - [`jwt`]: the little of JSON Web Tokens both sides need (claims in, claims out).
+//! - [`upstream`]: the actor core's feed side: one actor per WebSocket connection, the pool actor
+//!   that owns them (lazy opening, queueing, retry, backoff, token rotation), and the token
+//!   provider.
+//! - [`manager`]: the lease manager actor: refcounted leases, the idle timer that closes the pool,
+//!   the periodic health check.
 //! - [`simulator`]: a faithful fake of the chart feed and of MarketInOut's Web API, with fault
 //!   injection, so chartgate runs and is tested with no credentials.
 //! - [`watch`]: the `chartgate watch` client: reads the chart stream over SSE, resumes it with
@@ -24,6 +29,8 @@ pub mod formulas;
 pub mod hash;
 pub mod http;
 pub mod jwt;
+pub mod manager;
 pub mod protocol;
 pub mod simulator;
 pub mod watch;
+pub mod upstream;

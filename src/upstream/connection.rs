@@ -1,0 +1,754 @@
+//! One upstream WebSocket, as an actor.
+//!
+//! The connection connects in `started()` (awc's client is `!Send`, so it is created here, on
+//! the actor's thread), waits for the server hello, authenticates, and from then on carries up to
+//! `pool.requests_per_connection` fetches, each in its own chart session so that concurrent fetches
+//! never see each other's bars. It echoes every heartbeat at once and records when upstream last
+//! said anything, so the pool can tell a quiet connection from a live one.
+//!
+//! It decides no policy: it reports `ready`, each fetch's outcome and its own end to the pool, which
+//! retries, replaces and backs off.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix::clock::Instant;
+use actix::io::{SinkWrite, WriteHandler};
+use actix::prelude::*;
+use awc::error::{WsClientError, WsProtocolError};
+use awc::ws::{self, Frame};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Sink, StreamExt};
+use rand::Rng;
+
+use super::FetchError;
+use crate::config::{Secret, Settings};
+use crate::domain::{BarCount, Chart, ChartMetadata, Resolution, Symbol};
+use crate::protocol::client::SymbolSpec;
+use crate::protocol::server::{IndexedBar, into_ascending};
+use crate::protocol::{ClientMessage, Packet, ServerMessage, decode_message, encode_packet};
+
+/// A desktop browser's `User-Agent`: the feed treats other clients with suspicion.
+pub const USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+
+/// Series, turnaround and symbol ids inside a fetch's chart session. Constant because each fetch
+/// has a session of its own.
+const SERIES_ID: &str = "sds_1";
+const TURNAROUND: &str = "s1";
+const SYMBOL_ID: &str = "sds_sym_1";
+
+/// rustls 0.23 with the `ring` provider and the webpki roots, built once per process. `None` only
+/// if the provider supported no protocol version (it does), in which case awc's default applies.
+pub fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
+    static CONFIG: OnceLock<Option<Arc<rustls::ClientConfig>>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            match rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+            {
+                Ok(builder) => {
+                    let mut config = builder.with_root_certificates(roots).with_no_client_auth();
+                    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    Some(Arc::new(config))
+                }
+                Err(e) => {
+                    log::error!("pool: TLS set-up failed ({e}); using awc's default TLS");
+                    None
+                }
+            }
+        })
+        .clone()
+}
+
+/// An awc client for one connection (or one token fetch), with every timeout set from
+/// `upstream.connect_timeout_ms` (awc's 5 s default would cut slow handshakes short).
+pub fn http_client(timeout: Duration) -> awc::Client {
+    let mut connector = awc::Connector::new()
+        .timeout(timeout)
+        .handshake_timeout(timeout);
+    if let Some(tls) = tls_config() {
+        connector = connector.rustls_0_23(tls);
+    }
+    awc::Client::builder()
+        .timeout(timeout)
+        .connector(connector)
+        .finish()
+}
+
+/// The feed URL with `from=chart&type=chart` added when the query lacks them.
+pub fn feed_url(base: &str) -> String {
+    let (path, query) = match base.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (base, ""),
+    };
+    let has = |key: &str| query.split('&').any(|kv| kv.split('=').next() == Some(key));
+    let mut params: Vec<String> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(str::to_string)
+        .collect();
+    if !has("from") {
+        params.push("from=chart".into());
+    }
+    if !has("type") {
+        params.push("type=chart".into());
+    }
+    format!("{path}?{}", params.join("&"))
+}
+
+/// Traffic bookkeeping the pool reads without a round trip to the actor.
+#[derive(Debug)]
+pub struct ConnShared {
+    /// The runtime instant everything is measured from.
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last message from upstream (heartbeats included).
+    last_traffic_ms: AtomicU64,
+}
+
+impl ConnShared {
+    pub fn new(epoch: Instant) -> Arc<Self> {
+        Arc::new(ConnShared {
+            epoch,
+            last_traffic_ms: AtomicU64::new(
+                Instant::now().saturating_duration_since(epoch).as_millis() as u64,
+            ),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64;
+        self.last_traffic_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since upstream last said anything.
+    pub fn quiet_for(&self) -> Duration {
+        let last = self.epoch + Duration::from_millis(self.last_traffic_ms.load(Ordering::Relaxed));
+        Instant::now().saturating_duration_since(last)
+    }
+}
+
+/// Why a connection ended, as the pool needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The handshake failed or timed out before the connection was usable.
+    ConnectFailed(String),
+    /// 429/503 on the handshake or "max sessions rate": slow down.
+    RateLimited(String),
+    /// `protocol_error` about the token: get a new one.
+    AuthRejected(String),
+    /// Another `protocol_error`.
+    Protocol(String),
+    /// The socket closed or errored after the connection was ready.
+    Lost(String),
+    /// The pool asked it to close.
+    Closed,
+}
+
+impl EndReason {
+    /// Whether the connection failed before becoming usable (counts as a failed attempt).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(
+            self,
+            EndReason::ConnectFailed(_) | EndReason::RateLimited(_) | EndReason::AuthRejected(_)
+        )
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::ConnectFailed(r) => write!(f, "connect failed: {r}"),
+            EndReason::RateLimited(r) => write!(f, "rate limited: {r}"),
+            EndReason::AuthRejected(r) => write!(f, "token rejected: {r}"),
+            EndReason::Protocol(r) => write!(f, "protocol error: {r}"),
+            EndReason::Lost(r) => write!(f, "lost: {r}"),
+            EndReason::Closed => f.write_str("closed"),
+        }
+    }
+}
+
+/// Connection → pool: authenticated and ready for fetches.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnReady {
+    pub conn: u64,
+    pub authenticated_in: Duration,
+}
+
+/// Connection → pool: the connection is gone; every fetch it carried is the pool's to retry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ConnEnded {
+    pub conn: u64,
+    pub reason: EndReason,
+}
+
+/// Connection → pool: one fetch finished.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FetchDone {
+    pub conn: u64,
+    pub fetch: u64,
+    pub result: Result<Chart, FetchError>,
+}
+
+/// Pool → connection: start a fetch in a new chart session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartFetch {
+    pub fetch: u64,
+    pub symbol: Symbol,
+    pub resolution: Resolution,
+    /// The resolution as sent in `create_series`; `resolution.as_str()` unless a caller needs a
+    /// feed-specific name (tests use one the feed refuses to reach `series_error`).
+    pub feed_resolution: String,
+    pub bars: BarCount,
+}
+
+/// Where a connection reports: the pool, or in tests any actor that handles the three reports.
+#[derive(Clone)]
+pub struct ConnectionEvents {
+    pub ready: Recipient<ConnReady>,
+    pub ended: Recipient<ConnEnded>,
+    pub done: Recipient<FetchDone>,
+}
+
+impl ConnectionEvents {
+    pub fn to<A>(addr: &Addr<A>) -> Self
+    where
+        A: Actor + Handler<ConnReady> + Handler<ConnEnded> + Handler<FetchDone>,
+        A::Context: actix::dev::ToEnvelope<A, ConnReady>
+            + actix::dev::ToEnvelope<A, ConnEnded>
+            + actix::dev::ToEnvelope<A, FetchDone>,
+    {
+        ConnectionEvents {
+            ready: addr.clone().recipient(),
+            ended: addr.clone().recipient(),
+            done: addr.clone().recipient(),
+        }
+    }
+}
+
+/// Pool → connection: close now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+type WsSink = Pin<Box<dyn Sink<ws::Message, Error = WsProtocolError>>>;
+
+/// One fetch on this connection.
+struct FetchState {
+    fetch: u64,
+    symbol: Symbol,
+    resolution: Resolution,
+    /// Bars from `timescale_update`/`du` for this session's series, until `series_completed`.
+    bars: Vec<IndexedBar>,
+    metadata: Option<ChartMetadata>,
+    /// The request timeout; cancelled when the fetch finishes.
+    timer: SpawnHandle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Ready,
+    Closing,
+}
+
+/// The connection actor.
+pub struct Connection {
+    id: u64,
+    settings: Arc<Settings>,
+    /// Full feed URL (query added).
+    url: String,
+    /// Presented once, in `set_auth_token`.
+    token: Secret,
+    events: ConnectionEvents,
+    shared: Arc<ConnShared>,
+    started_at: Instant,
+    state: State,
+    sink: Option<SinkWrite<ws::Message, WsSink>>,
+    /// Fetches by chart session id.
+    sessions: HashMap<String, FetchState>,
+    /// A text message arriving in continuation frames, capped at `upstream.max_frame_bytes`.
+    partial: Option<BytesMut>,
+    /// Set once; reported in `stopped()`.
+    end: Option<EndReason>,
+}
+
+impl Connection {
+    pub fn new(
+        id: u64,
+        settings: Arc<Settings>,
+        feed_url: &str,
+        token: Secret,
+        events: ConnectionEvents,
+        shared: Arc<ConnShared>,
+    ) -> Self {
+        Connection {
+            id,
+            url: self::feed_url(feed_url),
+            settings,
+            token,
+            events,
+            shared,
+            started_at: Instant::now(),
+            state: State::Connecting,
+            sink: None,
+            sessions: HashMap::new(),
+            partial: None,
+            end: None,
+        }
+    }
+
+    /// Records why the connection ends (the first reason wins) and stops the actor.
+    fn fail(&mut self, reason: EndReason, ctx: &mut Context<Self>) {
+        if self.end.is_none() {
+            self.end = Some(reason);
+        }
+        self.state = State::Closing;
+        if let Some(sink) = self.sink.as_mut() {
+            let _ = sink.write(ws::Message::Close(None));
+            sink.close();
+        }
+        ctx.stop();
+    }
+
+    fn send_text(&mut self, text: String, ctx: &mut Context<Self>) {
+        let Some(sink) = self.sink.as_mut() else {
+            return;
+        };
+        if sink.write(ws::Message::Text(text.into())).is_err() {
+            self.fail(EndReason::Lost("socket closed while sending".into()), ctx);
+        }
+    }
+
+    fn send_messages(&mut self, messages: &[ClientMessage], ctx: &mut Context<Self>) {
+        let mut text = String::new();
+        for m in messages {
+            encode_packet(&m.to_payload(), &mut text);
+        }
+        self.send_text(text, ctx);
+    }
+
+    /// Ends one fetch: reports it, cancels its timer, deletes its chart session upstream.
+    fn finish(
+        &mut self,
+        session: &str,
+        result: impl FnOnce(FetchState) -> Result<Chart, FetchError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(state) = self.sessions.remove(session) else {
+            return;
+        };
+        ctx.cancel_future(state.timer);
+        let fetch = state.fetch;
+        let result = result(state);
+        self.events.done.do_send(FetchDone {
+            conn: self.id,
+            fetch,
+            result,
+        });
+        self.send_messages(
+            &[ClientMessage::ChartDeleteSession {
+                session: session.to_string(),
+            }],
+            ctx,
+        );
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let packets = match decode_message(text) {
+            Ok(p) => p,
+            Err(e) => {
+                log::debug!(
+                    "pool: connection {} ignored an undecodable message: {e}",
+                    self.id
+                );
+                return;
+            }
+        };
+        for packet in packets {
+            if self.state == State::Closing {
+                return;
+            }
+            match packet {
+                Packet::Heartbeat(n) => {
+                    self.send_text(crate::protocol::encode_heartbeat(n), ctx);
+                }
+                Packet::Json(payload) => match ServerMessage::decode(payload) {
+                    Ok(msg) => self.on_message(msg, ctx),
+                    Err(e) => {
+                        log::debug!("pool: connection {} ignored a packet: {e}", self.id);
+                    }
+                },
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: ServerMessage<'_>, ctx: &mut Context<Self>) {
+        match msg {
+            ServerMessage::Hello(_) if self.state == State::Connecting => {
+                let token = self.token.expose().to_string();
+                self.send_messages(
+                    &[
+                        ClientMessage::SetAuthToken { token },
+                        ClientMessage::SetLocale {
+                            language: "en".into(),
+                            country: "US".into(),
+                        },
+                    ],
+                    ctx,
+                );
+                if self.state == State::Connecting {
+                    self.state = State::Ready;
+                    self.events.ready.do_send(ConnReady {
+                        conn: self.id,
+                        authenticated_in: Instant::now().saturating_duration_since(self.started_at),
+                    });
+                }
+            }
+            ServerMessage::SymbolResolved { session, info, .. } => {
+                if let Some(f) = self.sessions.get_mut(session.as_ref()) {
+                    f.metadata = Some(info.to_metadata());
+                }
+            }
+            ServerMessage::TimescaleUpdate { session, series }
+            | ServerMessage::DataUpdate { session, series } => {
+                if let Some(f) = self.sessions.get_mut(session.as_ref()) {
+                    for s in series.into_iter().filter(|s| s.series_id == SERIES_ID) {
+                        f.bars.extend(s.bars);
+                    }
+                }
+            }
+            ServerMessage::SeriesCompleted {
+                session,
+                series_id,
+                turnaround,
+                ..
+            } if series_id == SERIES_ID && turnaround == TURNAROUND => {
+                self.finish(
+                    &session,
+                    |f| {
+                        Ok(Chart {
+                            symbol: f.symbol,
+                            resolution: f.resolution,
+                            bars: into_ascending(f.bars),
+                            metadata: f.metadata.unwrap_or_default(),
+                        })
+                    },
+                    ctx,
+                );
+            }
+            ServerMessage::SymbolError { session, .. } => {
+                self.finish(
+                    &session,
+                    |f| Err(FetchError::UnknownSymbol(f.symbol.to_string())),
+                    ctx,
+                );
+            }
+            ServerMessage::SeriesError {
+                session, reason, ..
+            } => {
+                let reason = reason.into_owned();
+                self.finish(&session, |_| Err(FetchError::SeriesError(reason)), ctx);
+            }
+            ServerMessage::CriticalError {
+                session: Some(session),
+                reason,
+                detail,
+            } => {
+                let mut text = reason;
+                for d in detail {
+                    text.push_str(": ");
+                    text.push_str(&d);
+                }
+                self.finish(&session, |_| Err(FetchError::InvalidParameters(text)), ctx);
+            }
+            ServerMessage::CriticalError {
+                session: None,
+                reason,
+                ..
+            } => {
+                log::warn!(
+                    "pool: connection {} got critical_error for no chart session: {reason}",
+                    self.id
+                );
+            }
+            ServerMessage::ProtocolError { reason } => {
+                let lower = reason.to_ascii_lowercase();
+                let end = if lower.contains("max sessions rate") {
+                    EndReason::RateLimited(reason)
+                } else if lower.contains("auth") || lower.contains("token") {
+                    EndReason::AuthRejected(reason)
+                } else {
+                    EndReason::Protocol(reason)
+                };
+                self.fail(end, ctx);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        let cap = self.settings.upstream.max_frame_bytes;
+        match frame {
+            Frame::Text(bytes) => self.on_bytes(&bytes, ctx),
+            Frame::Binary(_) => {
+                log::debug!("pool: connection {} ignored a binary frame", self.id);
+            }
+            Frame::Continuation(item) => match item {
+                actix_ws::Item::FirstText(b) => {
+                    let mut buf = BytesMut::with_capacity(b.len().min(cap));
+                    buf.extend_from_slice(&b);
+                    self.partial = Some(buf);
+                }
+                actix_ws::Item::FirstBinary(_) => self.partial = None,
+                actix_ws::Item::Continue(b) | actix_ws::Item::Last(b) => {
+                    if let Some(buf) = self.partial.as_mut() {
+                        if buf.len() + b.len() > cap {
+                            self.partial = None;
+                            self.fail(
+                                EndReason::Lost(format!(
+                                    "message larger than upstream.max_frame_bytes ({cap})"
+                                )),
+                                ctx,
+                            );
+                            return;
+                        }
+                        buf.extend_from_slice(&b);
+                    }
+                }
+            },
+            Frame::Ping(p) => {
+                if let Some(sink) = self.sink.as_mut() {
+                    let _ = sink.write(ws::Message::Pong(p));
+                }
+            }
+            Frame::Pong(_) => {}
+            Frame::Close(reason) => {
+                let why = reason
+                    .map(|r| format!("closed by upstream ({:?})", r.code))
+                    .unwrap_or_else(|| "closed by upstream".into());
+                self.fail(EndReason::Lost(why), ctx);
+            }
+        }
+    }
+
+    fn on_bytes(&mut self, bytes: &Bytes, ctx: &mut Context<Self>) {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.on_text(text, ctx),
+            Err(_) => log::debug!("pool: connection {} ignored a non-UTF-8 message", self.id),
+        }
+    }
+}
+
+impl Actor for Connection {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let timeout = Duration::from_millis(self.settings.upstream.connect_timeout_ms);
+        let max_frame = self.settings.upstream.max_frame_bytes;
+        let url = self.url.clone();
+        let origin = self.settings.upstream.origin.clone();
+        let connect = async move {
+            http_client(timeout)
+                .ws(url.as_str())
+                .origin(origin.as_str())
+                .header(awc::http::header::USER_AGENT, USER_AGENT)
+                .max_frame_size(max_frame)
+                .connect()
+                .await
+                .map(|(_, framed)| framed)
+        };
+        ctx.spawn(
+            connect
+                .into_actor(self)
+                .map(|result, act, ctx| match result {
+                    Ok(framed) => {
+                        if act.state == State::Closing {
+                            return;
+                        }
+                        act.shared.touch();
+                        let (sink, stream) = framed.split();
+                        let sink: WsSink = Box::pin(sink);
+                        act.sink = Some(SinkWrite::new(sink, ctx));
+                        ctx.add_stream(stream);
+                    }
+                    Err(e) => {
+                        let reason = match &e {
+                            WsClientError::InvalidResponseStatus(status)
+                                if status.as_u16() == 429 || status.as_u16() == 503 =>
+                            {
+                                EndReason::RateLimited(format!("handshake answered HTTP {status}"))
+                            }
+                            WsClientError::InvalidResponseStatus(status) => {
+                                EndReason::ConnectFailed(format!(
+                                    "handshake answered HTTP {status}"
+                                ))
+                            }
+                            other => EndReason::ConnectFailed(other.to_string()),
+                        };
+                        act.fail(reason, ctx);
+                    }
+                }),
+        );
+        // Handshake and hello together are bounded by the connect timeout.
+        ctx.run_later(timeout, move |act, ctx| {
+            if act.state == State::Connecting {
+                act.fail(
+                    EndReason::ConnectFailed(format!(
+                        "no hello within upstream.connect_timeout_ms ({} ms)",
+                        timeout.as_millis()
+                    )),
+                    ctx,
+                );
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        let reason = self.end.take().unwrap_or(EndReason::Closed);
+        self.events.ended.do_send(ConnEnded {
+            conn: self.id,
+            reason,
+        });
+    }
+}
+
+impl StreamHandler<Result<Frame, WsProtocolError>> for Connection {
+    fn handle(&mut self, item: Result<Frame, WsProtocolError>, ctx: &mut Context<Self>) {
+        self.shared.touch();
+        match item {
+            Ok(Frame::Continuation(actix_ws::Item::Last(b))) => {
+                self.on_frame(Frame::Continuation(actix_ws::Item::Continue(b)), ctx);
+                if let Some(buf) = self.partial.take() {
+                    let bytes = buf.freeze();
+                    self.on_bytes(&bytes, ctx);
+                }
+            }
+            Ok(frame) => self.on_frame(frame, ctx),
+            Err(e) => self.fail(EndReason::Lost(format!("websocket error: {e}")), ctx),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.fail(EndReason::Lost("upstream closed the socket".into()), ctx);
+    }
+}
+
+impl WriteHandler<WsProtocolError> for Connection {
+    fn error(&mut self, err: WsProtocolError, ctx: &mut Self::Context) -> Running {
+        self.fail(EndReason::Lost(format!("write failed: {err}")), ctx);
+        Running::Stop
+    }
+}
+
+impl Handler<StartFetch> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartFetch, ctx: &mut Context<Self>) {
+        if self.state != State::Ready {
+            // The pool only dispatches to ready connections; a fetch that races with this
+            // connection's end goes back to the pool as retryable via `ConnEnded`.
+            return;
+        }
+        let session = new_session_id();
+        let timeout = Duration::from_millis(self.settings.upstream.request_timeout_ms);
+        let timer_session = session.clone();
+        let timer = ctx.run_later(timeout, move |act, ctx| {
+            act.finish(&timer_session, |_| Err(FetchError::Timeout), ctx);
+        });
+        let messages = [
+            ClientMessage::ChartCreateSession {
+                session: session.clone(),
+            },
+            ClientMessage::ResolveSymbol {
+                session: session.clone(),
+                symbol_id: SYMBOL_ID.into(),
+                spec: SymbolSpec {
+                    adjustment: Some("splits".into()),
+                    session: None,
+                    symbol: msg.symbol.to_string(),
+                },
+            },
+            ClientMessage::CreateSeries {
+                session: session.clone(),
+                series_id: SERIES_ID.into(),
+                turnaround: TURNAROUND.into(),
+                symbol_id: SYMBOL_ID.into(),
+                resolution: msg.feed_resolution,
+                count: u32::from(msg.bars.get()),
+                range: String::new(),
+            },
+        ];
+        self.sessions.insert(
+            session,
+            FetchState {
+                fetch: msg.fetch,
+                symbol: msg.symbol,
+                resolution: msg.resolution,
+                bars: Vec::new(),
+                metadata: None,
+                timer,
+            },
+        );
+        self.send_messages(&messages, ctx);
+    }
+}
+
+impl Handler<Shutdown> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        self.fail(EndReason::Closed, ctx);
+    }
+}
+
+/// `cs_` and twelve random letters and digits, as the browser does.
+fn new_session_id() -> String {
+    let mut rng = rand::rng();
+    let tail: String = (&mut rng)
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(12)
+        .map(char::from)
+        .collect();
+    format!("cs_{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_url_gets_the_chart_query_once() {
+        assert_eq!(
+            feed_url("ws://h/socket.io/websocket"),
+            "ws://h/socket.io/websocket?from=chart&type=chart"
+        );
+        assert_eq!(
+            feed_url("wss://h/ws?from=chart%2Fabc&date=1"),
+            "wss://h/ws?from=chart%2Fabc&date=1&type=chart"
+        );
+        assert_eq!(
+            feed_url("wss://h/ws?type=chart&from=chart"),
+            "wss://h/ws?type=chart&from=chart"
+        );
+    }
+
+    #[test]
+    fn session_ids_look_like_the_browser_ones() {
+        let a = new_session_id();
+        assert!(a.starts_with("cs_") && a.len() == 15);
+        assert_ne!(a, new_session_id());
+    }
+}

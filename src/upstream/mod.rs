@@ -1,0 +1,148 @@
+//! The upstream side: persistent WebSocket connections to the chart feed, the pool that owns them,
+//! and the provider of the auth token they present.
+//!
+//! - [`connection`]: one actor per WebSocket. Handshake, auth, heartbeat echo, one chart session
+//!   per fetch, per-fetch timeouts. It reports to the pool and never decides policy.
+//! - [`pool`]: the actor the rest of the crate talks to ([`FetchChart`], [`KeepWarm`],
+//!   [`CloseAll`], [`GetPoolStats`]). Lazy opening, least-loaded dispatch, a bounded FIFO queue,
+//!   retry-once, stale detection, reconnect backoff, token rotation.
+//! - [`token`]: where the JWT comes from (fixed, fetched with session cookies, or anonymous).
+//!
+//! The public messages and error type live here so that callers (the HTTP layer, the manager)
+//! depend on this module's surface rather than on the actors' internals.
+
+pub mod connection;
+pub mod pool;
+pub mod token;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::domain::{BarCount, Chart, Resolution, Symbol};
+
+pub use pool::Pool;
+
+/// Where the pool connects: the feed WebSocket and the page that hands out tokens. Separate from
+/// [`Settings`] because embedded mode points both at a simulator whose port is known only at run
+/// time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// `ws://` or `wss://` URL of the chart feed.
+    pub feed_url: String,
+    /// `http(s)://` URL whose HTML holds `"auth_token":"<jwt>"`.
+    pub token_url: String,
+}
+
+impl UpstreamTarget {
+    /// The target as configured (`upstream.url`, `upstream.token_url`), for `remote` mode.
+    pub fn from_settings(settings: &Settings) -> Self {
+        UpstreamTarget {
+            feed_url: settings.upstream.url.clone(),
+            token_url: settings.upstream.token_url.clone(),
+        }
+    }
+}
+
+/// Fetch one chart through the pool. The answer comes when the chart is complete or has failed;
+/// the pool never leaves it hanging (queue overflow, `down`, timeouts and lost connections all
+/// answer with an error).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Message)]
+#[rtype(result = "Result<Chart, FetchError>")]
+pub struct FetchChart {
+    pub symbol: Symbol,
+    pub resolution: Resolution,
+    pub bars: BarCount,
+}
+
+/// Why a chart fetch failed. Messages never contain a token or cookie.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The feed's `symbol_error`.
+    #[error("unknown symbol {0}")]
+    UnknownSymbol(String),
+    /// The feed's `series_error` (e.g. a resolution the symbol does not have).
+    #[error("the feed could not build the series: {0}")]
+    SeriesError(String),
+    /// The feed's `critical_error` for this fetch's chart session.
+    #[error("the feed refused the request parameters: {0}")]
+    InvalidParameters(String),
+    /// No `series_completed` within `upstream.request_timeout_ms`.
+    #[error("the chart feed did not answer in time")]
+    Timeout,
+    /// No connection could be made (after the reconnect attempts), or the pool is shut down.
+    #[error("the chart feed is unavailable: {0}")]
+    Unavailable(String),
+    /// `pool.max_queue` fetches are already waiting.
+    #[error("too many chart fetches are waiting; try again shortly")]
+    QueueFull,
+    /// The connection carrying the fetch was lost, and so was the one it was retried on.
+    #[error("the connection to the chart feed was lost")]
+    ConnectionLost,
+}
+
+impl FetchError {
+    /// The machine code the HTTP API reports.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FetchError::UnknownSymbol(_) => "unknown_symbol",
+            FetchError::SeriesError(_) => "series_error",
+            FetchError::InvalidParameters(_) => "invalid_parameters",
+            FetchError::Timeout => "upstream_timeout",
+            FetchError::Unavailable(_) => "upstream_unavailable",
+            FetchError::QueueFull => "queue_full",
+            FetchError::ConnectionLost => "connection_lost",
+        }
+    }
+}
+
+/// A lease exists: keep connections open, and have at least one ready so the first fetch does not
+/// pay for a handshake. Also ends a `down` episode so the next fetch tries again.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct KeepWarm;
+
+/// No lease is left (idle timeout) or force-cleanup: close every connection. Fetches still in
+/// flight fail with `connection_lost`; queued ones with `upstream_unavailable`. Answers with the
+/// number of connections closed.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "usize")]
+pub struct CloseAll;
+
+/// A snapshot of the pool for `/api/connections/stats` and the manager's health check.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "PoolStats")]
+pub struct GetPoolStats;
+
+/// The pool as `/api/connections/stats` shows it (`pool` object of SPEC 3.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, MessageResponse)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStats {
+    /// Connections that are open (authenticated or draining), not counting ones still connecting.
+    pub open_connections: usize,
+    pub in_flight: usize,
+    pub queued: usize,
+    pub served_total: u64,
+    pub connections: Vec<ConnectionStats>,
+    /// Failed connection attempts in the current failure episode (0 when connections succeed).
+    /// Reported at the manager's top level, so not repeated in the `pool` object.
+    #[serde(skip)]
+    pub reconnect_attempts: u32,
+    /// Every reconnect attempt of the episode failed; fetches fail fast until a new one starts.
+    #[serde(skip)]
+    pub down: bool,
+}
+
+/// One connection in [`PoolStats`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionStats {
+    pub id: u64,
+    /// `connecting`, `ready`, `draining` (finishing its fetches before a token rotation closes it).
+    pub state: &'static str,
+    pub in_flight: usize,
+    pub served: u64,
+    pub age_secs: u64,
+    /// Seconds since the last message from upstream (heartbeats included).
+    pub last_upstream_secs: u64,
+}
