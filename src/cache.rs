@@ -38,7 +38,11 @@ pub struct CachedChart {
 
 impl CachedChart {
     pub fn new(chart: Chart) -> Self {
-        CachedChart { chart, objects: OnceLock::new(), columns: OnceLock::new() }
+        CachedChart {
+            chart,
+            objects: OnceLock::new(),
+            columns: OnceLock::new(),
+        }
     }
 
     /// `"bars":...,"metadata":{...}` (no braces), so callers can splice it into bigger objects.
@@ -52,7 +56,9 @@ impl CachedChart {
             out.push_str("\"bars\":");
             write(&self.chart.bars, &mut out);
             out.push_str(",\"metadata\":");
-            out.push_str(&serde_json::to_string(&self.chart.metadata).unwrap_or_else(|_| "{}".into()));
+            out.push_str(
+                &serde_json::to_string(&self.chart.metadata).unwrap_or_else(|_| "{}".into()),
+            );
             out
         })
     }
@@ -82,7 +88,12 @@ fn write_bar_objects(bars: &[Bar], out: &mut String) {
             out.push(',');
         }
         let _ = write!(out, "{{\"time\":{}", bar.time);
-        for (name, value) in [("open", bar.open), ("high", bar.high), ("low", bar.low), ("close", bar.close)] {
+        for (name, value) in [
+            ("open", bar.open),
+            ("high", bar.high),
+            ("low", bar.low),
+            ("close", bar.close),
+        ] {
             let _ = write!(out, ",\"{name}\":");
             write_number(out, value);
         }
@@ -105,8 +116,12 @@ fn write_bar_columns(bars: &[Bar], out: &mut String) {
         let _ = write!(out, "{}", bar.time);
     }
     out.push(']');
-    let columns: [(&str, fn(&Bar) -> f64); 4] =
-        [("open", |b| b.open), ("high", |b| b.high), ("low", |b| b.low), ("close", |b| b.close)];
+    let columns: [(&str, fn(&Bar) -> f64); 4] = [
+        ("open", |b| b.open),
+        ("high", |b| b.high),
+        ("low", |b| b.low),
+        ("close", |b| b.close),
+    ];
     for (name, get) in columns {
         let _ = write!(out, ",\"{name}\":[");
         for (n, bar) in bars.iter().enumerate() {
@@ -160,12 +175,21 @@ impl Cache {
             .max_capacity(10_000)
             .time_to_live(ttl)
             .build();
-        Cache { charts, formulas, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        Cache {
+            charts,
+            formulas,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
     }
 
     /// The cached chart for `key`, or the result of `fetch` (made once however many callers ask
     /// at the same time). The flag says whether it came from the cache.
-    pub async fn chart<F, Fut, E>(&self, key: ChartKey, fetch: F) -> Result<(Arc<CachedChart>, bool), Arc<E>>
+    pub async fn chart<F, Fut, E>(
+        &self,
+        key: ChartKey,
+        fetch: F,
+    ) -> Result<(Arc<CachedChart>, bool), Arc<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Chart, E>>,
@@ -180,7 +204,9 @@ impl Cache {
         metrics::counter!("chartgate_cache_misses_total").increment(1);
         let chart = self
             .charts
-            .try_get_with(key, async move { fetch().await.map(|c| Arc::new(CachedChart::new(c))) })
+            .try_get_with(key, async move {
+                fetch().await.map(|c| Arc::new(CachedChart::new(c)))
+            })
             .await?;
         Ok((chart, false))
     }
@@ -225,10 +251,27 @@ mod tests {
             symbol: "NSE:TCS".parse().unwrap(),
             resolution: Resolution::Day,
             bars: vec![
-                Bar { time: 1, open: 1.0, high: 2.5, low: 0.5, close: 2.0, volume },
-                Bar { time: 2, open: 2.0, high: 3.0, low: 1.5, close: 2.5, volume },
+                Bar {
+                    time: 1,
+                    open: 1.0,
+                    high: 2.5,
+                    low: 0.5,
+                    close: 2.0,
+                    volume,
+                },
+                Bar {
+                    time: 2,
+                    open: 2.0,
+                    high: 3.0,
+                    low: 1.5,
+                    close: 2.5,
+                    volume,
+                },
             ],
-            metadata: ChartMetadata { name: "TCS".into(), ..ChartMetadata::default() },
+            metadata: ChartMetadata {
+                name: "TCS".into(),
+                ..ChartMetadata::default()
+            },
         }
     }
 
@@ -236,24 +279,41 @@ mod tests {
     fn both_formats_are_valid_json_of_the_spec_shape() {
         let cached = CachedChart::new(chart(Some(10.0)));
         let objects: serde_json::Value =
-            serde_json::from_str(&format!("{{{}}}", cached.json_fields(BarsFormat::Objects))).unwrap();
-        assert_eq!(objects["bars"][1], serde_json::json!({"time":2,"open":2.0,"high":3.0,"low":1.5,"close":2.5,"volume":10.0}));
+            serde_json::from_str(&format!("{{{}}}", cached.json_fields(BarsFormat::Objects)))
+                .unwrap();
+        assert_eq!(
+            objects["bars"][1],
+            serde_json::json!({"time":2,"open":2.0,"high":3.0,"low":1.5,"close":2.5,"volume":10.0})
+        );
         assert_eq!(objects["metadata"]["name"], "TCS");
         let columns: serde_json::Value =
-            serde_json::from_str(&format!("{{{}}}", cached.json_fields(BarsFormat::Columns))).unwrap();
+            serde_json::from_str(&format!("{{{}}}", cached.json_fields(BarsFormat::Columns)))
+                .unwrap();
         assert_eq!(columns["bars"]["close"], serde_json::json!([2.0, 2.5]));
         assert_eq!(columns["bars"]["volume"], serde_json::json!([10.0, 10.0]));
 
         let no_volume = CachedChart::new(chart(None));
-        assert!(!no_volume.json_fields(BarsFormat::Objects).contains("volume"));
-        assert!(!no_volume.json_fields(BarsFormat::Columns).contains("volume"));
+        assert!(
+            !no_volume
+                .json_fields(BarsFormat::Objects)
+                .contains("volume")
+        );
+        assert!(
+            !no_volume
+                .json_fields(BarsFormat::Columns)
+                .contains("volume")
+        );
     }
 
     #[actix_rt::test]
     async fn concurrent_identical_fetches_are_made_once() {
         let cache = Arc::new(Cache::new(&CacheSettings::default()));
         let calls = Arc::new(AtomicUsize::new(0));
-        let key = ChartKey { symbol: "NSE:TCS".parse().unwrap(), resolution: Resolution::Day, bars: BarCount::default() };
+        let key = ChartKey {
+            symbol: "NSE:TCS".parse().unwrap(),
+            resolution: Resolution::Day,
+            bars: BarCount::default(),
+        };
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (cache, calls, key) = (cache.clone(), calls.clone(), key.clone());
@@ -273,7 +333,10 @@ mod tests {
             assert_eq!(task.await.unwrap().unwrap(), 2);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        let (_, cached) = cache.chart(key, || async { Err::<Chart, _>("not called".to_string()) }).await.unwrap();
+        let (_, cached) = cache
+            .chart(key, || async { Err::<Chart, _>("not called".to_string()) })
+            .await
+            .unwrap();
         assert!(cached);
         let stats = cache.stats().await;
         assert_eq!((stats.entries, stats.hits, stats.misses), (1, 1, 20));
@@ -282,9 +345,23 @@ mod tests {
     #[actix_rt::test]
     async fn failures_are_not_cached() {
         let cache = Cache::new(&CacheSettings::default());
-        let key = ChartKey { symbol: "NSE:X".parse().unwrap(), resolution: Resolution::Day, bars: BarCount::default() };
-        let err = cache.chart(key.clone(), || async { Err::<Chart, _>("boom".to_string()) }).await.unwrap_err();
+        let key = ChartKey {
+            symbol: "NSE:X".parse().unwrap(),
+            resolution: Resolution::Day,
+            bars: BarCount::default(),
+        };
+        let err = cache
+            .chart(key.clone(), || async {
+                Err::<Chart, _>("boom".to_string())
+            })
+            .await
+            .unwrap_err();
         assert_eq!(*err, "boom");
-        assert!(cache.chart(key, || async { Ok::<_, String>(chart(None)) }).await.is_ok());
+        assert!(
+            cache
+                .chart(key, || async { Ok::<_, String>(chart(None)) })
+                .await
+                .is_ok()
+        );
     }
 }

@@ -65,7 +65,11 @@ pub fn parse_screen(text: &str) -> Vec<Stock> {
             Ok(symbol) => stocks.push(Stock {
                 symbol,
                 name: None,
-                price: raw_price.trim().parse::<f64>().ok().filter(|p| p.is_finite()),
+                price: raw_price
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| p.is_finite()),
                 sector: None,
                 industry: None,
             }),
@@ -138,7 +142,12 @@ pub struct FormulaSource {
 
 impl FormulaSource {
     /// `base_url` is the resolved `formulas.source_url` (the simulator's in embedded mode).
-    pub fn new(settings: &FormulasSettings, base_url: String, universe: Universe, timeout: Duration) -> Self {
+    pub fn new(
+        settings: &FormulasSettings,
+        base_url: String,
+        universe: Universe,
+        timeout: Duration,
+    ) -> Self {
         FormulaSource {
             base_url,
             formulas: Arc::new(settings.list.clone()),
@@ -149,11 +158,18 @@ impl FormulaSource {
 
     /// `(id, name)` of every formula, in configuration order.
     pub fn list(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.formulas.iter().map(|f| (f.id.as_str(), f.name.as_str()))
+        self.formulas
+            .iter()
+            .map(|f| (f.id.as_str(), f.name.as_str()))
     }
 
     pub fn find(&self, id: &str) -> Option<&FormulaDef> {
         self.formulas.iter().find(|f| f.id == id)
+    }
+
+    /// Adds name, sector and industry from the universe file, where it knows the stock.
+    pub fn enrich(&self, stocks: &mut [Stock]) {
+        self.universe.enrich(stocks);
     }
 
     /// The URL a formula's list is fetched from. Contains the key: never log or return it.
@@ -167,8 +183,13 @@ impl FormulaSource {
 
     /// Fetches a formula's stock list from its source, enriched from the universe.
     pub async fn fetch(&self, id: &str) -> Result<FormulaResult, FormulaError> {
-        let formula = self.find(id).ok_or_else(|| FormulaError::Unknown(id.to_string()))?;
-        let source_error = |reason: String| FormulaError::Source { formula: id.to_string(), reason };
+        let formula = self
+            .find(id)
+            .ok_or_else(|| FormulaError::Unknown(id.to_string()))?;
+        let source_error = |reason: String| FormulaError::Source {
+            formula: id.to_string(),
+            reason,
+        };
         let client = awc::Client::builder().timeout(self.timeout).finish();
         let mut response = client
             .get(self.url_of(formula))
@@ -176,21 +197,31 @@ impl FormulaSource {
             .await
             .map_err(|e| source_error(describe_send_error(&e)))?;
         if !response.status().is_success() {
-            return Err(source_error(format!("it answered HTTP {}", response.status().as_u16())));
+            return Err(source_error(format!(
+                "it answered HTTP {}",
+                response.status().as_u16()
+            )));
         }
         let body = response
             .body()
             .limit(16 * 1024 * 1024)
             .await
             .map_err(|e| source_error(format!("reading its answer failed: {e}")))?;
-        let text = std::str::from_utf8(&body).map_err(|_| source_error("its answer is not UTF-8 text".into()))?;
+        let text = std::str::from_utf8(&body)
+            .map_err(|_| source_error("its answer is not UTF-8 text".into()))?;
         let mut stocks = parse_screen(text);
         // An empty answer is a screen that matched nothing; lines none of which parse are not.
         if stocks.is_empty() && text.lines().any(|l| !l.trim().is_empty()) {
-            return Err(source_error("its answer is not a MarketInOut stock list".into()));
+            return Err(source_error(
+                "its answer is not a MarketInOut stock list".into(),
+            ));
         }
         self.universe.enrich(&mut stocks);
-        Ok(FormulaResult { formula_id: formula.id.clone(), formula_name: formula.name.clone(), stocks })
+        Ok(FormulaResult {
+            formula_id: formula.id.clone(),
+            formula_name: formula.name.clone(),
+            stocks,
+        })
     }
 }
 

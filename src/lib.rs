@@ -22,7 +22,9 @@
 #![forbid(unsafe_code)]
 #![recursion_limit = "256"]
 
+pub mod app;
 pub mod cache;
+pub mod charts;
 pub mod config;
 pub mod domain;
 pub mod formulas;
@@ -32,5 +34,5 @@ pub mod jwt;
 pub mod manager;
 pub mod protocol;
 pub mod simulator;
-pub mod watch;
 pub mod upstream;
+pub mod watch;

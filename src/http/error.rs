@@ -25,7 +25,11 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -51,7 +55,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(Body { error: &self.message, code: self.code })
+        HttpResponse::build(self.status).json(Body {
+            error: &self.message,
+            code: self.code,
+        })
     }
 }
 
@@ -71,7 +78,11 @@ impl From<FormulaError> for ApiError {
     fn from(e: FormulaError) -> Self {
         match e {
             FormulaError::Unknown(_) => ApiError::not_found("unknown_formula", e.to_string()),
-            FormulaError::Source { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "formula_source_error", e.to_string()),
+            FormulaError::Source { .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "formula_source_error",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -17,12 +17,21 @@ impl Query {
     pub fn parse(query_string: &str) -> Result<Query, ApiError> {
         serde_urlencoded::from_str(query_string)
             .map(|pairs| Query { pairs })
-            .map_err(|_| ApiError::bad_request("invalid_query", "the query string is not valid URL encoding"))
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    "the query string is not valid URL encoding",
+                )
+            })
     }
 
     /// The value of `name`, if given once; an error if given more than once.
     pub fn get(&self, name: &str) -> Result<Option<&str>, ApiError> {
-        let mut values = self.pairs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let mut values = self
+            .pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
         let first = values.next();
         if values.next().is_some() {
             return Err(ApiError::bad_request(
@@ -144,7 +153,12 @@ impl StreamRequest {
                     "give formula=<id> (see /api/formulas) or symbols=<comma-separated list>",
                 ));
             }
-            (Some(""), None) => return Err(ApiError::bad_request("missing_parameter", "formula is empty")),
+            (Some(""), None) => {
+                return Err(ApiError::bad_request(
+                    "missing_parameter",
+                    "formula is empty",
+                ));
+            }
             (Some(id), None) => SymbolSource::Formula(id.to_string()),
             (None, Some(list)) => SymbolSource::Symbols(parse_symbols(list, max_symbols)?),
         };
@@ -160,14 +174,24 @@ impl StreamRequest {
 
 /// A comma-separated symbol list: trimmed, empty items skipped, duplicates dropped (first wins).
 pub fn parse_symbols(list: &str, max: usize) -> Result<Vec<Symbol>, ApiError> {
-    let items: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let items: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     if items.is_empty() {
-        return Err(ApiError::bad_request("missing_parameter", "symbols is empty"));
+        return Err(ApiError::bad_request(
+            "missing_parameter",
+            "symbols is empty",
+        ));
     }
     if items.len() > max {
         return Err(ApiError::bad_request(
             "too_many_symbols",
-            format!("{} symbols requested; at most {max} per request (server.max_symbols_per_request)", items.len()),
+            format!(
+                "{} symbols requested; at most {max} per request (server.max_symbols_per_request)",
+                items.len()
+            ),
         ));
     }
     let mut symbols: Vec<Symbol> = Vec::with_capacity(items.len());
@@ -190,7 +214,10 @@ pub fn parse_resolutions(list: &str) -> Result<Vec<Resolution>, ApiError> {
         }
     }
     if out.is_empty() {
-        return Err(ApiError::bad_request("invalid_resolution", "resolutions is empty"));
+        return Err(ApiError::bad_request(
+            "invalid_resolution",
+            "resolutions is empty",
+        ));
     }
     Ok(out)
 }
@@ -206,14 +233,26 @@ pub struct ChartRequest {
 
 impl ChartRequest {
     pub fn from_query(query: &Query) -> Result<Self, ApiError> {
-        let symbol = query
-            .get("symbol")?
-            .ok_or_else(|| ApiError::bad_request("missing_parameter", "give symbol=<EXCHANGE:TICKER>"))?;
+        let symbol = query.get("symbol")?.ok_or_else(|| {
+            ApiError::bad_request("missing_parameter", "give symbol=<EXCHANGE:TICKER>")
+        })?;
         Ok(ChartRequest {
             symbol: symbol.parse()?,
-            resolution: query.get("resolution")?.map(str::parse).transpose()?.unwrap_or(Resolution::Day),
-            bars: query.get("bars")?.map(str::parse).transpose()?.unwrap_or_default(),
-            format: query.get("barsFormat")?.map(str::parse).transpose()?.unwrap_or_default(),
+            resolution: query
+                .get("resolution")?
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or(Resolution::Day),
+            bars: query
+                .get("bars")?
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            format: query
+                .get("barsFormat")?
+                .map(str::parse)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }
@@ -222,7 +261,10 @@ impl ChartRequest {
 pub fn formula_param(query: &Query) -> Result<String, ApiError> {
     match query.get("formula")?.map(str::trim) {
         Some(id) if !id.is_empty() => Ok(truncate_for_message(id)),
-        _ => Err(ApiError::bad_request("missing_parameter", "give formula=<id> (see /api/formulas)")),
+        _ => Err(ApiError::bad_request(
+            "missing_parameter",
+            "give formula=<id> (see /api/formulas)",
+        )),
     }
 }
 
@@ -239,7 +281,10 @@ mod tests {
         let r = stream("symbols=tcs.ns,%20NSE:INFY,,TCS.NS").unwrap();
         assert_eq!(
             r.source,
-            SymbolSource::Symbols(vec!["NSE:TCS".parse().unwrap(), "NSE:INFY".parse().unwrap()])
+            SymbolSource::Symbols(vec![
+                "NSE:TCS".parse().unwrap(),
+                "NSE:INFY".parse().unwrap()
+            ])
         );
         assert_eq!(r.resolutions, [Resolution::Week, Resolution::Day]);
         assert_eq!((r.bars.get(), r.format), (300, BarsFormat::Objects));
@@ -259,13 +304,17 @@ mod tests {
         assert_eq!(code("symbols=NSE:TCS&resolutions=2H"), "invalid_resolution");
         assert_eq!(code("symbols=NSE:TCS&bars=0"), "invalid_bars");
         assert_eq!(code("symbols=NSE:TCS&bars=5001"), "invalid_bars");
-        assert_eq!(code("symbols=NSE:TCS&barsFormat=csv"), "invalid_bars_format");
+        assert_eq!(
+            code("symbols=NSE:TCS&barsFormat=csv"),
+            "invalid_bars_format"
+        );
     }
 
     #[test]
     fn bodies_accept_lists_and_strings() {
         let body: StreamBody =
-            serde_json::from_str(r#"{"symbols":["NSE:TCS"],"resolutions":"1D","barsCount":10}"#).unwrap();
+            serde_json::from_str(r#"{"symbols":["NSE:TCS"],"resolutions":"1D","barsCount":10}"#)
+                .unwrap();
         let r = StreamRequest::from_body(body, 10).unwrap();
         assert_eq!(r.bars.get(), 10);
         assert!(serde_json::from_str::<StreamBody>(r#"{"formula":"x"}"#).is_err());

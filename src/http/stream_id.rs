@@ -31,7 +31,11 @@ pub struct StreamId {
 
 impl StreamId {
     pub fn new(request: u64, list: u64) -> Self {
-        StreamId { request, list, progress: Progress::Batches(Vec::new()) }
+        StreamId {
+            request,
+            list,
+            progress: Progress::Batches(Vec::new()),
+        }
     }
 
     /// Marks batch `index` (0-based) as sent.
@@ -46,23 +50,33 @@ impl StreamId {
 
     pub fn has(&self, index: usize) -> bool {
         match &self.progress {
-            Progress::Batches(bits) => bits.get(index / 8).is_some_and(|b| b & (1 << (index % 8)) != 0),
+            Progress::Batches(bits) => bits
+                .get(index / 8)
+                .is_some_and(|b| b & (1 << (index % 8)) != 0),
             Progress::Done => true,
         }
     }
 
     pub fn done(&self) -> StreamId {
-        StreamId { progress: Progress::Done, ..self.clone() }
+        StreamId {
+            progress: Progress::Done,
+            ..self.clone()
+        }
     }
 
     /// Parses an id; anything malformed is `None` (the stream then starts over).
     pub fn parse(raw: &str) -> Option<StreamId> {
         let mut parts = raw.trim().split('.');
-        let (Some(request), Some(list), Some(progress), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(request), Some(list), Some(progress), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return None;
         };
-        let hex64 = |s: &str| (s.len() == 16).then(|| u64::from_str_radix(s, 16).ok()).flatten();
+        let hex64 = |s: &str| {
+            (s.len() == 16)
+                .then(|| u64::from_str_radix(s, 16).ok())
+                .flatten()
+        };
         let progress = if progress == "done" {
             Progress::Done
         } else {
@@ -75,7 +89,11 @@ impl StreamId {
                 .collect::<Option<Vec<u8>>>()?;
             Progress::Batches(bytes)
         };
-        Some(StreamId { request: hex64(request)?, list: hex64(list)?, progress })
+        Some(StreamId {
+            request: hex64(request)?,
+            list: hex64(list)?,
+            progress,
+        })
     }
 }
 
@@ -95,7 +113,14 @@ pub fn request_hash(request: &StreamRequest, batch_size: usize) -> u64 {
     let source = match &request.source {
         SymbolSource::Formula(id) => format!("formula:{id}"),
         SymbolSource::Symbols(symbols) => {
-            format!("symbols:{}", symbols.iter().map(Symbol::as_str).collect::<Vec<_>>().join(","))
+            format!(
+                "symbols:{}",
+                symbols
+                    .iter()
+                    .map(Symbol::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
         }
     };
     let resolutions: Vec<&str> = request.resolutions.iter().map(|r| r.as_str()).collect();
@@ -139,7 +164,15 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_refused() {
-        for bad in ["", "x", "1.2.3", "00000000deadbeef.000000000000002a", "00000000deadbeef.000000000000002a.0g", "00000000deadbeef.000000000000002a.0", "a.b.c.d"] {
+        for bad in [
+            "",
+            "x",
+            "1.2.3",
+            "00000000deadbeef.000000000000002a",
+            "00000000deadbeef.000000000000002a.0g",
+            "00000000deadbeef.000000000000002a.0",
+            "a.b.c.d",
+        ] {
             assert_eq!(StreamId::parse(bad), None, "{bad:?}");
         }
     }

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use crate::domain::Bar;
 use crate::protocol::server::bars_json;
 
-use super::state::{SplitMix64, fnv1a};
+use super::state::SplitMix64;
+use crate::hash::fnv1a;
 
 /// The most bars one series answers with (as the real feed).
 pub const MAX_BARS: u32 = 5000;

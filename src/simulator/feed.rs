@@ -62,9 +62,10 @@ use crate::protocol::server::{
 use crate::protocol::{Packet, decode_message, encode_packet};
 
 use super::bars::{MAX_BARS, SimResolution, series};
-use super::state::{Counters, OpenConnection, SimState, TokenSlot, fnv1a};
+use super::state::{Counters, OpenConnection, SimState, TokenSlot};
 use super::tickers::company_name;
 use super::tokens::unix_now;
+use crate::hash::fnv1a;
 
 /// The token a browser sends when nobody is signed in: accepted, with delayed data.
 pub const UNAUTHORIZED_TOKEN: &str = "unauthorized_user_token";

@@ -11,8 +11,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::config::is_formula_key;
 
 use super::bars::{SimResolution, series};
-use super::state::{SimState, SplitMix64, fnv1a};
+use super::state::{SimState, SplitMix64};
 use super::tickers::NSE_TICKERS;
+use crate::hash::fnv1a;
 
 /// The screen's timestamp: the close of the anchor day (IST), as MarketInOut writes it.
 const SCREEN_TIME: &str = "12/17/2025 15:45";

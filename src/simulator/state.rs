@@ -204,21 +204,6 @@ impl Drop for OpenConnection {
     }
 }
 
-/// FNV-1a, 64 bits: a hash that never changes between runs or Rust versions, for seeds and keys.
-pub fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for &b in *part {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // Separator, so ("ab","c") and ("a","bc") differ.
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// SplitMix64: a tiny PRNG whose sequence is fixed forever for a seed (unlike `rand`'s, which may
 /// change between versions), so generated bars and screens never change.
 #[derive(Debug, Clone)]

@@ -10,7 +10,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::jwt::{Claims, issue};
 
-use super::state::{Counters, SimState, fnv1a};
+use super::state::{Counters, SimState};
+use crate::hash::fnv1a;
 
 /// Token lifetime when `token_ttl_secs` is 0.
 pub(crate) const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;

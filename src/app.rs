@@ -1,0 +1,244 @@
+//! Startup and shutdown of the service: the embedded simulator (in `embedded` mode), the pool and
+//! manager actors (started once, before the HTTP workers), the cache, the formula source and the
+//! HTTP server on an already-bound listener, so tests can use port 0.
+//!
+//! Shutdown on Ctrl-C or SIGTERM: stop accepting, end open streams with a `stream-error` the
+//! client can resume from, close the upstream connections, stop the simulator, exit 0.
+
+use std::net::TcpListener;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use actix_web::{App, HttpServer, web};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+
+use crate::cache::Cache;
+use crate::charts::ChartService;
+use crate::config::{Settings, UpstreamMode};
+use crate::formulas::{FormulaSource, MARKETINOUT_SCREEN_URL, Universe};
+use crate::http::{AppState, configure};
+use crate::manager::Manager;
+use crate::simulator::Simulator;
+use crate::upstream::{CloseAll, Pool, UpstreamTarget};
+
+/// The process-wide Prometheus recorder (a recorder can be installed once per process; tests
+/// that start several applications share it).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Another recorder is installed (only possible in tests): render from our own.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// `host:port` of a URL, for readiness probes.
+fn host_port(url: &str) -> Option<String> {
+    let uri: awc::http::Uri = url.parse().ok()?;
+    let host = uri.host()?;
+    let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+        Some("https" | "wss") => 443,
+        _ => 80,
+    });
+    Some(format!("{host}:{port}"))
+}
+
+/// A running service.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    simulator: Option<Simulator>,
+    pool: Addr<Pool>,
+    manager: Addr<Manager>,
+    shutdown: watch::Sender<bool>,
+    settings: Arc<Settings>,
+}
+
+impl Application {
+    /// Builds everything and starts serving on `listener`, inside the current actix system.
+    pub async fn build(
+        mut settings: Settings,
+        listener: TcpListener,
+    ) -> std::io::Result<Application> {
+        let simulator = match settings.upstream.mode {
+            UpstreamMode::Embedded => {
+                let sim_listener = TcpListener::bind(("127.0.0.1", 0))?;
+                let sim = Simulator::start(&settings.simulator, sim_listener).await?;
+                settings.upstream.url = sim.feed_url();
+                settings.upstream.token_url = sim.token_url();
+                if settings.formulas.source_url.is_empty() {
+                    settings.formulas.source_url = sim.screen_url();
+                }
+                log::info!(
+                    "simulator: embedded chart feed and MarketInOut at http://{}",
+                    sim.addr()
+                );
+                Some(sim)
+            }
+            UpstreamMode::Remote => {
+                if settings.formulas.source_url.is_empty() {
+                    settings.formulas.source_url = MARKETINOUT_SCREEN_URL.into();
+                }
+                None
+            }
+        };
+        let universe = match settings.formulas.universe_file.as_str() {
+            "" => Universe::default(),
+            path => {
+                let universe =
+                    Universe::load(std::path::Path::new(path)).map_err(std::io::Error::other)?;
+                log::info!(
+                    "formulas: enriching stock lists from {} symbols in {path}",
+                    universe.len()
+                );
+                universe
+            }
+        };
+        let settings = Arc::new(settings);
+        let pool = Pool::new(settings.clone(), UpstreamTarget::from_settings(&settings)).start();
+        let manager = Manager::new(settings.clone(), pool.clone()).start();
+        let formulas = FormulaSource::new(
+            &settings.formulas,
+            settings.formulas.source_url.clone(),
+            universe,
+            Duration::from_millis(settings.formulas.timeout_ms),
+        );
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            charts: ChartService {
+                cache: Arc::new(Cache::new(&settings.cache)),
+                pool: pool.clone(),
+            },
+            formula_addr: host_port(&settings.formulas.source_url),
+            feed_addr: host_port(&settings.upstream.url).unwrap_or_default(),
+            formulas,
+            manager: manager.clone(),
+            metrics: metrics_handle(),
+            shutdown: shutdown_rx,
+        });
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || App::new().configure(configure(state.clone())))
+            .listen(listener)?
+            .disable_signals()
+            .shutdown_timeout(10)
+            .run();
+        Ok(Application {
+            port,
+            server,
+            simulator,
+            pool,
+            manager,
+            shutdown,
+            settings,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The embedded simulator, in `embedded` mode.
+    pub fn simulator(&self) -> Option<&Simulator> {
+        self.simulator.as_ref()
+    }
+
+    pub fn manager(&self) -> &Addr<Manager> {
+        &self.manager
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// A handle that stops the service gracefully (what Ctrl-C and SIGTERM do).
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            shutdown: self.shutdown.clone(),
+            server: self.server.handle(),
+        }
+    }
+
+    /// Serves until stopped, then closes upstream connections and the simulator.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Application {
+            server,
+            simulator,
+            pool,
+            ..
+        } = self;
+        let result = server.await;
+        let closed = pool.send(CloseAll).await.unwrap_or(0);
+        log::info!("shutdown: closed {closed} upstream connections");
+        if let Some(sim) = simulator {
+            sim.stop().await;
+        }
+        result
+    }
+}
+
+/// Stops an [`Application`] gracefully.
+#[derive(Clone)]
+pub struct Stopper {
+    shutdown: watch::Sender<bool>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl Stopper {
+    pub async fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        self.server.stop(true).await;
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn termination() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `chartgate serve`: runs the service until Ctrl-C or SIGTERM.
+pub fn serve(settings: Settings) -> std::io::Result<()> {
+    actix_web::rt::System::new().block_on(async move {
+        let bind = settings.server.bind;
+        let listener = TcpListener::bind(bind)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}")))?;
+        let app = Application::build(settings, listener).await?;
+        println!("chartgate: listening on http://{bind}/");
+        log::info!("http: listening on http://{bind}/ (demo page at /, API under /api)");
+        let stopper = app.stopper();
+        actix_web::rt::spawn(async move {
+            termination().await;
+            log::info!("shutdown: stopping; ending open streams");
+            stopper.stop().await;
+        });
+        app.run_until_stopped().await
+    })
+}
