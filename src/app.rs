@@ -35,13 +35,67 @@ pub fn metrics_handle() -> PrometheusHandle {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
                 .unwrap_or_else(|_| PrometheusBuilder::new());
-            match builder.install_recorder() {
+            let handle = match builder.install_recorder() {
                 Ok(handle) => handle,
                 // Another recorder is installed (only possible in tests): render from our own.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            }
+            };
+            describe_metrics();
+            handle
         })
         .clone()
+}
+
+/// Describes the metrics operators rely on and registers them at zero, so a dashboard sees every
+/// series from the first scrape rather than only after the first event of each kind.
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "chartgate_http_requests_total",
+        "HTTP requests by route pattern and status"
+    );
+    describe_gauge!(
+        "chartgate_sse_streams_open",
+        "formula streams currently open"
+    );
+    describe_counter!(
+        "chartgate_charts_fetched_total",
+        "chart fetches from the feed, by outcome"
+    );
+    describe_counter!(
+        "chartgate_charts_served_total",
+        "charts served to clients, by outcome (ok, cached, failed)"
+    );
+    describe_gauge!(
+        "chartgate_upstream_connections_open",
+        "upstream WebSocket connections open"
+    );
+    describe_counter!(
+        "chartgate_upstream_reconnects_total",
+        "reconnect attempts to the feed"
+    );
+    describe_gauge!("chartgate_leases", "live leases (refCount)");
+    describe_counter!("chartgate_cache_hits_total", "chart cache hits");
+    describe_counter!("chartgate_cache_misses_total", "chart cache misses");
+    describe_histogram!(
+        "chartgate_chart_fetch_seconds",
+        Unit::Seconds,
+        "time from dispatch to series_completed"
+    );
+    for name in [
+        "chartgate_upstream_reconnects_total",
+        "chartgate_cache_hits_total",
+        "chartgate_cache_misses_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+    for name in [
+        "chartgate_sse_streams_open",
+        "chartgate_upstream_connections_open",
+        "chartgate_leases",
+    ] {
+        metrics::gauge!(name).increment(0.0);
+    }
 }
 
 /// `host:port` of a URL, for readiness probes.

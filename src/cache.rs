@@ -28,6 +28,11 @@ pub struct ChartKey {
     pub bars: BarCount,
 }
 
+/// Writes bars as JSON into a buffer.
+type BarWriter = fn(&[Bar], &mut String);
+/// Reads one price column of a bar.
+type Column = (&'static str, fn(&Bar) -> f64);
+
 /// A finished chart and its JSON, made at most once per format.
 #[derive(Debug)]
 pub struct CachedChart {
@@ -47,7 +52,7 @@ impl CachedChart {
 
     /// `"bars":...,"metadata":{...}` (no braces), so callers can splice it into bigger objects.
     pub fn json_fields(&self, format: BarsFormat) -> &str {
-        let (cell, write): (&OnceLock<String>, fn(&[Bar], &mut String)) = match format {
+        let (cell, write): (&OnceLock<String>, BarWriter) = match format {
             BarsFormat::Objects => (&self.objects, write_bar_objects),
             BarsFormat::Columns => (&self.columns, write_bar_columns),
         };
@@ -116,7 +121,7 @@ fn write_bar_columns(bars: &[Bar], out: &mut String) {
         let _ = write!(out, "{}", bar.time);
     }
     out.push(']');
-    let columns: [(&str, fn(&Bar) -> f64); 4] = [
+    let columns: [Column; 4] = [
         ("open", |b| b.open),
         ("high", |b| b.high),
         ("low", |b| b.low),

@@ -223,6 +223,8 @@ enum Stop {
 
 impl Producer {
     async fn run(mut self) {
+        let open = metrics::gauge!("chartgate_sse_streams_open");
+        open.increment(1.0);
         let tx = self.tx.clone();
         tokio::select! {
             _ = tx.closed() => log::debug!("stream: client went away; work cancelled, lease released"),
@@ -232,6 +234,7 @@ impl Producer {
             },
         }
         drop(self.lease);
+        open.decrement(1.0);
     }
 
     fn event(&self, name: &'static str, payload: &impl Serialize, id: String) -> sse::Event {
