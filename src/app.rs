@@ -149,6 +149,12 @@ impl Application {
             }
         };
         let universe = match settings.formulas.universe_file.as_str() {
+            // The embedded simulator's screens list its own tickers, whose names it knows.
+            "" if simulator.is_some() => {
+                Universe::from_names(crate::simulator::tickers::NSE_TICKERS.iter().filter_map(
+                    |(ticker, name)| Some((format!("NSE:{ticker}").parse().ok()?, *name)),
+                ))
+            }
             "" => Universe::default(),
             path => {
                 let universe =

@@ -110,6 +110,23 @@ impl Universe {
         Ok(Universe { by_symbol })
     }
 
+    /// A universe that knows only names, e.g. the embedded simulator's tickers.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = (Symbol, &'a str)>) -> Universe {
+        let by_symbol = names
+            .into_iter()
+            .map(|(symbol, name)| {
+                let entry = UniverseEntry {
+                    symbol: symbol.to_string(),
+                    name: Some(name.to_string()),
+                    sector: None,
+                    industry: None,
+                };
+                (symbol, entry)
+            })
+            .collect();
+        Universe { by_symbol }
+    }
+
     pub fn len(&self) -> usize {
         self.by_symbol.len()
     }
