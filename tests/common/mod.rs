@@ -1,3 +1,4 @@
 //! Helpers shared by the black-box test binaries.
 
+pub mod app;
 pub mod sim_client;
