@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use crate::domain::DomainError;
+use crate::domain::{DomainError, truncate_for_message};
 use crate::formulas::FormulaError;
 
 /// An error answer.
@@ -77,7 +77,11 @@ impl From<DomainError> for ApiError {
 impl From<FormulaError> for ApiError {
     fn from(e: FormulaError) -> Self {
         match e {
-            FormulaError::Unknown(_) => ApiError::not_found("unknown_formula", e.to_string()),
+            // The id is the caller's input: echo it bounded, however long it was.
+            FormulaError::Unknown(id) => ApiError::not_found(
+                "unknown_formula",
+                FormulaError::Unknown(truncate_for_message(&id)).to_string(),
+            ),
             FormulaError::Source { .. } => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "formula_source_error",
