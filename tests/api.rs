@@ -882,8 +882,10 @@ async fn fifty_concurrent_streams_fetch_each_chart_once() {
         stats.series_served, 40,
         "each distinct chart fetched once: {stats:?}"
     );
+    // Every stream asked the cache for every chart: hits, or misses that joined a fetch in flight.
     let cache = &app.conn_stats().await["cache"];
-    assert!(cache["hits"].as_u64().is_some_and(|h| h > 0), "{cache}");
+    let asked = cache["hits"].as_u64().zip(cache["misses"].as_u64());
+    assert_eq!(asked.map(|(h, m)| h + m), Some(50 * 40), "{cache}");
     app.wait_ref_count(0, Duration::from_secs(2)).await;
 }
 
@@ -900,14 +902,23 @@ async fn a_client_that_disconnects_releases_its_lease_and_connections() {
         s.manager.idle_timeout_secs = 1;
     })
     .await;
-    let s = read_stream_until(
-        app.get(&format!(
+    let resp = app
+        .get(&format!(
             "{STREAM}?formula=breakouts&resolutions=1D,1W&bars=30"
-        )),
-        |e| e.event == "formula-results",
-    )
-    .await;
+        ))
+        .send()
+        .await
+        .expect("open the stream");
+    let s = common::app::read_response(resp, |e| e.event == "formula-results").await;
     assert_eq!(s.names(), ["formula-results"]);
+    // Dropped, but the server notices only at its next write (a keep-alive, 1 s): it still counts
+    // in /metrics (other tests' streams may count too).
+    let metrics = app.metrics().await;
+    let open = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("chartgate_sse_streams_open "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(open.is_some_and(|n| n >= 1.0), "streams open: {open:?}");
     let stats = app.conn_stats().await;
     assert_eq!(stats["refCount"], 1, "the stream holds a lease: {stats}");
     // The stream is dropped; keep-alives (1 s) let the server notice.
@@ -920,6 +931,29 @@ async fn a_client_that_disconnects_releases_its_lease_and_connections() {
     assert!(
         served < 40,
         "the abandoned stream's work was cancelled ({served} series served)"
+    );
+}
+
+#[actix_web::test]
+async fn idle_streams_get_keep_alive_comments() {
+    let app = spawn_app(|s| {
+        s.simulator.faults.latency_ms = 1_300;
+        s.stream.keep_alive_secs = 1;
+    })
+    .await;
+    let s = app
+        .stream(&format!("{STREAM}?symbols=NSE:TCS&resolutions=1D&bars=5"))
+        .await;
+    assert_wire_format(&s, app.settings.stream.retry_ms);
+    assert_eq!(s.names(), ["formula-results", "chart-batch", "complete"]);
+    let text = s.text();
+    let keep_alive = text
+        .find("\n: keep-alive\n\n")
+        .expect("a keep-alive comment");
+    let batch = text.find("event: chart-batch").expect("the batch");
+    assert!(
+        keep_alive < batch,
+        "the comment came while waiting for the chart"
     );
 }
 
@@ -1264,10 +1298,7 @@ async fn leases_stats_health_and_metrics() {
     let (status, _) = app.get_json("/api/chart-data?symbol=NSE:INVALIDZ").await;
     assert_eq!(status, 404);
 
-    let mut resp = app.get("/metrics").send().await.expect("metrics");
-    assert_eq!(resp.status(), 200);
-    let metrics =
-        String::from_utf8(resp.body().limit(4 << 20).await.expect("body").to_vec()).expect("UTF-8");
+    let metrics = app.metrics().await;
     let has = |needle: &str| {
         metrics
             .lines()
@@ -1384,7 +1415,7 @@ async fn no_route_returns_a_secret() {
                 let headers = format!("{:?}", resp.headers());
                 bodies.push((
                     path.to_string(),
-                    format!("{headers}\n{}", String::from_utf8_lossy(&body)),
+                    format!("{}\n{headers}", String::from_utf8_lossy(&body)),
                 ));
             }
         }

@@ -215,6 +215,14 @@ impl TestApp {
         body
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let mut resp = self.get("/metrics").send().await.expect("GET /metrics");
+        assert_eq!(resp.status(), 200);
+        let body = resp.body().limit(16 << 20).await.expect("the metrics");
+        String::from_utf8(body.to_vec()).expect("metrics are UTF-8")
+    }
+
     /// Polls `/api/connections/stats` until `refCount` is `want`, failing after `within`.
     pub async fn wait_ref_count(&self, want: u64, within: Duration) {
         let deadline = Instant::now() + within;
