@@ -448,6 +448,15 @@ async fn a_dropped_stream_resumes_from_its_last_event_id() {
                 .insert_header(("Last-Event-ID", last_id.as_str()))
         };
         let rest = read_stream(req).await;
+        // The same through a POST body's lastEventId.
+        let resp = app
+            .post(STREAM)
+            .send_json(&json!({"formulaId": "breakouts", "resolutions": "1D", "barsCount": 20, "lastEventId": last_id}))
+            .await
+            .expect("POST");
+        let posted = common::app::read_response(resp, |_| false).await;
+        assert_eq!(batch_indices(&posted).len(), total_batches - 2);
+        assert_eq!(posted.names().first(), Some(&"chart-batch"));
         assert_wire_format(&rest, app.settings.stream.retry_ms);
         let names = rest.names();
         assert!(!names.contains(&"formula-results"), "{names:?}");
@@ -882,6 +891,10 @@ async fn fifty_concurrent_streams_fetch_each_chart_once() {
         stats.series_served, 40,
         "each distinct chart fetched once: {stats:?}"
     );
+    assert!(
+        stats.connections_total <= app.settings.pool.max_connections as u64,
+        "connections are pooled: {stats:?}"
+    );
     // Every stream asked the cache for every chart: hits, or misses that joined a fetch in flight.
     let cache = &app.conn_stats().await["cache"];
     let asked = cache["hits"].as_u64().zip(cache["misses"].as_u64());
@@ -1058,6 +1071,16 @@ async fn a_failing_formula_source_is_a_502_that_hides_the_key() {
     assert_eq!(body["formulas"].as_array().map(Vec::len), Some(4));
     let (status, _) = app.get_json("/healthz").await;
     assert_eq!(status, 200);
+
+    // With the formula source unreachable and no connection open, the service is not ready.
+    let app = spawn_app(|s| {
+        s.formulas.source_url = format!("http://127.0.0.1:{dead}/run/screen");
+    })
+    .await;
+    let (status, body) = app.get_json("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = app.get_json("/healthz").await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[actix_web::test]
@@ -1322,7 +1345,12 @@ async fn leases_stats_health_and_metrics() {
 
 #[actix_web::test]
 async fn cors_allows_only_the_configured_origins() {
-    let app = spawn_app(|s| s.server.cors_origins = vec!["http://app.example".into()]).await;
+    let token = "cors-api-token";
+    let app = spawn_app(|s| {
+        s.server.cors_origins = vec!["http://app.example".into()];
+        s.server.api_token = Secret::new(token);
+    })
+    .await;
     let preflight = |origin: &'static str, path: &str| {
         app.client
             .request(Method::OPTIONS, app.url(path))
@@ -1347,9 +1375,12 @@ async fn cors_allows_only_the_configured_origins() {
             .expect("preflight");
         assert_eq!(acao(other.headers()), None, "{path}: another origin");
     }
+    // Preflights carry no token (browsers never send one); the real requests do.
     let s = read_stream(
-        app.get(&format!("{STREAM}?symbols=NSE:TCS&resolutions=1D&bars=5"))
-            .insert_header(("Origin", "http://app.example")),
+        app.get(&format!(
+            "{STREAM}?symbols=NSE:TCS&resolutions=1D&bars=5&access_token={token}"
+        ))
+        .insert_header(("Origin", "http://app.example")),
     )
     .await;
     assert_eq!(acao(&s.headers).as_deref(), Some("http://app.example"));
@@ -1357,10 +1388,53 @@ async fn cors_allows_only_the_configured_origins() {
     let resp = app
         .get("/api/formulas")
         .insert_header(("Origin", "http://evil.example"))
+        .insert_header(("Authorization", format!("Bearer {token}")))
         .send()
         .await
         .expect("GET");
     assert_eq!(acao(resp.headers()), None);
+    // A refusal is readable by the allowed page too.
+    let resp = app
+        .get("/api/formulas")
+        .insert_header(("Origin", "http://app.example"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), 401);
+    assert_eq!(acao(resp.headers()).as_deref(), Some("http://app.example"));
+}
+
+#[actix_web::test]
+async fn leases_are_safe_under_concurrency_and_expire() {
+    let app = spawn_app(|s| s.manager.lease_ttl_secs = 1).await;
+    let acquired = join_all((0..20).map(|_| send_json(app.post("/api/connections/acquire")))).await;
+    let ids: BTreeSet<String> = acquired
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 200, "{body}");
+            body["leaseId"].as_str().expect("leaseId").to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 20, "distinct lease ids");
+    assert_eq!(app.conn_stats().await["refCount"], 20);
+    let deletes = ids.iter().chain(ids.iter()).map(|id| {
+        app.client
+            .delete(app.url(&format!("/api/connections/{id}")))
+            .send()
+    });
+    for resp in join_all(deletes).await {
+        assert_eq!(resp.expect("DELETE").status(), 204);
+    }
+    let stats = app.conn_stats().await;
+    assert_eq!(stats["refCount"], 0, "{stats}");
+
+    // An explicit lease not renewed within lease_ttl_secs (1 s) expires.
+    let (_, lease) = send_json(app.post("/api/connections/acquire")).await;
+    assert_eq!(lease["ttlSecs"], 1);
+    let id = lease["leaseId"].as_str().expect("leaseId").to_string();
+    app.wait_ref_count(0, Duration::from_secs(3)).await;
+    let (status, body) = send_json(app.post(&format!("/api/connections/{id}/renew"))).await;
+    assert_error(status, &body, 404, "unknown_lease", "renew after expiry");
 }
 
 // ------------------------------------------------------------------------------------------------
