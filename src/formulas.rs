@@ -207,7 +207,7 @@ impl FormulaSource {
             formula: id.to_string(),
             reason,
         };
-        let client = awc::Client::builder().timeout(self.timeout).finish();
+        let client = crate::client::http_client(self.timeout);
         let mut response = client
             .get(self.url_of(formula))
             .send()

@@ -8,6 +8,7 @@
 //!   construction.
 //! - [`protocol`]: the feed's wire format (framing, client and server messages, bar extraction),
 //!   pure code shared by the client side and the simulator.
+//! - [`client`]: outgoing awc clients with TLS (rustls, ring, webpki roots), set up one way.
 //! - [`jwt`]: the little of JSON Web Tokens both sides need (claims in, claims out).
 //! - [`upstream`]: the actor core's feed side: one actor per WebSocket connection, the pool actor
 //!   that owns them (lazy opening, queueing, retry, backoff, token rotation), and the token
@@ -25,6 +26,7 @@
 pub mod app;
 pub mod cache;
 pub mod charts;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod formulas;

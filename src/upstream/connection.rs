@@ -11,8 +11,8 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::clock::Instant;
@@ -39,48 +39,6 @@ pub const USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWeb
 const SERIES_ID: &str = "sds_1";
 const TURNAROUND: &str = "s1";
 const SYMBOL_ID: &str = "sds_sym_1";
-
-/// rustls 0.23 with the `ring` provider and the webpki roots, built once per process. `None` only
-/// if the provider supported no protocol version (it does), in which case awc's default applies.
-pub fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
-    static CONFIG: OnceLock<Option<Arc<rustls::ClientConfig>>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            match rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-            {
-                Ok(builder) => {
-                    let mut config = builder.with_root_certificates(roots).with_no_client_auth();
-                    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-                    Some(Arc::new(config))
-                }
-                Err(e) => {
-                    log::error!("pool: TLS set-up failed ({e}); using awc's default TLS");
-                    None
-                }
-            }
-        })
-        .clone()
-}
-
-/// An awc client for one connection (or one token fetch), with every timeout set from
-/// `upstream.connect_timeout_ms` (awc's 5 s default would cut slow handshakes short).
-pub fn http_client(timeout: Duration) -> awc::Client {
-    let mut connector = awc::Connector::new()
-        .timeout(timeout)
-        .handshake_timeout(timeout);
-    if let Some(tls) = tls_config() {
-        connector = connector.rustls_0_23(tls);
-    }
-    awc::Client::builder()
-        .timeout(timeout)
-        .connector(connector)
-        .finish()
-}
 
 /// The feed URL with `from=chart&type=chart` added when the query lacks them.
 pub fn feed_url(base: &str) -> String {
@@ -561,7 +519,7 @@ impl Actor for Connection {
         let url = self.url.clone();
         let origin = self.settings.upstream.origin.clone();
         let connect = async move {
-            http_client(timeout)
+            crate::client::http_client(timeout)
                 .ws(url.as_str())
                 .origin(origin.as_str())
                 .header(awc::http::header::USER_AGENT, USER_AGENT)

@@ -142,7 +142,7 @@ impl TokenProvider {
             Source::Session { id, sign, url } => (id, sign, url),
             _ => return self.immediate().ok_or(TokenError::NotFound),
         };
-        let client = super::connection::http_client(self.timeout);
+        let client = crate::client::http_client(self.timeout);
         // The one place the cookies leave the process.
         let cookie = format!(
             "sessionid={}; sessionid_sign={}",

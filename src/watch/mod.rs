@@ -15,7 +15,6 @@ mod render;
 pub mod sse;
 
 use std::io::{self, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::rt::time::{Instant, sleep, timeout};
@@ -266,7 +265,9 @@ pub async fn watch(
     mode: ProgressMode,
 ) -> Result<Report, WatchError> {
     let query = args.query()?;
-    let client = http_client(&args.server);
+    // The head may take a while (the server resolves the formula first); the body has no
+    // deadline at all, idleness is checked per read instead.
+    let client = crate::client::http_client(HEAD_TIMEOUT);
     let started = Instant::now();
     let mut session = Session {
         args,
@@ -325,32 +326,6 @@ pub async fn watch(
         tally: session.tally,
         reconnects,
     })
-}
-
-/// An awc client for a long stream: the response head may take a while, and the body has no
-/// deadline at all (idleness is checked per read instead). TLS is set up only for `https://`.
-fn http_client(server: &str) -> awc::Client {
-    let builder = awc::Client::builder().timeout(HEAD_TIMEOUT);
-    if !server.starts_with("https://") {
-        return builder.finish();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    match rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-    {
-        Ok(config) => {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let mut config = config.with_root_certificates(roots).with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            builder
-                .connector(awc::Connector::new().rustls_0_23(Arc::new(config)))
-                .finish()
-        }
-        // Cannot happen with ring's provider; the request will then fail with a clear error.
-        Err(_) => builder.finish(),
-    }
 }
 
 /// Why one connection ended without the stream ending.
