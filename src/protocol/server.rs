@@ -635,3 +635,21 @@ pub fn symbol_resolved_object(info: &SymbolInfo) -> Value {
         "exchange_listed_name": exchange,
     })
 }
+
+/// A `series_timeframe` packet, as the feed sends it (twice: `complete` false, then true) when a
+/// `modify_series` asks for a range of bars the series already holds: the indices of the first
+/// and last bar in range and the requested range string. Unstamped, like the capture's.
+pub fn encode_series_timeframe(
+    session: &str,
+    series_id: &str,
+    turnaround: &str,
+    first_index: i64,
+    last_index: i64,
+    range: &str,
+    complete: bool,
+) -> String {
+    to_ascii_string(&json!({
+        "m": "series_timeframe",
+        "p": [session, series_id, turnaround, first_index, last_index, range, complete],
+    }))
+}

@@ -1,0 +1,256 @@
+//! State shared by every connection and route of one simulator: the current faults, the counters
+//! behind `GET /sim/stats`, the token key, and the per-token connection count that the
+//! `max_connections` fault limits.
+//!
+//! Faults are read at the moment they matter (an upgrade, a send, a series answer), so
+//! `POST /sim/faults` changes the behaviour of connections that are already open.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{Faults, SimulatorSettings};
+
+/// What the simulator has done so far, as `GET /sim/stats` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimStats {
+    /// Feed WebSockets open now: a test checks this returns to 0 (no leak).
+    pub connections_open: u64,
+    /// Feed WebSockets accepted since start: shows whether connections were reused.
+    pub connections_total: u64,
+    /// Upgrades refused (`reject_upgrades`) and authentications refused (bad token,
+    /// `max_connections`).
+    pub handshakes_rejected: u64,
+    /// `create_series`/`modify_series` answered with bars: shows whether fetches were shared.
+    pub series_served: u64,
+    /// `symbol_resolved` answers.
+    pub symbols_resolved: u64,
+    /// `~h~` heartbeats written to clients.
+    pub heartbeats_sent: u64,
+    /// Heartbeat echoes received from clients.
+    pub heartbeats_echoed: u64,
+    /// JWTs issued by `GET /chart/`.
+    pub tokens_issued: u64,
+}
+
+/// Lock-free counters behind [`SimStats`]; every field is bumped from any worker thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub handshakes_rejected: AtomicU64,
+    pub series_served: AtomicU64,
+    pub symbols_resolved: AtomicU64,
+    pub heartbeats_sent: AtomicU64,
+    pub heartbeats_echoed: AtomicU64,
+    pub tokens_issued: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> SimStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        SimStats {
+            connections_open: get(&self.connections_open),
+            connections_total: get(&self.connections_total),
+            handshakes_rejected: get(&self.handshakes_rejected),
+            series_served: get(&self.series_served),
+            symbols_resolved: get(&self.symbols_resolved),
+            heartbeats_sent: get(&self.heartbeats_sent),
+            heartbeats_echoed: get(&self.heartbeats_echoed),
+            tokens_issued: get(&self.tokens_issued),
+        }
+    }
+}
+
+/// Everything one simulator instance shares between its workers.
+#[derive(Debug)]
+pub(crate) struct SimState {
+    /// Replaced whole by `POST /sim/faults`; readers clone the `Arc` and never hold the lock.
+    faults: RwLock<Arc<Faults>>,
+    pub counters: Counters,
+    /// Checksum key of the JWTs this instance issues: random per instance, so a token from
+    /// another simulator (or a forged one) is refused.
+    pub token_key: [u8; 16],
+    /// Open authenticated connections per token (keyed by a hash of the token, so tokens are not
+    /// kept around), for the `max_connections` fault.
+    token_connections: Mutex<HashMap<u64, usize>>,
+    /// Interval of `~h~` heartbeats.
+    pub heartbeat: Duration,
+    /// Symbols whose bars have no volume (index-like), upper-case `EXCHANGE:TICKER`.
+    pub volumeless: HashSet<String>,
+    /// Screen sizes by key (lower-case hex).
+    pub formulas: HashMap<String, usize>,
+    pub default_formula_stocks: usize,
+    /// Numbers connections for logs and hello session ids.
+    pub next_connection: AtomicU64,
+}
+
+impl SimState {
+    pub fn new(settings: &SimulatorSettings) -> SimState {
+        SimState {
+            faults: RwLock::new(Arc::new(settings.faults.clone())),
+            counters: Counters::default(),
+            token_key: rand::random(),
+            token_connections: Mutex::new(HashMap::new()),
+            heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),
+            volumeless: settings
+                .volumeless
+                .iter()
+                .map(|s| s.trim().to_ascii_uppercase())
+                .collect(),
+            formulas: settings
+                .formulas
+                .iter()
+                .map(|f| (f.key.to_ascii_lowercase(), f.stocks))
+                .collect(),
+            default_formula_stocks: settings.default_formula_stocks,
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    /// The faults in force now.
+    pub fn faults(&self) -> Arc<Faults> {
+        match self.faults.read() {
+            Ok(f) => f.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        let faults = Arc::new(faults);
+        match self.faults.write() {
+            Ok(mut f) => *f = faults,
+            Err(poisoned) => *poisoned.into_inner() = faults,
+        }
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.counters.snapshot()
+    }
+
+    /// Takes one connection slot for the token hashed as `key`, unless `limit` (> 0) slots are
+    /// taken already. The slot is given back when the returned guard drops.
+    pub fn acquire_token_slot(self: &Arc<Self>, key: u64, limit: usize) -> Option<TokenSlot> {
+        let mut map = match self.token_connections.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let open = map.entry(key).or_insert(0);
+        if limit > 0 && *open >= limit {
+            return None;
+        }
+        *open += 1;
+        Some(TokenSlot {
+            state: self.clone(),
+            key,
+        })
+    }
+
+    fn release_token_slot(&self, key: u64) {
+        let mut map = match self.token_connections.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(open) = map.get_mut(&key) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
+/// One open connection's claim on its token's `max_connections` budget.
+#[derive(Debug)]
+pub(crate) struct TokenSlot {
+    state: Arc<SimState>,
+    key: u64,
+}
+
+impl Drop for TokenSlot {
+    fn drop(&mut self) {
+        self.state.release_token_slot(self.key);
+    }
+}
+
+/// Counts a connection as open for as long as it lives, whichever way it ends.
+#[derive(Debug)]
+pub(crate) struct OpenConnection {
+    state: Arc<SimState>,
+}
+
+impl OpenConnection {
+    pub fn new(state: Arc<SimState>) -> OpenConnection {
+        Counters::bump(&state.counters.connections_total);
+        Counters::bump(&state.counters.connections_open);
+        OpenConnection { state }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.state
+            .counters
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between runs or Rust versions, for seeds and keys.
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // Separator, so ("ab","c") and ("a","bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// SplitMix64: a tiny PRNG whose sequence is fixed forever for a seed (unlike `rand`'s, which may
+/// change between versions), so generated bars and screens never change.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.unit().max(1e-12);
+        let u2 = self.unit();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// Uniform in [0, n) (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}

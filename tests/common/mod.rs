@@ -1,0 +1,3 @@
+//! Helpers shared by the black-box test binaries.
+
+pub mod sim_client;
