@@ -564,3 +564,39 @@ async fn a_rejected_fixed_token_makes_fetches_unavailable_not_hang() {
     assert_eq!(sim.stats().handshakes_rejected, 2);
     sim.stop().await;
 }
+
+#[actix_web::test]
+async fn heartbeats_are_echoed_and_count_as_upstream_traffic() {
+    let sim = start_sim(|s| s.heartbeat_secs = 1).await;
+    let pool = start_pool(&sim, settings(|s| s.manager.stale_after_secs = 3));
+    let req = fetch("NSE:ITC", Resolution::Day, 5);
+    assert_expected(&req, &run(&pool, req.clone()).await.unwrap());
+    assert!(
+        wait_until(Duration::from_secs(3), || sim.stats().heartbeats_echoed
+            >= 1)
+        .await
+    );
+    let stats = sim.stats();
+    assert!(
+        stats.heartbeats_echoed + 1 >= stats.heartbeats_sent,
+        "{stats:?}"
+    );
+    let pool_stats = pool.send(GetPoolStats).await.unwrap();
+    assert_eq!(pool_stats.connections.len(), 1);
+    assert_eq!(pool_stats.connections[0].state, "ready");
+    assert_eq!(pool_stats.connections[0].last_upstream_secs, 0);
+    assert_eq!(pool_stats.connections[0].served, 1);
+    // The stats serialise as SPEC 3.4's `pool` object.
+    let json = serde_json::to_value(&pool_stats).unwrap();
+    for key in [
+        "openConnections",
+        "inFlight",
+        "queued",
+        "servedTotal",
+        "connections",
+    ] {
+        assert!(json.get(key).is_some(), "{key} in {json}");
+    }
+    assert!(json["connections"][0].get("lastUpstreamSecs").is_some());
+    sim.stop().await;
+}

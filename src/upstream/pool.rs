@@ -577,7 +577,10 @@ impl Handler<FetchChart> for Pool {
     fn handle(&mut self, msg: FetchChart, ctx: &mut Context<Self>) -> Self::Result {
         let (reply, answer) = oneshot::channel();
         let refused = |e: FetchError| -> Self::Result { Box::pin(async move { Err(e) }) };
-        if self.queue.len() >= self.settings.pool.max_queue && self.least_loaded_ready().is_none() {
+        // A queue of at least one, so a pool with no connection yet can still open one.
+        if self.queue.len() >= self.settings.pool.max_queue.max(1)
+            && self.least_loaded_ready().is_none()
+        {
             metrics::counter!("chartgate_charts_fetched_total", "outcome" => "queue_full")
                 .increment(1);
             return refused(FetchError::QueueFull);
