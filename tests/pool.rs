@@ -489,3 +489,114 @@ async fn a_resolution_the_feed_refuses_is_a_series_error_for_that_fetch_only() {
     assert_eq!(chart.bars, *expected_bars("NSE:TCS", "1D", 25));
     sim.stop().await;
 }
+
+#[actix_web::test]
+async fn the_token_claim_caps_the_pool() {
+    // The token page's JWT says max_connections = 2.
+    let sim = start_sim(|s| s.faults.max_connections = 2).await;
+    let pool = start_pool(
+        &sim,
+        settings(|s| {
+            s.pool.max_connections = 5;
+            s.pool.requests_per_connection = 2;
+            s.upstream.session_id = Secret::new("sid-claim");
+            s.upstream.session_sign = Secret::new("sign-claim");
+        }),
+    );
+    let requests = batch(40, 11);
+    let results = join_all(requests.iter().cloned().map(|r| run(&pool, r))).await;
+    for (req, result) in requests.iter().zip(&results) {
+        assert_expected(req, result.as_ref().expect("every fetch succeeds"));
+    }
+    let stats = sim.stats();
+    assert_eq!(stats.connections_total, 2, "{stats:?}");
+    assert_eq!(stats.handshakes_rejected, 0);
+    sim.stop().await;
+}
+
+#[actix_web::test]
+async fn refused_sessions_back_off_and_the_pool_keeps_what_works() {
+    // One connection per token: further ones get "max sessions rate exceeded" and a close.
+    let sim = start_sim(|s| {
+        s.faults.max_connections = 1;
+        s.faults.latency_ms = 30;
+    })
+    .await;
+    let pool = start_pool(
+        &sim,
+        settings(|s| {
+            s.pool.max_connections = 3;
+            s.pool.requests_per_connection = 2;
+            s.manager.reconnect_backoff_ms = 20;
+            s.manager.max_reconnect_attempts = 2;
+        }),
+    );
+    let requests = batch(20, 5);
+    let results = join_all(requests.iter().cloned().map(|r| run(&pool, r))).await;
+    for (req, result) in requests.iter().zip(&results) {
+        assert_expected(req, result.as_ref().expect("every fetch succeeds"));
+    }
+    let stats = sim.stats();
+    assert!(stats.handshakes_rejected >= 2, "{stats:?}");
+    assert!(stats.handshakes_rejected <= 6, "backed off: {stats:?}");
+    let pool_stats = pool.send(GetPoolStats).await.unwrap();
+    assert_eq!(pool_stats.open_connections, 1);
+    assert!(!pool_stats.down);
+    sim.stop().await;
+}
+
+#[actix_web::test]
+async fn a_rejected_fixed_token_makes_fetches_unavailable_not_hang() {
+    let sim = start_sim(|_| {}).await;
+    let pool = start_pool(
+        &sim,
+        settings(|s| {
+            s.upstream.auth_token = Secret::new("aaa.bbb.ccc");
+            s.manager.reconnect_backoff_ms = 10;
+            s.manager.max_reconnect_attempts = 1;
+        }),
+    );
+    let err = run(&pool, fetch("NSE:TCS", Resolution::Day, 10))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "upstream_unavailable");
+    assert!(!err.to_string().contains("aaa.bbb"), "{err}");
+    assert_eq!(sim.stats().handshakes_rejected, 2);
+    sim.stop().await;
+}
+
+#[actix_web::test]
+async fn heartbeats_are_echoed_and_count_as_upstream_traffic() {
+    let sim = start_sim(|s| s.heartbeat_secs = 1).await;
+    let pool = start_pool(&sim, settings(|s| s.manager.stale_after_secs = 3));
+    let req = fetch("NSE:ITC", Resolution::Day, 5);
+    assert_expected(&req, &run(&pool, req.clone()).await.unwrap());
+    assert!(
+        wait_until(Duration::from_secs(3), || sim.stats().heartbeats_echoed
+            >= 1)
+        .await
+    );
+    let stats = sim.stats();
+    assert!(
+        stats.heartbeats_echoed + 1 >= stats.heartbeats_sent,
+        "{stats:?}"
+    );
+    let pool_stats = pool.send(GetPoolStats).await.unwrap();
+    assert_eq!(pool_stats.connections.len(), 1);
+    assert_eq!(pool_stats.connections[0].state, "ready");
+    assert_eq!(pool_stats.connections[0].last_upstream_secs, 0);
+    assert_eq!(pool_stats.connections[0].served, 1);
+    // The stats serialise as SPEC 3.4's `pool` object.
+    let json = serde_json::to_value(&pool_stats).unwrap();
+    for key in [
+        "openConnections",
+        "inFlight",
+        "queued",
+        "servedTotal",
+        "connections",
+    ] {
+        assert!(json.get(key).is_some(), "{key} in {json}");
+    }
+    assert!(json["connections"][0].get("lastUpstreamSecs").is_some());
+    sim.stop().await;
+}

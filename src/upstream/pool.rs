@@ -45,7 +45,14 @@ struct ConnEntry {
     shared: Arc<ConnShared>,
     /// Which token it authenticated with; older than the pool's means it is due for rotation.
     generation: u64,
+    /// The feed has not refused it: it answered a fetch, or survived [`PROBATION`] after auth.
+    /// The feed never acknowledges `set_auth_token`, so only this ends a failure episode; a
+    /// connection that is refused right after its hello does not reset the backoff.
+    proven: bool,
 }
+
+/// How long an authenticated connection must live, without answering a fetch, to count as working.
+const PROBATION: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConnState {
@@ -97,6 +104,9 @@ pub struct Pool {
     queue: VecDeque<u64>,
     /// Failed attempts in the current episode.
     attempts: u32,
+    /// First connection id opened in the current episode: only one of these working ends it (an
+    /// older connection that keeps working says nothing about whether new ones are accepted).
+    episode_floor: u64,
     down: bool,
     /// A new episode after `down`: one connection is tried; if it fails the pool is down again at
     /// once, so waiting fetches fail fast instead of sitting through the backoff schedule again.
@@ -106,6 +116,9 @@ pub struct Pool {
     keep_warm: bool,
     /// Connections lost or stale while warm, to be replaced even without queued fetches.
     replacements: usize,
+    /// Upstream kept refusing connections beyond this many while these worked ("max sessions
+    /// rate", 429): stay at this size instead of going down. Cleared by a new token or `CloseAll`.
+    learned_cap: Option<usize>,
     served_total: u64,
 }
 
@@ -127,11 +140,13 @@ impl Pool {
             fetches: BTreeMap::new(),
             queue: VecDeque::new(),
             attempts: 0,
+            episode_floor: 0,
             down: false,
             probe: false,
             reconnect_timer: None,
             keep_warm: false,
             replacements: 0,
+            learned_cap: None,
             served_total: 0,
         }
     }
@@ -144,7 +159,12 @@ impl Pool {
             .and_then(|t| t.max_connections)
             .filter(|&n| n > 0)
             .unwrap_or(usize::MAX);
-        self.settings.pool.max_connections.min(claim).max(1)
+        self.settings
+            .pool
+            .max_connections
+            .min(claim)
+            .min(self.learned_cap.unwrap_or(usize::MAX))
+            .max(1)
     }
 
     fn slots(&self) -> usize {
@@ -274,6 +294,7 @@ impl Pool {
                 opened_at: Instant::now(),
                 shared,
                 generation: self.generation,
+                proven: false,
             },
         );
     }
@@ -327,6 +348,7 @@ impl Pool {
             }));
         }
         self.token = Some(token);
+        self.learned_cap = None;
         if rotation {
             let old = self
                 .conns
@@ -369,6 +391,23 @@ impl Pool {
         }
     }
 
+    /// The connection works: the failure episode (if any) is over.
+    fn prove(&mut self, conn: u64) {
+        let Some(entry) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if entry.proven || entry.state == ConnState::Connecting {
+            return;
+        }
+        entry.proven = true;
+        if conn < self.episode_floor {
+            return;
+        }
+        self.attempts = 0;
+        self.probe = false;
+        self.down = false;
+    }
+
     /// A connection attempt failed (or the token could not be had): back off, or go down.
     fn on_connect_failure(&mut self, reason: &EndReason, ctx: &mut Context<Self>) {
         if matches!(reason, EndReason::AuthRejected(_)) && self.provider.can_refresh() {
@@ -385,8 +424,29 @@ impl Pool {
         }
         let max = self.settings.manager.max_reconnect_attempts;
         if self.attempts >= max {
+            // Proven connections, or at least the one still standing if none has answered yet
+            // (the others were refused and are gone).
+            let proven = self.conns.values().filter(|c| c.proven).count();
+            let standing = self
+                .conns
+                .values()
+                .any(|c| c.state != ConnState::Connecting);
+            let working = if standing { proven.max(1) } else { 0 };
+            if working > 0 {
+                // Upstream serves these but refuses more: work with what it gives.
+                log::warn!(
+                    "pool: upstream refuses more than {working} connections ({reason}); staying at {working}"
+                );
+                self.learned_cap = Some(working);
+                self.attempts = 0;
+                self.pump(ctx);
+                return;
+            }
             self.go_down(reason, ctx);
             return;
+        }
+        if self.attempts == 0 {
+            self.episode_floor = self.next_conn;
         }
         self.attempts += 1;
         let base = self.settings.manager.reconnect_backoff_ms as f64;
@@ -445,15 +505,17 @@ impl Pool {
     }
 
     /// Takes a connection out of the pool and gives its fetches a second chance (or fails them
-    /// when they already had one).
-    fn remove_connection(&mut self, id: u64) -> Option<ConnEntry> {
+    /// when they already had one). A connection the feed refused (token, session limit) never
+    /// worked on its fetches, so they go back without using up their retry; the backoff episode
+    /// bounds how often that can happen.
+    fn remove_connection(&mut self, id: u64, refused: bool) -> Option<ConnEntry> {
         let entry = self.conns.remove(&id)?;
         let mut carried: Vec<u64> = entry.in_flight.iter().copied().collect();
         carried.sort_unstable();
         for fetch in carried.into_iter().rev() {
             let retry = match self.fetches.get_mut(&fetch) {
-                Some(p) if !p.retried && p.conn == Some(id) => {
-                    p.retried = true;
+                Some(p) if (refused || !p.retried) && p.conn == Some(id) => {
+                    p.retried |= !refused;
                     p.conn = None;
                     true
                 }
@@ -488,7 +550,7 @@ impl Pool {
                 "pool: connection {id} stale (no upstream traffic for {} s), replacing",
                 quiet.as_secs()
             );
-            if let Some(entry) = self.remove_connection(id) {
+            if let Some(entry) = self.remove_connection(id, false) {
                 entry.addr.do_send(Shutdown);
                 if self.keep_warm {
                     self.replacements += 1;
@@ -515,7 +577,10 @@ impl Handler<FetchChart> for Pool {
     fn handle(&mut self, msg: FetchChart, ctx: &mut Context<Self>) -> Self::Result {
         let (reply, answer) = oneshot::channel();
         let refused = |e: FetchError| -> Self::Result { Box::pin(async move { Err(e) }) };
-        if self.queue.len() >= self.settings.pool.max_queue && self.least_loaded_ready().is_none() {
+        // A queue of at least one, so a pool with no connection yet can still open one.
+        if self.queue.len() >= self.settings.pool.max_queue.max(1)
+            && self.least_loaded_ready().is_none()
+        {
             metrics::counter!("chartgate_charts_fetched_total", "outcome" => "queue_full")
                 .increment(1);
             return refused(FetchError::QueueFull);
@@ -526,6 +591,7 @@ impl Handler<FetchChart> for Pool {
             self.down = false;
             self.attempts = 0;
             self.probe = true;
+            self.episode_floor = self.next_conn;
         }
         let id = self.next_fetch;
         self.next_fetch += 1;
@@ -566,9 +632,8 @@ impl Handler<ConnReady> for Pool {
             msg.conn,
             msg.authenticated_in.as_millis()
         );
-        self.attempts = 0;
-        self.probe = false;
-        self.down = false;
+        let conn = msg.conn;
+        ctx.run_later(PROBATION, move |act, _| act.prove(conn));
         self.update_gauge();
         self.rotate_step();
         self.pump(ctx);
@@ -579,22 +644,25 @@ impl Handler<ConnEnded> for Pool {
     type Result = ();
 
     fn handle(&mut self, msg: ConnEnded, ctx: &mut Context<Self>) {
-        let Some(entry) = self.remove_connection(msg.conn) else {
+        let Some(known) = self.conns.get(&msg.conn) else {
+            // Already taken out (stale, `CloseAll`): its fetches were dealt with then.
             return;
         };
-        let never_ready = entry.state == ConnState::Connecting;
+        // Refused by the feed, or gone before it ever worked: a failed attempt, which does not
+        // use up the retry of the fetches it was given.
+        let failed_attempt =
+            msg.reason.is_connect_failure() || (!known.proven && msg.reason != EndReason::Closed);
+        if self.remove_connection(msg.conn, failed_attempt).is_none() {
+            return;
+        }
         match &msg.reason {
             EndReason::Closed => log::info!("pool: connection {} closed", msg.conn),
             reason => log::warn!("pool: connection {} ended: {reason}", msg.conn),
         }
-        if msg.reason.is_connect_failure() || never_ready {
+        if failed_attempt {
             self.on_connect_failure(&msg.reason, ctx);
-        } else if entry.state == ConnState::Draining {
-            // Rotated out: replace it (if it is still wanted) and drain the next one.
-            if self.keep_warm {
-                self.replacements += 1;
-            }
         } else if self.keep_warm {
+            // Lost, or rotated out: replace it even if no fetch is waiting.
             self.replacements += 1;
         }
         self.rotate_step();
@@ -614,6 +682,7 @@ impl Handler<FetchDone> for Pool {
             // A late answer from a connection the fetch was taken away from.
             return;
         }
+        self.prove(msg.conn);
         if let Some(entry) = self.conns.get_mut(&msg.conn) {
             entry.in_flight.remove(&msg.fetch);
             entry.served += 1;
@@ -636,6 +705,7 @@ impl Handler<KeepWarm> for Pool {
             self.down = false;
             self.attempts = 0;
             self.probe = true;
+            self.episode_floor = self.next_conn;
         }
         self.pump(ctx);
     }
@@ -647,6 +717,7 @@ impl Handler<CloseAll> for Pool {
     fn handle(&mut self, _: CloseAll, ctx: &mut Context<Self>) -> usize {
         self.keep_warm = false;
         self.replacements = 0;
+        self.learned_cap = None;
         if let Some(timer) = self.reconnect_timer.take() {
             ctx.cancel_future(timer);
         }
