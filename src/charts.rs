@@ -50,14 +50,14 @@ pub struct ChartService {
 impl ChartService {
     pub async fn get(&self, key: ChartKey) -> ChartOutcome {
         let pool = self.pool.clone();
-        let request = FetchChart {
-            symbol: key.symbol.clone(),
-            resolution: key.resolution,
-            bars: key.bars,
-        };
+        let (request, wanted) =
+            FetchChart::cancellable(key.symbol.clone(), key.resolution, key.bars);
         let outcome = self
             .cache
             .chart(key, move || async move {
+                // Held while this load is awaited: if every waiter goes away the load is
+                // dropped, and with it `wanted`, so the pool drops the fetch too.
+                let _wanted = wanted;
                 match pool.send(request).await {
                     Ok(result) => result,
                     Err(_) => Err(FetchError::Unavailable(

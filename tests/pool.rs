@@ -55,11 +55,11 @@ fn start_pool(sim: &Simulator, settings: Arc<Settings>) -> Addr<Pool> {
 }
 
 fn fetch(symbol: &str, resolution: Resolution, bars: u64) -> FetchChart {
-    FetchChart {
-        symbol: symbol.parse().expect("a valid symbol"),
+    FetchChart::new(
+        symbol.parse().expect("a valid symbol"),
         resolution,
-        bars: BarCount::new(bars).expect("a valid bar count"),
-    }
+        BarCount::new(bars).expect("a valid bar count"),
+    )
 }
 
 async fn run(pool: &Addr<Pool>, req: FetchChart) -> Result<Chart, FetchError> {
@@ -410,6 +410,63 @@ async fn a_full_queue_refuses_at_once() {
     for (req, result) in requests.iter().zip(&results).take(5) {
         assert_expected(req, result.as_ref().unwrap());
     }
+    sim.stop().await;
+}
+
+#[actix_web::test]
+async fn fetches_nobody_waits_for_are_dropped_queued_or_in_flight() {
+    // One slot and a slow feed: one fetch in flight, three queued behind it.
+    let sim = start_sim(|s| s.faults.latency_ms = 3_000).await;
+    let pool = start_pool(
+        &sim,
+        settings(|s| {
+            s.pool.max_connections = 1;
+            s.pool.requests_per_connection = 1;
+        }),
+    );
+    let mut wanted = Vec::new();
+    let mut answers = Vec::new();
+    for req in batch(4, 0) {
+        let (req, still_wanted) = FetchChart::cancellable(req.symbol, req.resolution, req.bars);
+        wanted.push(still_wanted);
+        answers.push(pool.send(req));
+    }
+    let waiting = actix_web::rt::spawn(join_all(answers));
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let stats = pool.send(GetPoolStats).await.unwrap();
+        if stats.in_flight == 1 && stats.queued == 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never saw 1 in flight, 3 queued: {stats:?}"
+        );
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every requester goes away: within the pool's one-second sweep nothing is left, long
+    // before the feed would have answered, and the queued fetches never reach the feed.
+    drop(wanted);
+    let deadline = std::time::Instant::now() + Duration::from_millis(1_800);
+    loop {
+        let stats = pool.send(GetPoolStats).await.unwrap();
+        if stats.in_flight == 0 && stats.queued == 0 {
+            assert_eq!(stats.served_total, 0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "abandoned fetches still held: {stats:?}"
+        );
+        actix::clock::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sim.stats().symbols_resolved,
+        1,
+        "only the dispatched fetch reached the feed"
+    );
+    waiting.abort();
     sim.stop().await;
 }
 

@@ -196,6 +196,14 @@ impl ConnectionEvents {
     }
 }
 
+/// Ends a fetch nobody wants any more: its chart session is deleted upstream and nothing is
+/// reported (the pool has already forgotten it).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CancelFetch {
+    pub fetch: u64,
+}
+
 /// Pool → connection: close now.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -608,6 +616,25 @@ impl WriteHandler<WsProtocolError> for Connection {
     fn error(&mut self, err: WsProtocolError, ctx: &mut Self::Context) -> Running {
         self.fail(EndReason::Lost(format!("write failed: {err}")), ctx);
         Running::Stop
+    }
+}
+
+impl Handler<CancelFetch> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelFetch, ctx: &mut Context<Self>) {
+        let session = self
+            .sessions
+            .iter()
+            .find(|(_, state)| state.fetch == msg.fetch)
+            .map(|(session, _)| session.clone());
+        if let Some(session) = session {
+            let Some(state) = self.sessions.remove(&session) else {
+                return;
+            };
+            ctx.cancel_future(state.timer);
+            self.send_messages(&[ClientMessage::ChartDeleteSession { session }], ctx);
+        }
     }
 }
 

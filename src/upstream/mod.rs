@@ -15,6 +15,8 @@ pub mod connection;
 pub mod pool;
 pub mod token;
 
+use std::sync::{Arc, Weak};
+
 use actix::prelude::*;
 use serde::Serialize;
 
@@ -47,12 +49,61 @@ impl UpstreamTarget {
 /// Fetch one chart through the pool. The answer comes when the chart is complete or has failed;
 /// the pool never leaves it hanging (queue overflow, `down`, timeouts and lost connections all
 /// answer with an error).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Message)]
+#[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Chart, FetchError>")]
 pub struct FetchChart {
     pub symbol: Symbol,
     pub resolution: Resolution,
     pub bars: BarCount,
+    /// Whether the requester still wants the answer; see [`Wanted`].
+    pub interest: Interest,
+}
+
+impl FetchChart {
+    /// A fetch wanted until it is answered.
+    pub fn new(symbol: Symbol, resolution: Resolution, bars: BarCount) -> Self {
+        FetchChart {
+            symbol,
+            resolution,
+            bars,
+            interest: Interest::default(),
+        }
+    }
+
+    /// A fetch the pool drops (dequeues, or aborts upstream) once the returned [`Wanted`] is
+    /// dropped: a requester that goes away stops costing the feed anything.
+    pub fn cancellable(symbol: Symbol, resolution: Resolution, bars: BarCount) -> (Self, Wanted) {
+        let wanted = Arc::new(());
+        let interest = Interest(Some(Arc::downgrade(&wanted)));
+        (
+            FetchChart {
+                symbol,
+                resolution,
+                bars,
+                interest,
+            },
+            Wanted { _alive: wanted },
+        )
+    }
+}
+
+/// Held by whoever waits for a fetch made with [`FetchChart::cancellable`]; dropping it says the
+/// answer is no longer wanted. An actix `send` future cannot say this itself: the pool's reply
+/// channel stays open inside the actor whether or not anyone still awaits it.
+#[derive(Debug)]
+pub struct Wanted {
+    /// Only its drop matters: it ends the weak side's life.
+    _alive: Arc<()>,
+}
+
+/// The pool's side of [`Wanted`]. The default is wanted forever.
+#[derive(Debug, Clone, Default)]
+pub struct Interest(Option<Weak<()>>);
+
+impl Interest {
+    pub fn still_wanted(&self) -> bool {
+        self.0.as_ref().is_none_or(|w| w.strong_count() > 0)
+    }
 }
 
 /// Why a chart fetch failed. Messages never contain a token or cookie.

@@ -22,8 +22,8 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::connection::{
-    ConnEnded, ConnReady, ConnShared, Connection, ConnectionEvents, EndReason, FetchDone, Shutdown,
-    StartFetch,
+    CancelFetch, ConnEnded, ConnReady, ConnShared, Connection, ConnectionEvents, EndReason,
+    FetchDone, Shutdown, StartFetch,
 };
 use super::token::{AuthToken, TokenProvider};
 use super::{
@@ -50,6 +50,9 @@ struct ConnEntry {
     /// connection that is refused right after its hello does not reset the backoff.
     proven: bool,
 }
+
+/// How often in-flight fetches are checked for requesters that went away.
+const ABANDONED_SWEEP: Duration = Duration::from_secs(1);
 
 /// How long an authenticated connection must live, without answering a fetch, to count as working.
 const PROBATION: Duration = Duration::from_millis(500);
@@ -189,9 +192,49 @@ impl Pool {
         metrics::gauge!("chartgate_upstream_connections_open").set(open as f64);
     }
 
+    /// Forgets fetches whose requester went away: queued ones leave the queue, in-flight ones
+    /// are cancelled on their connection (which deletes their chart session upstream).
+    fn drop_abandoned(&mut self, ctx: &mut Context<Self>) {
+        let abandoned: Vec<u64> = self
+            .fetches
+            .iter()
+            .filter(|(_, p)| !p.req.interest.still_wanted())
+            .map(|(id, _)| *id)
+            .collect();
+        if abandoned.is_empty() {
+            return;
+        }
+        for fetch in &abandoned {
+            let Some(pending) = self.fetches.remove(fetch) else {
+                continue;
+            };
+            if let Some(entry) = pending.conn.and_then(|conn| self.conns.get_mut(&conn)) {
+                entry.in_flight.remove(fetch);
+                entry.addr.do_send(CancelFetch { fetch: *fetch });
+                if entry.state == ConnState::Draining && entry.in_flight.is_empty() {
+                    entry.addr.do_send(Shutdown);
+                }
+            }
+        }
+        self.queue.retain(|fetch| self.fetches.contains_key(fetch));
+        metrics::counter!("chartgate_charts_fetched_total", "outcome" => "cancelled")
+            .increment(abandoned.len() as u64);
+        log::debug!("pool: dropped {} fetches nobody waits for", abandoned.len());
+        self.pump(ctx);
+    }
+
     /// Dispatches queued fetches to free slots, then opens connections for what is left.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         while let Some(&fetch) = self.queue.front() {
+            if !self
+                .fetches
+                .get(&fetch)
+                .is_some_and(|p| p.req.interest.still_wanted())
+            {
+                self.queue.pop_front();
+                self.fetches.remove(&fetch);
+                continue;
+            }
             let Some(conn) = self.least_loaded_ready() else {
                 break;
             };
@@ -568,6 +611,7 @@ impl Actor for Pool {
         let stale_ms = self.settings.manager.stale_after_secs.saturating_mul(1000);
         let period = Duration::from_millis((stale_ms / 4).clamp(250, 5_000));
         ctx.run_interval(period, |act, ctx| act.check_stale(ctx));
+        ctx.run_interval(ABANDONED_SWEEP, |act, ctx| act.drop_abandoned(ctx));
     }
 }
 
