@@ -79,6 +79,36 @@ fn chartgate_binary(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
         let release = dir.ends_with("release");
         let mut cmd = Command::new(cargo);
         cmd.args(["build", "--quiet", "--bin", "chartgate"]);
+        // `cargo run` gives this process the package's variables (CARGO_PKG_*, CARGO_MANIFEST_*,
+        // a library path into target/); a nested cargo that sees them fingerprints some build
+        // scripts differently and rebuilds half the dependency tree, and the next `cargo run`
+        // rebuilds it back. Hand it the caller's environment instead.
+        let target = dir.parent().map(|t| t.to_path_buf());
+        for (key, value) in std::env::vars_os() {
+            let name = key.to_string_lossy();
+            let package_var = [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p));
+            if package_var {
+                cmd.env_remove(&key);
+            } else if name == "LD_LIBRARY_PATH" {
+                let kept: Vec<PathBuf> = std::env::split_paths(&value)
+                    .filter(|p| target.as_ref().is_none_or(|t| !p.starts_with(t)))
+                    .filter(|p| !p.to_string_lossy().contains("/.rustup/toolchains/"))
+                    .collect();
+                match std::env::join_paths(kept) {
+                    Ok(v) if !v.is_empty() => cmd.env(&key, v),
+                    _ => cmd.env_remove(&key),
+                };
+            }
+        }
         if release {
             cmd.arg("--release");
         }
