@@ -61,7 +61,10 @@ pub fn load() -> Result<Inputs, String> {
         .collect();
     let (bars, metadata) = decode_answer(&message);
     if bars.len() != 300 {
-        return Err(format!("expected 300 bars in message {ANSWER_INDEX}, got {}", bars.len()));
+        return Err(format!(
+            "expected 300 bars in message {ANSWER_INDEX}, got {}",
+            bars.len()
+        ));
     }
     let charts = (0..BATCH_STOCKS)
         .map(|n| {
@@ -111,7 +114,9 @@ pub fn decode_answer(message: &str) -> (Vec<Bar>, ChartMetadata) {
 pub fn decode_reference(payloads: &[String]) -> usize {
     payloads
         .iter()
-        .map(|p| serde_json::from_str::<Value>(p).map_or(0, |v| v.as_object().map_or(0, |o| o.len())))
+        .map(|p| {
+            serde_json::from_str::<Value>(p).map_or(0, |v| v.as_object().map_or(0, |o| o.len()))
+        })
         .sum()
 }
 

@@ -206,7 +206,10 @@ fn main() -> ExitCode {
     if broken.is_empty() {
         ExitCode::SUCCESS
     } else {
-        eprintln!("chartgate-bench: scenarios that could not run: {}", broken.join(", "));
+        eprintln!(
+            "chartgate-bench: scenarios that could not run: {}",
+            broken.join(", ")
+        );
         ExitCode::FAILURE
     }
 }

@@ -97,7 +97,10 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
-            .env("RUST_LOG", std::env::var("BENCH_CHILD_LOG").unwrap_or("info".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_CHILD_LOG").unwrap_or("info".into()),
+            );
         // Only our variables: a CHARTGATE__* variable of the caller's shell must not leak in.
         for (key, _) in std::env::vars() {
             if key.starts_with("CHARTGATE__") {
@@ -250,7 +253,10 @@ impl Simulator {
     }
 
     pub fn feed_url(&self) -> String {
-        format!("{}/socket.io/websocket", self.base.replace("http://", "ws://"))
+        format!(
+            "{}/socket.io/websocket",
+            self.base.replace("http://", "ws://")
+        )
     }
 }
 

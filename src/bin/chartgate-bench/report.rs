@@ -127,7 +127,13 @@ impl Row {
     }
 
     /// Marks a pass/fail condition that is not a number (e.g. "all streams completed").
-    pub fn check(figure: impl Into<String>, value: f64, unit: &'static str, ok: bool, target: &str) -> Row {
+    pub fn check(
+        figure: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        ok: bool,
+        target: &str,
+    ) -> Row {
         Row {
             target: target.into(),
             pass: Some(ok),
@@ -195,16 +201,16 @@ impl Report {
     }
 
     pub fn print(&self) {
-        let header = [
-            "figure", "value", "reference", "ratio", "target", "result",
-        ];
+        let header = ["figure", "value", "reference", "ratio", "target", "result"];
         let lines: Vec<[String; 6]> = self
             .rows
             .iter()
             .map(|r| {
                 [
                     r.figure.clone(),
-                    format!("{} {}", fmt_num(r.value), r.unit).trim().to_string(),
+                    format!("{} {}", fmt_num(r.value), r.unit)
+                        .trim()
+                        .to_string(),
                     match (&r.reference, r.reference_value) {
                         (Some(name), Some(v)) => format!("{name} = {}", fmt_num(v)),
                         _ => String::new(),
