@@ -92,7 +92,29 @@ impl Proc {
         std::fs::create_dir_all(log_dir)?;
         let log = log_dir.join(format!("{name}.log"));
         let file = File::create(&log)?;
-        let mut cmd = Command::new(bin);
+        // Profiling hooks for the service only: `BENCH_SERVE_WRAPPER="valgrind --tool=callgrind"`
+        // runs it under a tool, `BENCH_SERVE_ENV="K=V K2=V2"` adds variables (e.g. LD_PRELOAD).
+        let serve = args.first().is_some_and(|a| a == "serve");
+        let wrapper: Vec<String> = std::env::var("BENCH_SERVE_WRAPPER")
+            .ok()
+            .filter(|_| serve)
+            .map(|w| w.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        let mut cmd = match wrapper.split_first() {
+            Some((tool, tool_args)) => {
+                let mut cmd = Command::new(tool);
+                cmd.args(tool_args).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        if serve && let Ok(extra) = std::env::var("BENCH_SERVE_ENV") {
+            for pair in extra.split_whitespace() {
+                if let Some((k, v)) = pair.split_once('=') {
+                    cmd.env(k, v);
+                }
+            }
+        }
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
@@ -176,7 +198,7 @@ pub async fn http_json(url: &str, body: Option<&Value>) -> Result<Value, String>
 }
 
 async fn wait_ready(proc: &mut Proc, url: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         proc.check_alive()?;
         let client = awc::Client::builder()
@@ -188,7 +210,7 @@ async fn wait_ready(proc: &mut Proc, url: &str) -> Result<(), String> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{} not ready at {url} after 30 s", proc.name));
+            return Err(format!("{} not ready at {url} after 120 s", proc.name));
         }
         sleep(Duration::from_millis(20)).await;
     }
