@@ -163,7 +163,28 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first (a graceful stop, which also lets a profiler wrapper write its output),
+    /// SIGKILL if the process is still there after a grace period.
     fn drop(&mut self) {
+        let grace = if std::env::var_os("BENCH_SERVE_WRAPPER").is_some() {
+            Duration::from_secs(120)
+        } else {
+            Duration::from_secs(5)
+        };
+        let termed = Command::new("kill")
+            .args(["-TERM", &self.pid()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if termed {
+            let deadline = std::time::Instant::now() + grace;
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
