@@ -193,6 +193,7 @@ impl Application {
         let server = HttpServer::new(move || App::new().configure(configure(state.clone())))
             .listen(listener)?
             .disable_signals()
+            .tcp_nodelay(true)
             .shutdown_timeout(10)
             .run();
         Ok(Application {

@@ -6,6 +6,11 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use actix_service::ServiceExt;
+use actix_tls::connect::{Connection, Connector, Resolver};
+use actix_web::rt::net::TcpStream;
+use awc::http::Uri;
+
 /// rustls 0.23 with the `ring` provider and the webpki roots, built once per process. `None` only
 /// if the provider supported no protocol version (it does), in which case awc's default applies.
 pub fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
@@ -33,18 +38,51 @@ pub fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
         .clone()
 }
 
-/// An awc client whose connect, TLS handshake and response-head timeouts are all `timeout`
-/// (awc's 5 s default would cut slow handshakes short). A response body has no deadline here:
-/// callers that stream bound idleness per read.
-pub fn http_client(timeout: Duration) -> awc::Client {
+/// The connector every client shares: TCP with `TCP_NODELAY` (chart requests are small writes
+/// answered at once; Nagle's algorithm plus delayed ACKs would hold each back by tens of
+/// milliseconds), then TLS from [`tls_config`], each step bounded by `timeout`.
+fn connector(
+    timeout: Duration,
+) -> awc::Connector<
+    impl actix_service::Service<
+        actix_tls::connect::ConnectInfo<Uri>,
+        Response = Connection<Uri, TcpStream>,
+        Error = actix_tls::connect::ConnectError,
+    > + Clone
+    + 'static,
+> {
+    let tcp =
+        Connector::new(Resolver::default())
+            .service()
+            .map(|conn: Connection<Uri, TcpStream>| {
+                let _ = conn.io_ref().set_nodelay(true);
+                conn
+            });
     let mut connector = awc::Connector::new()
+        .connector(tcp)
         .timeout(timeout)
         .handshake_timeout(timeout);
     if let Some(tls) = tls_config() {
         connector = connector.rustls_0_23(tls);
     }
+    connector
+}
+
+/// An awc client whose connect, TLS handshake and whole request (head and body) are bounded by
+/// `timeout` (awc's 5 s default would cut slow handshakes short).
+pub fn http_client(timeout: Duration) -> awc::Client {
     awc::Client::builder()
         .timeout(timeout)
-        .connector(connector)
+        .connector(connector(timeout))
+        .finish()
+}
+
+/// An awc client for responses that stream for as long as they like: connect and handshake are
+/// bounded by `connect_timeout`, the request itself by nothing (awc would otherwise apply its
+/// request timeout to reading the body too). Callers bound the head and idleness themselves.
+pub fn streaming_client(connect_timeout: Duration) -> awc::Client {
+    awc::Client::builder()
+        .disable_timeout()
+        .connector(connector(connect_timeout))
         .finish()
 }

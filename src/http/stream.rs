@@ -245,6 +245,9 @@ impl Producer {
     async fn send(&mut self, event: sse::Event) -> Result<(), Stop> {
         self.tx.send(event).await.map_err(|_| Stop::ClientGone)?;
         self.last_sent = Instant::now();
+        // The response writer runs on this thread: let it flush this event before the next is
+        // built, so `formula-results` leaves at once rather than behind cached batches.
+        tokio::task::yield_now().await;
         Ok(())
     }
 

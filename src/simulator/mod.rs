@@ -61,6 +61,7 @@ impl Simulator {
         let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
             .workers(workers)
             .disable_signals()
+            .tcp_nodelay(true)
             .shutdown_timeout(1)
             .listen(listener)?
             .run();

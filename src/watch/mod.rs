@@ -265,9 +265,9 @@ pub async fn watch(
     mode: ProgressMode,
 ) -> Result<Report, WatchError> {
     let query = args.query()?;
-    // The head may take a while (the server resolves the formula first); the body has no
-    // deadline at all, idleness is checked per read instead.
-    let client = crate::client::http_client(HEAD_TIMEOUT);
+    // The head may take a while (the server resolves the formula first) and is bounded by
+    // HEAD_TIMEOUT below; the body has no deadline at all, idleness is checked per read instead.
+    let client = crate::client::streaming_client(HEAD_TIMEOUT);
     let started = Instant::now();
     let mut session = Session {
         args,
@@ -408,7 +408,10 @@ impl Session<'_> {
             .query(&self.query)
             .map_err(|e| WatchError::Usage(format!("cannot encode the request: {e}")))?;
 
-        let mut response = match request.send().await {
+        let sent = tokio::time::timeout(HEAD_TIMEOUT, request.send())
+            .await
+            .unwrap_or(Err(SendRequestError::Timeout));
+        let mut response = match sent {
             Ok(response) => response,
             Err(e) if first => {
                 return Err(WatchError::Unreachable {
