@@ -178,10 +178,7 @@ impl Application {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = web::Data::new(AppState {
             settings: settings.clone(),
-            charts: ChartService {
-                cache: Arc::new(Cache::new(&settings.cache)),
-                pool: pool.clone(),
-            },
+            charts: ChartService::new(Arc::new(Cache::new(&settings.cache)), pool.clone()),
             formula_addr: host_port(&settings.formulas.source_url),
             feed_addr: host_port(&settings.upstream.url).unwrap_or_default(),
             formulas,

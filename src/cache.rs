@@ -188,35 +188,24 @@ impl Cache {
         }
     }
 
-    /// The cached chart for `key`, or the result of `fetch` (made once however many callers ask
-    /// at the same time). The flag says whether it came from the cache.
-    pub async fn chart<F, Fut, E>(
-        &self,
-        key: ChartKey,
-        fetch: F,
-    ) -> Result<(Arc<CachedChart>, bool), Arc<E>>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Chart, E>>,
-        E: Send + Sync + 'static,
-    {
-        if let Some(hit) = self.charts.get(&key).await {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("chartgate_cache_hits_total").increment(1);
-            return Ok((hit, true));
-        }
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("chartgate_cache_misses_total").increment(1);
-        let chart = self
-            .charts
-            .try_get_with(key, async move {
-                fetch().await.map(|c| Arc::new(CachedChart::new(c)))
-            })
-            .await?;
-        Ok((chart, false))
+    /// The cached chart for `key`, counted as a hit or a miss.
+    pub async fn cached_chart(&self, key: &ChartKey) -> Option<Arc<CachedChart>> {
+        let hit = self.charts.get(key).await;
+        let (counter, metric) = match hit {
+            Some(_) => (&self.hits, "chartgate_cache_hits_total"),
+            None => (&self.misses, "chartgate_cache_misses_total"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(metric).increment(1);
+        hit
     }
 
-    /// The cached result of formula `id`, or the result of `fetch` (single flight as above).
+    pub async fn insert_chart(&self, key: ChartKey, chart: Arc<CachedChart>) {
+        self.charts.insert(key, chart).await;
+    }
+
+    /// The cached result of formula `id`, or the result of `fetch`, made once however many
+    /// callers ask at the same time (moka's single flight; failures are not cached).
     pub async fn formula<F, Fut, E>(&self, id: &str, fetch: F) -> Result<Arc<FormulaResult>, Arc<E>>
     where
         F: FnOnce() -> Fut,
@@ -249,7 +238,6 @@ impl Cache {
 mod tests {
     use super::*;
     use crate::domain::ChartMetadata;
-    use std::sync::atomic::AtomicUsize;
 
     fn chart(volume: Option<f64>) -> Chart {
         Chart {
@@ -311,62 +299,21 @@ mod tests {
     }
 
     #[actix_rt::test]
-    async fn concurrent_identical_fetches_are_made_once() {
-        let cache = Arc::new(Cache::new(&CacheSettings::default()));
-        let calls = Arc::new(AtomicUsize::new(0));
+    async fn charts_are_counted_as_hits_and_misses() {
+        let cache = Cache::new(&CacheSettings::default());
         let key = ChartKey {
             symbol: "NSE:TCS".parse().unwrap(),
             resolution: Resolution::Day,
             bars: BarCount::default(),
         };
-        let tasks: Vec<_> = (0..20)
-            .map(|_| {
-                let (cache, calls, key) = (cache.clone(), calls.clone(), key.clone());
-                actix_rt::spawn(async move {
-                    cache
-                        .chart(key, || async move {
-                            calls.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            Ok::<_, String>(chart(None))
-                        })
-                        .await
-                        .map(|(c, _)| c.chart.bars.len())
-                })
-            })
-            .collect();
-        for task in tasks {
-            assert_eq!(task.await.unwrap().unwrap(), 2);
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        let (_, cached) = cache
-            .chart(key, || async { Err::<Chart, _>("not called".to_string()) })
-            .await
-            .unwrap();
-        assert!(cached);
+        assert!(cache.cached_chart(&key).await.is_none());
+        cache
+            .insert_chart(key.clone(), Arc::new(CachedChart::new(chart(None))))
+            .await;
+        let hit = cache.cached_chart(&key).await.unwrap();
+        assert_eq!(hit.chart.bars.len(), 2);
         let stats = cache.stats().await;
-        assert_eq!((stats.entries, stats.hits, stats.misses), (1, 1, 20));
-    }
-
-    #[actix_rt::test]
-    async fn failures_are_not_cached() {
-        let cache = Cache::new(&CacheSettings::default());
-        let key = ChartKey {
-            symbol: "NSE:X".parse().unwrap(),
-            resolution: Resolution::Day,
-            bars: BarCount::default(),
-        };
-        let err = cache
-            .chart(key.clone(), || async {
-                Err::<Chart, _>("boom".to_string())
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(*err, "boom");
-        assert!(
-            cache
-                .chart(key, || async { Ok::<_, String>(chart(None)) })
-                .await
-                .is_ok()
-        );
+        assert_eq!((stats.entries, stats.hits, stats.misses), (1, 1, 1));
+        assert!(stats.bytes > 0);
     }
 }

@@ -1,14 +1,24 @@
 //! The chart service: the cache in front of the pool. Every chart a route or a stream needs goes
-//! through [`ChartService::get`], so identical fetches in flight are made once, finished charts are
-//! served from the cache, and outcomes are counted in one place.
+//! through [`ChartService::get`], so finished charts come from the cache, identical fetches in
+//! flight are made once, and outcomes are counted in one place.
+//!
+//! Single flight is done here rather than with the cache's own loader because of who drives the
+//! load. A cache loader runs inside the first caller's future, so a stream whose client reads
+//! slowly (its producer waiting to hand over an event) would stop driving a fetch that other
+//! streams are waiting for too. Here each fetch runs on its own task and every waiter holds a
+//! share of it, so no waiter can hold up another. A fetch is still cancelled when its last waiter
+//! goes away: the waiters together hold its [`Wanted`], and the pool drops fetches nobody wants.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use actix::Addr;
 use actix_web::http::StatusCode;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 
 use crate::cache::{Cache, CachedChart, ChartKey};
-use crate::upstream::{FetchChart, FetchError, Pool};
+use crate::upstream::{FetchChart, FetchError, Pool, Wanted};
 
 /// Why one chart could not be had, as clients see it (`errors` entries, chart-data answers).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,32 +51,54 @@ impl From<&FetchError> for ChartFailure {
 /// A chart and whether it came from the cache.
 pub type ChartOutcome = Result<(Arc<CachedChart>, bool), ChartFailure>;
 
+type Loaded = Result<Arc<CachedChart>, ChartFailure>;
+
+/// A fetch in flight, shared by everyone waiting for the same chart.
+struct InFlight {
+    /// Tells this fetch from a later one for the same key.
+    id: u64,
+    result: Shared<BoxFuture<'static, Loaded>>,
+    /// The waiters' shared interest; dead once the last of them went away.
+    wanted: Weak<Wanted>,
+}
+
+#[derive(Default)]
+struct Flights {
+    next_id: u64,
+    by_key: HashMap<ChartKey, InFlight>,
+}
+
 #[derive(Clone)]
 pub struct ChartService {
     pub cache: Arc<Cache>,
     pub pool: Addr<Pool>,
+    flights: Arc<Mutex<Flights>>,
+}
+
+fn unavailable() -> ChartFailure {
+    ChartFailure::from(&FetchError::Unavailable(
+        "the connection pool stopped".into(),
+    ))
 }
 
 impl ChartService {
+    pub fn new(cache: Arc<Cache>, pool: Addr<Pool>) -> Self {
+        ChartService {
+            cache,
+            pool,
+            flights: Arc::default(),
+        }
+    }
+
     pub async fn get(&self, key: ChartKey) -> ChartOutcome {
-        let pool = self.pool.clone();
-        let (request, wanted) =
-            FetchChart::cancellable(key.symbol.clone(), key.resolution, key.bars);
-        let outcome = self
-            .cache
-            .chart(key, move || async move {
-                // Held while this load is awaited: if every waiter goes away the load is
-                // dropped, and with it `wanted`, so the pool drops the fetch too.
-                let _wanted = wanted;
-                match pool.send(request).await {
-                    Ok(result) => result,
-                    Err(_) => Err(FetchError::Unavailable(
-                        "the connection pool stopped".into(),
-                    )),
-                }
-            })
-            .await
-            .map_err(|e| ChartFailure::from(e.as_ref()));
+        let outcome = match self.cache.cached_chart(&key).await {
+            Some(hit) => Ok((hit, true)),
+            None => {
+                // `_wanted` keeps the fetch wanted for as long as this caller waits.
+                let (result, _wanted) = self.join_or_start(key);
+                result.await.map(|chart| (chart, false))
+            }
+        };
         let label = match &outcome {
             Ok((_, true)) => "cached",
             Ok((_, false)) => "ok",
@@ -74,5 +106,57 @@ impl ChartService {
         };
         metrics::counter!("chartgate_charts_served_total", "outcome" => label).increment(1);
         outcome
+    }
+
+    /// Joins the fetch in flight for `key`, or starts one on its own task.
+    fn join_or_start(&self, key: ChartKey) -> (Shared<BoxFuture<'static, Loaded>>, Arc<Wanted>) {
+        let mut flights = self
+            .flights
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(flight) = flights.by_key.get(&key)
+            && let Some(wanted) = flight.wanted.upgrade()
+        {
+            return (flight.result.clone(), wanted);
+        }
+        flights.next_id += 1;
+        let id = flights.next_id;
+        let (request, wanted) =
+            FetchChart::cancellable(key.symbol.clone(), key.resolution, key.bars);
+        let wanted = Arc::new(wanted);
+        let (pool, cache, registry) = (self.pool.clone(), self.cache.clone(), self.flights.clone());
+        let task_key = key.clone();
+        let task = actix_web::rt::spawn(async move {
+            let loaded = match pool.send(request).await {
+                Ok(Ok(chart)) => {
+                    let chart = Arc::new(CachedChart::new(chart));
+                    cache.insert_chart(task_key.clone(), chart.clone()).await;
+                    Ok(chart)
+                }
+                Ok(Err(e)) => Err(ChartFailure::from(&e)),
+                Err(_) => Err(unavailable()),
+            };
+            // Only now, with the chart cached, may a new caller miss this flight.
+            let mut flights = registry
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if flights.by_key.get(&task_key).is_some_and(|f| f.id == id) {
+                flights.by_key.remove(&task_key);
+            }
+            loaded
+        });
+        let result = task
+            .map(|joined| joined.unwrap_or_else(|_| Err(unavailable())))
+            .boxed()
+            .shared();
+        flights.by_key.insert(
+            key,
+            InFlight {
+                id,
+                result: result.clone(),
+                wanted: Arc::downgrade(&wanted),
+            },
+        );
+        (result, wanted)
     }
 }
