@@ -161,7 +161,9 @@ pub struct CacheStats {
 
 /// Charts and formula results, shared by every request.
 pub struct Cache {
-    charts: moka::future::Cache<ChartKey, Arc<CachedChart>>,
+    /// A sync cache: a lookup never waits on I/O, and a waiter's future stays small (one is held
+    /// per chart per open stream).
+    charts: moka::sync::Cache<ChartKey, Arc<CachedChart>>,
     formulas: moka::future::Cache<String, Arc<FormulaResult>>,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -170,7 +172,7 @@ pub struct Cache {
 impl Cache {
     pub fn new(settings: &CacheSettings) -> Self {
         let ttl = Duration::from_secs(settings.ttl_secs);
-        let charts = moka::future::Cache::builder()
+        let charts = moka::sync::Cache::builder()
             .max_capacity(settings.max_bytes)
             .weigher(|_, chart: &Arc<CachedChart>| chart.weight())
             .time_to_live(ttl)
@@ -189,8 +191,8 @@ impl Cache {
     }
 
     /// The cached chart for `key`, counted as a hit or a miss.
-    pub async fn cached_chart(&self, key: &ChartKey) -> Option<Arc<CachedChart>> {
-        let hit = self.charts.get(key).await;
+    pub fn cached_chart(&self, key: &ChartKey) -> Option<Arc<CachedChart>> {
+        let hit = self.charts.get(key);
         let (counter, metric) = match hit {
             Some(_) => (&self.hits, "chartgate_cache_hits_total"),
             None => (&self.misses, "chartgate_cache_misses_total"),
@@ -200,8 +202,8 @@ impl Cache {
         hit
     }
 
-    pub async fn insert_chart(&self, key: ChartKey, chart: Arc<CachedChart>) {
-        self.charts.insert(key, chart).await;
+    pub fn insert_chart(&self, key: ChartKey, chart: Arc<CachedChart>) {
+        self.charts.insert(key, chart);
     }
 
     /// The cached result of formula `id`, or the result of `fetch`, made once however many
@@ -223,7 +225,7 @@ impl Cache {
     }
 
     pub async fn stats(&self) -> CacheStats {
-        self.charts.run_pending_tasks().await;
+        self.charts.run_pending_tasks();
         self.formulas.run_pending_tasks().await;
         CacheStats {
             entries: self.charts.entry_count() + self.formulas.entry_count(),
@@ -306,11 +308,9 @@ mod tests {
             resolution: Resolution::Day,
             bars: BarCount::default(),
         };
-        assert!(cache.cached_chart(&key).await.is_none());
-        cache
-            .insert_chart(key.clone(), Arc::new(CachedChart::new(chart(None))))
-            .await;
-        let hit = cache.cached_chart(&key).await.unwrap();
+        assert!(cache.cached_chart(&key).is_none());
+        cache.insert_chart(key.clone(), Arc::new(CachedChart::new(chart(None))));
+        let hit = cache.cached_chart(&key).unwrap();
         assert_eq!(hit.chart.bars.len(), 2);
         let stats = cache.stats().await;
         assert_eq!((stats.entries, stats.hits, stats.misses), (1, 1, 1));

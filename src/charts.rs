@@ -91,7 +91,7 @@ impl ChartService {
     }
 
     pub async fn get(&self, key: ChartKey) -> ChartOutcome {
-        let outcome = match self.cache.cached_chart(&key).await {
+        let outcome = match self.cache.cached_chart(&key) {
             Some(hit) => Ok((hit, true)),
             None => {
                 // `_wanted` keeps the fetch wanted for as long as this caller waits.
@@ -130,7 +130,7 @@ impl ChartService {
             let loaded = match pool.send(request).await {
                 Ok(Ok(chart)) => {
                     let chart = Arc::new(CachedChart::new(chart));
-                    cache.insert_chart(task_key.clone(), chart.clone()).await;
+                    cache.insert_chart(task_key.clone(), chart.clone());
                     Ok(chart)
                 }
                 Ok(Err(e)) => Err(ChartFailure::from(&e)),

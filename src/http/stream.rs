@@ -9,6 +9,7 @@
 //! are cancelled and its lease is released. A keep-alive comment after `stream.keep_alive_secs` of
 //! silence is what lets a dead connection be noticed at all.
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -131,7 +132,9 @@ pub async fn open(
         Some(id) if id.list == list_key => (id, true),
         _ => (StreamId::new(request_key, list_key), false),
     };
-    let (tx, rx) = mpsc::channel(4);
+    // Boxed events keep the channel's slot block small (it is allocated whole, whatever the
+    // bound), and a bound of 2 keeps at most two batches waiting behind a slow reader.
+    let (tx, mut rx) = mpsc::channel::<Box<sse::Event>>(2);
     let producer = Producer {
         deps: deps.clone(),
         request,
@@ -145,7 +148,11 @@ pub async fn open(
         last_sent: Instant::now(),
     };
     actix_web::rt::spawn(producer.run());
-    let sse = sse::Sse::from_infallible_receiver(rx)
+    let events = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|event| event.map(|e| Ok::<_, Infallible>(*e)))
+    });
+    let sse = sse::Sse::from_stream(events)
         .with_retry_duration(Duration::from_millis(deps.settings.retry_ms))
         .customize()
         .insert_header(("X-Accel-Buffering", "no"));
@@ -207,7 +214,7 @@ struct Producer {
     list: StockList,
     id: StreamId,
     resumed: bool,
-    tx: mpsc::Sender<sse::Event>,
+    tx: mpsc::Sender<Box<sse::Event>>,
     /// Held for the stream's life; dropping it releases the lease.
     lease: LeaseGuard,
     started: Instant,
@@ -243,7 +250,10 @@ impl Producer {
     }
 
     async fn send(&mut self, event: sse::Event) -> Result<(), Stop> {
-        self.tx.send(event).await.map_err(|_| Stop::ClientGone)?;
+        self.tx
+            .send(Box::new(event))
+            .await
+            .map_err(|_| Stop::ClientGone)?;
         self.last_sent = Instant::now();
         // The response writer runs on this thread: let it flush this event before the next is
         // built, so `formula-results` leaves at once rather than behind cached batches.
