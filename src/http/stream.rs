@@ -28,7 +28,7 @@ use super::stream_id::{Progress, StreamId, list_hash, request_hash};
 use crate::cache::ChartKey;
 use crate::charts::{ChartOutcome, ChartService};
 use crate::config::StreamSettings;
-use crate::domain::{BarsFormat, Resolution};
+use crate::domain::{BarCount, BarsFormat, Resolution};
 use crate::formulas::{FormulaResult, FormulaSource, Stock};
 use crate::manager::LeaseGuard;
 
@@ -135,9 +135,14 @@ pub async fn open(
     // Boxed events keep the channel's slot block small (it is allocated whole, whatever the
     // bound), and a bound of 2 keeps at most two batches waiting behind a slow reader.
     let (tx, mut rx) = mpsc::channel::<Box<sse::Event>>(2);
+    let retry = Duration::from_millis(deps.settings.retry_ms);
     let producer = Producer {
-        deps: deps.clone(),
-        request,
+        charts: deps.charts,
+        settings: deps.settings,
+        shutdown: deps.shutdown,
+        resolutions: request.resolutions,
+        bars: request.bars,
+        format: request.format,
         list,
         id,
         resumed,
@@ -153,7 +158,7 @@ pub async fn open(
             .map(|event| event.map(|e| Ok::<_, Infallible>(*e)))
     });
     let sse = sse::Sse::from_stream(events)
-        .with_retry_duration(Duration::from_millis(deps.settings.retry_ms))
+        .with_retry_duration(retry)
         .customize()
         .insert_header(("X-Accel-Buffering", "no"));
     Ok(sse.respond_to(http).map_into_boxed_body())
@@ -209,8 +214,13 @@ struct Batch {
 }
 
 struct Producer {
-    deps: StreamDeps,
-    request: StreamRequest,
+    charts: ChartService,
+    settings: StreamSettings,
+    shutdown: watch::Receiver<bool>,
+    /// What to fetch for each stock; the request's symbol list lives on in `list`.
+    resolutions: Vec<Resolution>,
+    bars: BarCount,
+    format: BarsFormat,
     list: StockList,
     id: StreamId,
     resumed: bool,
@@ -262,7 +272,7 @@ impl Producer {
     }
 
     async fn produce(&mut self) -> Result<(), Stop> {
-        let resolutions = self.request.resolutions.clone();
+        let resolutions = self.resolutions.clone();
         let per_stock = resolutions.len();
         let total_charts = self.list.stocks.len() * per_stock;
         if !self.resumed {
@@ -272,7 +282,7 @@ impl Producer {
                 stocks: &self.list.stocks,
                 total_charts,
                 resolutions: resolutions.iter().map(|r| r.as_str()).collect(),
-                bars_count: self.request.bars.get(),
+                bars_count: self.bars.get(),
                 resumed: false,
             };
             let event = self.event(
@@ -286,7 +296,7 @@ impl Producer {
             self.send(event).await?;
         }
 
-        let batch_size = self.deps.settings.batch_size.max(1);
+        let batch_size = self.settings.batch_size.max(1);
         let total_batches = self.list.stocks.len().div_ceil(batch_size);
         let mut batches: Vec<Batch> = (0..total_batches)
             .filter(|b| !self.id.has(*b))
@@ -313,9 +323,9 @@ impl Producer {
                     let key = ChartKey {
                         symbol: self.list.stocks[batch.first_stock + s].symbol.clone(),
                         resolution: *resolution,
-                        bars: self.request.bars,
+                        bars: self.bars,
                     };
-                    let charts = self.deps.charts.clone();
+                    let charts = self.charts.clone();
                     fetches.push(
                         async move { (slot_batch, s * per_stock + r, charts.get(key).await) },
                     );
@@ -323,8 +333,8 @@ impl Producer {
             }
         }
 
-        let keep_alive = Duration::from_secs(self.deps.settings.keep_alive_secs);
-        let mut shutdown = self.deps.shutdown.clone();
+        let keep_alive = Duration::from_secs(self.settings.keep_alive_secs);
+        let mut shutdown = self.shutdown.clone();
         while !fetches.is_empty() {
             tokio::select! {
                 Some((slot_batch, slot, outcome)) = fetches.next() => {
@@ -335,7 +345,7 @@ impl Producer {
                     batch.pending -= 1;
                     if batch.pending == 0 {
                         self.id.mark(batch.index);
-                        let json = batch_json(batch, total_batches, &self.list.stocks, &resolutions, self.request.format, loaded, total_charts, self.started_epoch_ms);
+                        let json = batch_json(batch, total_batches, &self.list.stocks, &resolutions, self.format, loaded, total_charts, self.started_epoch_ms);
                         batch.outcomes = Vec::new();
                         let event = sse::Event::Data(sse::Data::new(json).event("chart-batch").id(self.id.to_string()));
                         self.send(event).await?;
