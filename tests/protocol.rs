@@ -234,6 +234,179 @@ fn errors_keep_their_session_and_reason() {
     );
 }
 
+/// `{"p":..,"m":..}`: the same packet with `p` before `m`, which takes the two-pass path.
+fn p_first(json: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    let object = value.as_object()?;
+    let mut out = format!("{{\"p\":{}", object.get("p")?);
+    for (key, value) in object.iter().filter(|(k, _)| k.as_str() != "p") {
+        out.push_str(&format!(",{}:{value}", serde_json::to_string(key).unwrap()));
+    }
+    out.push('}');
+    Some(out)
+}
+
+#[test]
+fn the_one_pass_and_two_pass_paths_decode_every_captured_packet_alike() {
+    let mut compared = 0;
+    for message in received() {
+        for packet in decode_message(&message).unwrap() {
+            let Packet::Json(json) = packet else { continue };
+            let Some(swapped) = p_first(json) else {
+                continue;
+            };
+            assert!(swapped.starts_with("{\"p\":"));
+            assert_eq!(
+                ServerMessage::decode(json).unwrap(),
+                ServerMessage::decode(&swapped).unwrap()
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(
+        compared,
+        141 - 9 - 1,
+        "every packet but heartbeats and the hello"
+    );
+}
+
+#[test]
+fn bad_parameters_and_bad_json_are_told_apart_in_both_orders() {
+    use chartgate::protocol::ServerError;
+    #[derive(Debug, PartialEq)]
+    enum Kind {
+        Ok,
+        NotJson,
+        Bad(&'static str, &'static str),
+    }
+    let cases: &[(&str, &str, Kind)] = &[
+        (
+            r#"{"m":"series_loading","p":["a",1,"c"]}"#,
+            r#"{"p":["a",1,"c"],"m":"series_loading"}"#,
+            Kind::Bad("series_loading", "parameter 1: "),
+        ),
+        (
+            r#"{"m":"series_loading","p":["a","b"]}"#,
+            r#"{"p":["a","b"],"m":"series_loading"}"#,
+            Kind::Bad("series_loading", "missing parameter 2"),
+        ),
+        (
+            r#"{"m":"du","p":["cs",{"sds_1":{"s":[{"i":4,"v":[1,2,3]}]}}]}"#,
+            r#"{"p":["cs",{"sds_1":{"s":[{"i":4,"v":[1,2,3]}]}}],"m":"du"}"#,
+            Kind::Bad("du", "bar 4 has 3 values, expected 5 or 6"),
+        ),
+        (
+            // A later duplicate series id replaces the short one, as a map does.
+            r#"{"m":"du","p":["cs",{"sds_1":{"s":[{"i":4,"v":[1,2,3]}]},"sds_1":{"s":[]}}]}"#,
+            r#"{"p":["cs",{"sds_1":{"s":[{"i":4,"v":[1,2,3]}]},"sds_1":{"s":[]}}],"m":"du"}"#,
+            Kind::Ok,
+        ),
+        (
+            r#"{"m":"du","p":["cs"]}"#,
+            r#"{"p":["cs"],"m":"du"}"#,
+            Kind::Bad("du", "missing series map"),
+        ),
+        (
+            r#"{"m":"du","p":["cs",{"sds_1":{"s":[{"i":"x","v":[1,2,3,4,5]}]}}]}"#,
+            r#"{"p":["cs",{"sds_1":{"s":[{"i":"x","v":[1,2,3,4,5]}]}}],"m":"du"}"#,
+            Kind::Bad("du", "invalid type"),
+        ),
+        (
+            r#"{"m":"symbol_resolved","p":["cs","sym",[]]}"#,
+            r#"{"p":["cs","sym",[]],"m":"symbol_resolved"}"#,
+            Kind::Ok,
+        ),
+        (
+            r#"{"m":"symbol_resolved","p":["cs","sym",{"pricescale":"x"}]}"#,
+            r#"{"p":["cs","sym",{"pricescale":"x"}],"m":"symbol_resolved"}"#,
+            Kind::Bad("symbol_resolved", "invalid type"),
+        ),
+        (
+            r#"{"m":"series_completed"}"#,
+            r#"{"m":"series_completed","p":null}"#,
+            Kind::Bad("series_completed", "missing parameter 0"),
+        ),
+        (
+            r#"{"m":"series_loading","p":{"a":1}}"#,
+            r#"{"p":{"a":1},"m":"series_loading"}"#,
+            Kind::NotJson,
+        ),
+        (
+            r#"{"m":"series_loading","p":["a",1,"c"]"#,
+            r#"{"p":["a",1,"c"],"m":"series_loading""#,
+            Kind::NotJson,
+        ),
+        (
+            // Bad parameters, but a syntax error after them: not JSON, as before.
+            r#"{"m":"series_loading","p":["a",1,"c"],"t":}"#,
+            r#"{"p":["a",1,"c"],"m":"series_loading","t":}"#,
+            Kind::NotJson,
+        ),
+        (
+            r#"{"m":"series_loading","p":["a","b","c"],"m":"x"}"#,
+            r#"{"p":["a","b","c"],"m":"series_loading","p":[]}"#,
+            Kind::NotJson,
+        ),
+        (
+            r#"{"m":"qsd","p":{"x":1}}"#,
+            r#"{"p":{"x":1},"m":"qsd"}"#,
+            Kind::NotJson,
+        ),
+        (
+            r#"{"m":"qsd","p":["qs",{"n":"NSE:X","v":{"lp":1.5}}],"t":1}"#,
+            r#"{"p":["qs",{"n":"NSE:X","v":{"lp":1.5}}],"t":1,"m":"qsd"}"#,
+            Kind::Ok,
+        ),
+        (
+            r#"{"m":"series_loading","p":["a\"b","b\u00e9","c"],"extra":[1,{"m":2}]}"#,
+            r#"{"extra":[1,{"m":2}],"p":["a\"b","b\u00e9","c"],"m":"series_loading"}"#,
+            Kind::Ok,
+        ),
+        (
+            r#"["series_loading",["a","b","c"]]"#,
+            r#"{"m":"series_loading","p":["a","b","c"]}"#,
+            Kind::Ok,
+        ),
+        (
+            r#"{"m":"critical_error","p":["cs_x","invalid parameters",{"a":1}]}"#,
+            r#"{"p":["cs_x","invalid parameters",{"a":1}],"m":"critical_error"}"#,
+            Kind::Ok,
+        ),
+    ];
+    for (one_pass, two_pass, expected) in cases {
+        let (a, b) = (
+            ServerMessage::decode(one_pass),
+            ServerMessage::decode(two_pass),
+        );
+        let kind = |r: &Result<ServerMessage<'_>, ServerError>| match r {
+            Ok(_) => Kind::Ok,
+            Err(ServerError::NotJson(_)) => Kind::NotJson,
+            Err(ServerError::BadParameters { method, detail }) => {
+                let (m, d) = match expected {
+                    Kind::Bad(m, d) => (*m, *d),
+                    _ => ("?", "?"),
+                };
+                assert!(detail.starts_with(d), "{detail:?} for {one_pass}");
+                assert_eq!(method, m);
+                Kind::Bad(m, d)
+            }
+        };
+        assert_eq!(&kind(&a), expected, "{one_pass}: {a:?}");
+        assert_eq!(&kind(&b), expected, "{two_pass}: {b:?}");
+        if let (Ok(a), Ok(b)) = (&a, &b) {
+            assert_eq!(a, b, "{one_pass}");
+        }
+        if let (
+            Err(ServerError::BadParameters { detail: a, .. }),
+            Err(ServerError::BadParameters { detail: b, .. }),
+        ) = (&a, &b)
+            && !a.contains(" at line ")
+        {
+            assert_eq!(a, b, "{one_pass}");
+        }
+    }
+}
+
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
         "[a-zA-Z0-9_:.=-]{0,24}",
@@ -448,6 +621,8 @@ proptest! {
     fn server_messages_round_trip(msg in server_message(), now_ms in 0i64..4_000_000_000_000) {
         let payload = msg.to_payload(now_ms);
         prop_assert!(payload.is_ascii());
-        prop_assert_eq!(ServerMessage::decode(&payload).unwrap(), msg);
+        prop_assert_eq!(ServerMessage::decode(&payload).unwrap(), msg.clone());
+        let swapped = p_first(&payload).unwrap();
+        prop_assert_eq!(ServerMessage::decode(&swapped).unwrap(), msg);
     }
 }

@@ -9,10 +9,11 @@
 //! tick-mark element of `timescale_update`, `t`/`t_ms` stamps); the simulator answers with them.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -197,33 +198,453 @@ struct RawBar {
     v: BarValues,
 }
 
+/// The `s` array of one series, read straight into bars. A row with fewer than five values is
+/// remembered (the first one) rather than refused at once, so that, as before, only series the
+/// message keeps (the last of duplicate ids, with an `s`) can make it fail.
+struct SeriesBars {
+    bars: Vec<IndexedBar>,
+    short: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for SeriesBars {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SeriesBars;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of bars")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SeriesBars, A::Error> {
+                // serde_json gives no length hint; a first answer is typically 300 bars.
+                let mut out = SeriesBars {
+                    bars: Vec::with_capacity(seq.size_hint().unwrap_or(64)),
+                    short: None,
+                };
+                while let Some(row) = seq.next_element::<RawBar>()? {
+                    let v = &row.v.values;
+                    if row.v.len < 5 {
+                        out.short.get_or_insert_with(|| {
+                            format!("bar {} has {} values, expected 5 or 6", row.i, row.v.len)
+                        });
+                        continue;
+                    }
+                    out.bars.push(IndexedBar {
+                        index: row.i,
+                        bar: Bar {
+                            time: v[0] as i64,
+                            open: v[1],
+                            high: v[2],
+                            low: v[3],
+                            close: v[4],
+                            volume: (row.v.len >= 6).then_some(v[5]),
+                        },
+                    });
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 #[derive(Deserialize)]
 struct SeriesPayload<'a> {
     #[serde(default)]
-    s: Option<Vec<RawBar>>,
+    s: Option<SeriesBars>,
     #[serde(default, borrow)]
     t: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
+/// A string borrowed from the message text when it has no escapes (serde's own `Cow` impl always
+/// copies), ordered by its text so it can key the series map.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Text<'a>(Cow<'a, str>);
+
+impl<'a> Deserialize<'a> for Text<'a> {
+    fn deserialize<D: Deserializer<'a>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'a> Visitor<'a> for V {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'a str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The series map of a `timescale_update` or `du` (`{"sds_1": {"s": [...], "t": "s1"}, ...}`),
+/// ascending by series id, series without `s` left out.
+fn series_of<'a>(
+    map: BTreeMap<Text<'a>, SeriesPayload<'a>>,
+) -> Result<Vec<SeriesData<'a>>, String> {
+    let mut series = Vec::with_capacity(map.len());
+    for (series_id, payload) in map {
+        let Some(bars) = payload.s else { continue };
+        if let Some(short) = bars.short {
+            return Err(short);
+        }
+        series.push(SeriesData {
+            series_id: series_id.0,
+            turnaround: payload.t,
+            bars: bars.bars,
+        });
+    }
+    Ok(series)
+}
+
+/// What `p` became while the envelope was read.
+// Lives on the stack for one decode and is moved once; boxing the message would cost an
+// allocation per packet.
+#[allow(clippy::large_enum_variant)]
+enum Params<'a> {
+    /// Read straight into the message: `m` came first and names a method read here.
+    Message(ServerMessage<'a>),
+    /// Skipped: a method this module does not read.
+    Skipped,
+    /// Kept as raw values, for the two-pass path: `p` came before `m` (the feed never does that),
+    /// or the method reads its parameters as text (`critical_error`, `protocol_error`).
+    Raw(Vec<&'a RawValue>),
+}
+
+/// The envelope `{"m": method, "p": [...], ...}` read in one pass: the feed writes `m` before
+/// `p`, so by the time `p` comes its method is known and its parameters are read into the message
+/// straight from the text (the bars of a `timescale_update` exactly once). Parameter errors are
+/// reported through `failure`, so that `decode` can tell them from a packet that is not JSON.
+struct EnvelopeSeed<'f> {
+    failure: &'f Cell<Option<ServerError>>,
+}
+
 struct Envelope<'a> {
-    #[serde(default, borrow)]
-    m: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    p: Option<Vec<&'a RawValue>>,
+    method: Option<Cow<'a, str>>,
+    params: Params<'a>,
+}
+
+impl<'a> DeserializeSeed<'a> for EnvelopeSeed<'_> {
+    type Value = Envelope<'a>;
+    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Envelope<'a>, D::Error> {
+        // As a struct, like the derived envelope before it: an object, or an array `[m, p]`.
+        d.deserialize_struct("Envelope", &["m", "p"], self)
+    }
+}
+
+/// The envelope's keys; every other key is skipped.
+enum Key {
+    M,
+    P,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "m" => Key::M,
+                    "p" => Key::P,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'a> EnvelopeSeed<'_> {
+    /// `p`, read according to `method` when it is already known.
+    fn params<E>(
+        &self,
+        method: Option<&Option<Text<'a>>>,
+        next: impl FnOnce(Option<ParamsSeed<'_>>) -> Result<Option<Params<'a>>, E>,
+    ) -> Result<Params<'a>, E> {
+        let seed = match method {
+            Some(Some(Text(method))) => Some(ParamsSeed {
+                method,
+                failure: self.failure,
+            }),
+            _ => None,
+        };
+        // `p` absent or null reads as no parameters, as before.
+        Ok(next(seed)?.unwrap_or(Params::Raw(Vec::new())))
+    }
+}
+
+impl<'a> Visitor<'a> for EnvelopeSeed<'_> {
+    type Value = Envelope<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a feed message")
+    }
+
+    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Envelope<'a>, A::Error> {
+        let mut method: Option<Option<Text<'a>>> = None;
+        let mut params: Option<Params<'a>> = None;
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::M => {
+                    if method.is_some() {
+                        return Err(de::Error::duplicate_field("m"));
+                    }
+                    method = Some(map.next_value()?);
+                }
+                Key::P => {
+                    if params.is_some() {
+                        return Err(de::Error::duplicate_field("p"));
+                    }
+                    params = Some(self.params(method.as_ref(), |seed| {
+                        match seed {
+                            Some(seed) => map.next_value_seed(seed),
+                            None => Ok(map
+                                .next_value::<Option<Vec<&'a RawValue>>>()?
+                                .map(Params::Raw)),
+                        }
+                    })?);
+                }
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Envelope {
+            method: method.flatten().map(|m| m.0),
+            params: params.unwrap_or(Params::Raw(Vec::new())),
+        })
+    }
+
+    /// `[m, p]`: serde's derived structs read arrays too, and the two-field envelope did.
+    fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<Envelope<'a>, A::Error> {
+        let method: Option<Option<Text<'a>>> = Some(seq.next_element()?.flatten());
+        let params = self.params(method.as_ref(), |seed| match seed {
+            Some(seed) => Ok(seq.next_element_seed(seed)?.flatten()),
+            None => Ok(seq
+                .next_element::<Option<Vec<&'a RawValue>>>()?
+                .flatten()
+                .map(Params::Raw)),
+        })?;
+        Ok(Envelope {
+            method: method.flatten().map(|m| m.0),
+            params,
+        })
+    }
+}
+
+/// `p` of a method known beforehand. `None` for `null`.
+struct ParamsSeed<'m> {
+    method: &'m str,
+    failure: &'m Cell<Option<ServerError>>,
+}
+
+impl<'a> DeserializeSeed<'a> for ParamsSeed<'_> {
+    type Value = Option<Params<'a>>;
+    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Option<Params<'a>>, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'a> Visitor<'a> for ParamsSeed<'_> {
+    type Value = Option<Params<'a>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of parameters")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Option<Params<'a>>, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Option<Params<'a>>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'a>>(self, d: D) -> Result<Option<Params<'a>>, D::Error> {
+        match self.method {
+            "critical_error" | "protocol_error" => {
+                <Vec<&'a RawValue>>::deserialize(d).map(|raw| Some(Params::Raw(raw)))
+            }
+            "series_loading" | "symbol_resolved" | "timescale_update" | "du"
+            | "series_completed" | "series_timeframe" | "symbol_error" | "series_error" => {
+                d.deserialize_seq(self)
+            }
+            _ => d
+                .deserialize_seq(SkipParams)
+                .map(|()| Some(Params::Skipped)),
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<Option<Params<'a>>, A::Error> {
+        let mut p = PositionalParams {
+            seq: &mut seq,
+            method: self.method,
+            failure: self.failure,
+            next: 0,
+        };
+        let message = match self.method {
+            "series_loading" => ServerMessage::SeriesLoading {
+                session: p.text()?,
+                series_id: p.text()?,
+                turnaround: p.text()?,
+            },
+            "symbol_resolved" => ServerMessage::SymbolResolved {
+                session: p.text()?,
+                symbol_id: p.text()?,
+                info: p.value("missing symbol info")?,
+            },
+            "timescale_update" | "du" => {
+                let session = p.text()?;
+                let map: BTreeMap<Text<'a>, SeriesPayload<'a>> = p.value("missing series map")?;
+                let series = series_of(map).map_err(|detail| p.fail(detail))?;
+                if self.method == "du" {
+                    ServerMessage::DataUpdate { session, series }
+                } else {
+                    ServerMessage::TimescaleUpdate { session, series }
+                }
+            }
+            "series_completed" => ServerMessage::SeriesCompleted {
+                session: p.text()?,
+                series_id: p.text()?,
+                status: p.text()?,
+                turnaround: p.text()?,
+            },
+            "series_timeframe" => ServerMessage::SeriesTimeframe {
+                session: p.text()?,
+                series_id: p.text()?,
+                turnaround: p.text()?,
+            },
+            "symbol_error" => ServerMessage::SymbolError {
+                session: p.text()?,
+                symbol_id: p.text()?,
+                reason: p.text()?,
+            },
+            "series_error" => ServerMessage::SeriesError {
+                session: p.text()?,
+                series_id: p.text()?,
+                turnaround: p.text()?,
+                reason: p.text()?,
+            },
+            _ => {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                return Ok(Some(Params::Skipped));
+            }
+        };
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Some(Params::Message(message)))
+    }
+}
+
+/// Reads the parameters of a known method one after the other, naming the one at fault.
+struct PositionalParams<'s, 'm, A> {
+    seq: &'s mut A,
+    method: &'m str,
+    failure: &'m Cell<Option<ServerError>>,
+    next: usize,
+}
+
+impl<'a, A: SeqAccess<'a>> PositionalParams<'_, '_, A> {
+    /// Records why the parameters are bad and gives the error that stops reading.
+    fn fail(&self, detail: String) -> A::Error {
+        let error = de::Error::custom(&detail);
+        self.failure.set(Some(ServerError::BadParameters {
+            method: self.method.to_string(),
+            detail,
+        }));
+        error
+    }
+
+    fn text(&mut self) -> Result<Cow<'a, str>, A::Error> {
+        let i = self.next;
+        self.next += 1;
+        match self.seq.next_element::<Text<'a>>() {
+            Ok(Some(text)) => Ok(text.0),
+            Ok(None) => Err(self.fail(format!("missing parameter {i}"))),
+            Err(e) => Err(self.fail(format!("parameter {i}: {e}"))),
+        }
+    }
+
+    fn value<T: Deserialize<'a>>(&mut self, missing: &str) -> Result<T, A::Error> {
+        self.next += 1;
+        match self.seq.next_element::<T>() {
+            Ok(Some(value)) => Ok(value),
+            Ok(None) => Err(self.fail(missing.to_string())),
+            Err(e) => Err(self.fail(e.to_string())),
+        }
+    }
+}
+
+/// The parameters of a method this module does not read: checked to be an array, not kept.
+struct SkipParams;
+
+impl<'a> Visitor<'a> for SkipParams {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of parameters")
+    }
+    fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
 }
 
 impl<'a> ServerMessage<'a> {
-    /// Decodes one JSON packet.
+    /// Decodes one JSON packet, in one pass over the text when `m` comes before `p` (as the feed
+    /// always writes it).
     pub fn decode(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
-        let env: Envelope<'a> =
-            serde_json::from_str(payload).map_err(|e| ServerError::NotJson(e.to_string()))?;
-        let Some(method) = env.m else {
+        let failure = Cell::new(None);
+        let mut de = serde_json::Deserializer::from_str(payload);
+        let read = EnvelopeSeed { failure: &failure }
+            .deserialize(&mut de)
+            .and_then(|env| de.end().map(|()| env));
+        let env = match read {
+            Ok(env) => env,
+            Err(e) => {
+                return Err(match failure.take() {
+                    // Parameters of the wrong shape, in a packet that is JSON throughout (a
+                    // syntax error anywhere, even after them, makes it not JSON).
+                    Some(bad)
+                        if e.classify() == serde_json::error::Category::Data
+                            && serde_json::from_str::<IgnoredAny>(payload).is_ok() =>
+                    {
+                        bad
+                    }
+                    _ => ServerError::NotJson(
+                        serde_json::from_str::<IgnoredAny>(payload)
+                            .err()
+                            .unwrap_or(e)
+                            .to_string(),
+                    ),
+                });
+            }
+        };
+        let Some(method) = env.method else {
             let hello: Hello =
                 serde_json::from_str(payload).map_err(|e| ServerError::NotJson(e.to_string()))?;
             return Ok(ServerMessage::Hello(hello));
         };
-        let p = env.p.unwrap_or_default();
+        match env.params {
+            Params::Message(message) => Ok(message),
+            Params::Skipped => Ok(ServerMessage::Other { name: method }),
+            Params::Raw(p) => Self::from_raw_params(method, &p),
+        }
+    }
+
+    /// The two-pass path: parameters captured as raw values, then read one by one.
+    fn from_raw_params(
+        method: Cow<'a, str>,
+        p: &[&'a RawValue],
+    ) -> Result<ServerMessage<'a>, ServerError> {
         let bad = |detail: String| ServerError::BadParameters {
             method: method.to_string(),
             detail,
@@ -232,7 +653,8 @@ impl<'a> ServerMessage<'a> {
             let raw = p
                 .get(i)
                 .ok_or_else(|| bad(format!("missing parameter {i}")))?;
-            <Cow<'a, str>>::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+            Text::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+                .map(|t| t.0)
                 .map_err(|e| bad(format!("parameter {i}: {e}")))
         };
         let texts = |from: usize| -> Vec<String> {
@@ -261,20 +683,9 @@ impl<'a> ServerMessage<'a> {
             }
             "timescale_update" | "du" => {
                 let raw = p.get(1).ok_or_else(|| bad("missing series map".into()))?;
-                let map: BTreeMap<Cow<'a, str>, SeriesPayload<'a>> =
+                let map: BTreeMap<Text<'a>, SeriesPayload<'a>> =
                     serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
-                let series = map
-                    .into_iter()
-                    .filter_map(|(series_id, payload)| {
-                        let rows = payload.s?;
-                        Some(bars_of(&rows).map(|bars| SeriesData {
-                            series_id,
-                            turnaround: payload.t,
-                            bars,
-                        }))
-                    })
-                    .collect::<Result<Vec<_>, String>>()
-                    .map_err(bad)?;
+                let series = series_of(map).map_err(bad)?;
                 if method == "du" {
                     ServerMessage::DataUpdate {
                         session: s(0)?,
@@ -436,32 +847,6 @@ impl<'a> ServerMessage<'a> {
             ServerMessage::Other { .. } => "{}".to_string(),
         }
     }
-}
-
-/// Converts rows to bars, refusing rows with fewer than five values.
-fn bars_of(rows: &[RawBar]) -> Result<Vec<IndexedBar>, String> {
-    rows.iter()
-        .map(|row| {
-            let v = &row.v.values;
-            if row.v.len < 5 {
-                return Err(format!(
-                    "bar {} has {} values, expected 5 or 6",
-                    row.i, row.v.len
-                ));
-            }
-            Ok(IndexedBar {
-                index: row.i,
-                bar: Bar {
-                    time: v[0] as i64,
-                    open: v[1],
-                    high: v[2],
-                    low: v[3],
-                    close: v[4],
-                    volume: (row.v.len >= 6).then_some(v[5]),
-                },
-            })
-        })
-        .collect()
 }
 
 /// Bars gathered from one or more updates (a first answer, then `request_more_data` pages with
