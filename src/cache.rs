@@ -71,7 +71,8 @@ impl CachedChart {
     /// Rough bytes held, for the cache's size bound: the bars, and both JSON forms once made.
     fn weight(&self) -> u32 {
         let bars = self.chart.bars.len();
-        let estimate = 512 + bars * (std::mem::size_of::<Bar>() + 140);
+        let json = OBJECT_BYTES_PER_BAR + COLUMN_BYTES_PER_BAR;
+        let estimate = 512 + bars * (std::mem::size_of::<Bar>() + json);
         u32::try_from(estimate).unwrap_or(u32::MAX)
     }
 }

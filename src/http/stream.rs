@@ -440,7 +440,18 @@ fn batch_json(
     started_epoch_ms: u64,
 ) -> String {
     let symbols = &stocks[batch.first_stock..batch.first_stock + batch.stocks];
-    let mut out = String::with_capacity(4096);
+    // Reserved once: a batch of 36 charts is about 1 MB, and growing by doubling would copy it
+    // several times over into freshly mapped pages.
+    let charts: usize = batch
+        .outcomes
+        .iter()
+        .flatten()
+        .map(|o| match o {
+            Ok((chart, _)) => chart.json_fields(format).len() + 32,
+            Err(failure) => failure.message.len() + 64,
+        })
+        .sum();
+    let mut out = String::with_capacity(charts + symbols.len() * 48 + 512);
     let _ = write!(
         out,
         "{{\"type\":\"chart-batch\",\"data\":{{\"batchIndex\":{},\"totalBatches\":{total_batches},\"symbols\":[",

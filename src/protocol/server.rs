@@ -893,9 +893,10 @@ fn push_float(out: &mut String, value: f64) {
     if !value.is_finite() {
         out.push_str("null");
     } else if value.fract() == 0.0 && value.abs() < 1e15 {
-        let _ = write!(out, "{value:.1}");
+        out.push_str(itoa::Buffer::new().format(value as i64));
+        out.push_str(".0");
     } else {
-        let _ = write!(out, "{value}");
+        out.push_str(ryu::Buffer::new().format_finite(value));
     }
 }
 
@@ -956,7 +957,12 @@ pub fn encode_series_update(
             if n > 0 {
                 out.push(',');
             }
-            let _ = write!(out, "[40,{},{}]", bar.time, part.first_index + n as i64);
+            let mut int = itoa::Buffer::new();
+            out.push_str("[40,");
+            out.push_str(int.format(bar.time));
+            out.push(',');
+            out.push_str(int.format(part.first_index + n as i64));
+            out.push(']');
         }
         out.push_str("],\"index_diff\":[]}");
     }
