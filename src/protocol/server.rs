@@ -779,24 +779,35 @@ impl<'a> ServerMessage<'a> {
                 session,
                 symbol_id,
                 info,
-            } => stamped(
-                "symbol_resolved",
-                json!([session, symbol_id, symbol_resolved_object(info)]),
+            } => encode_symbol_resolved(
+                session,
+                symbol_id,
+                &to_ascii_string(&symbol_resolved_object(info)),
+                now_ms,
             ),
             ServerMessage::TimescaleUpdate { session, series }
             | ServerMessage::DataUpdate { session, series } => {
-                let parts: Vec<SeriesPart<'_>> = series
+                let owned: Vec<(Vec<Bar>, i64)> = series
                     .iter()
                     .map(|data| {
                         let bars: Vec<Bar> = data.bars.iter().map(|b| b.bar).collect();
-                        let first_index = data.bars.first().map_or(0, |b| b.index);
-                        SeriesPart {
-                            series_id: &data.series_id,
-                            turnaround: data.turnaround.as_deref().unwrap_or("s1"),
-                            bars_json: bars_json(&bars, first_index),
-                            bars,
-                            first_index,
-                        }
+                        (bars, data.bars.first().map_or(0, |b| b.index))
+                    })
+                    .collect();
+                let jsons: Vec<String> = owned
+                    .iter()
+                    .map(|(bars, first)| bars_json(bars, *first))
+                    .collect();
+                let parts: Vec<SeriesPart<'_>> = series
+                    .iter()
+                    .zip(&owned)
+                    .zip(&jsons)
+                    .map(|((data, (bars, first_index)), json)| SeriesPart {
+                        series_id: &data.series_id,
+                        turnaround: data.turnaround.as_deref().unwrap_or("s1"),
+                        bars_json: json,
+                        bars,
+                        first_index: *first_index,
                     })
                     .collect();
                 encode_series_update(self.name(), session, &parts, now_ms)
@@ -905,8 +916,8 @@ pub struct SeriesPart<'a> {
     pub series_id: &'a str,
     pub turnaround: &'a str,
     /// The `s` array, from [`bars_json`] (which a server may cache).
-    pub bars_json: String,
-    pub bars: Vec<Bar>,
+    pub bars_json: &'a str,
+    pub bars: &'a [Bar],
     pub first_index: i64,
 }
 
@@ -967,6 +978,29 @@ pub fn encode_series_update(
         out.push_str("],\"index_diff\":[]}");
     }
     let _ = write!(out, "],\"t\":{},\"t_ms\":{now_ms}}}", now_ms / 1000);
+    out
+}
+
+/// A whole `symbol_resolved` payload around an already encoded symbol object (a server may cache
+/// the object: it is the same for every answer about that symbol).
+pub fn encode_symbol_resolved(
+    session: &str,
+    symbol_id: &str,
+    object_json: &str,
+    now_ms: i64,
+) -> String {
+    let mut out = String::with_capacity(object_json.len() + 128);
+    out.push_str("{\"m\":\"symbol_resolved\",\"p\":[");
+    out.push_str(&to_ascii_string(session));
+    out.push(',');
+    out.push_str(&to_ascii_string(symbol_id));
+    out.push(',');
+    out.push_str(object_json);
+    out.push_str("],\"t\":");
+    out.push_str(itoa::Buffer::new().format(now_ms / 1000));
+    out.push_str(",\"t_ms\":");
+    out.push_str(itoa::Buffer::new().format(now_ms));
+    out.push('}');
     out
 }
 

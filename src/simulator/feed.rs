@@ -57,7 +57,8 @@ use crate::jwt;
 use crate::protocol::client::{ClientDecodeError, ClientMessage, SymbolSpec};
 use crate::protocol::json::to_ascii_string;
 use crate::protocol::server::{
-    SeriesPart, ServerMessage, SymbolInfo, bars_json, encode_series_timeframe, encode_series_update,
+    SeriesPart, ServerMessage, SymbolInfo, bars_json, encode_series_timeframe,
+    encode_series_update, encode_symbol_resolved,
 };
 use crate::protocol::{Packet, decode_message, encode_packet};
 
@@ -646,7 +647,8 @@ impl Connection {
             }) => s == session && id == symbol_id,
             _ => false,
         });
-        let payload = (!bundled).then(|| symbol_resolved_payload(session, symbol_id, &info));
+        let payload =
+            (!bundled).then(|| symbol_resolved_payload(&self.state, session, symbol_id, &info));
         cs.symbols.insert(
             symbol_id.to_string(),
             SymbolEntry {
@@ -668,7 +670,12 @@ impl Connection {
         }
         entry.pending = false;
         let info = entry.info.as_ref()?;
-        Some(symbol_resolved_payload(session, symbol_id, info))
+        Some(symbol_resolved_payload(
+            &self.state,
+            session,
+            symbol_id,
+            info,
+        ))
     }
 
     /// Checks what create_series and modify_series share; on failure answers `series_error`
@@ -946,8 +953,8 @@ impl Connection {
                 let part = SeriesPart {
                     series_id,
                     turnaround,
-                    bars_json: cached.json.to_string(),
-                    bars: cached.bars.to_vec(),
+                    bars_json: &cached.json,
+                    bars: &cached.bars,
                     first_index: 0,
                 };
                 payloads.push(encode_series_update(
@@ -969,11 +976,12 @@ impl Connection {
                     let added = (total - loaded) as usize;
                     let older: Vec<Bar> = cached.bars.iter().take(added).copied().collect();
                     let first_index = -i64::from(total - base);
+                    let older_json = bars_json(&older, first_index);
                     let part = SeriesPart {
                         series_id,
                         turnaround,
-                        bars_json: bars_json(&older, first_index),
-                        bars: older,
+                        bars_json: &older_json,
+                        bars: &older,
                         first_index,
                     };
                     payloads.push(encode_series_update(
@@ -1035,13 +1043,13 @@ fn hello_payload(connection: u64) -> String {
     )
 }
 
-fn symbol_resolved_payload(session: &str, symbol_id: &str, info: &SymbolInfo) -> String {
-    ServerMessage::SymbolResolved {
-        session: session.into(),
-        symbol_id: symbol_id.into(),
-        info: info.clone(),
-    }
-    .to_payload(now_ms())
+fn symbol_resolved_payload(
+    state: &SimState,
+    session: &str,
+    symbol_id: &str,
+    info: &SymbolInfo,
+) -> String {
+    encode_symbol_resolved(session, symbol_id, &state.symbol_object(info), now_ms())
 }
 
 /// What `symbol_resolved` says about `symbol`, or `None` when the feed answers `symbol_error`:

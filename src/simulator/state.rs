@@ -13,6 +13,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{Faults, SimulatorSettings};
+use crate::protocol::json::to_ascii_string;
+use crate::protocol::server::{SymbolInfo, symbol_resolved_object};
 
 /// What the simulator has done so far, as `GET /sim/stats` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -82,6 +84,10 @@ pub(crate) struct SimState {
     /// Open authenticated connections per token (keyed by a hash of the token, so tokens are not
     /// kept around), for the `max_connections` fault.
     token_connections: Mutex<HashMap<u64, usize>>,
+    /// Encoded `symbol_resolved` objects (about 2 KB each, the same in every answer about a
+    /// symbol), so answering a chart does not rebuild one; cleared when it grows past
+    /// [`SYMBOL_OBJECTS_MAX`].
+    symbol_objects: Mutex<HashMap<(String, String), Arc<str>>>,
     /// Interval of `~h~` heartbeats.
     pub heartbeat: Duration,
     /// Symbols whose bars have no volume (index-like), upper-case `EXCHANGE:TICKER`.
@@ -93,13 +99,35 @@ pub(crate) struct SimState {
     pub next_connection: AtomicU64,
 }
 
+/// Bound of [`SimState::symbol_object`]'s cache.
+const SYMBOL_OBJECTS_MAX: usize = 16_384;
+
 impl SimState {
+    /// The encoded `symbol_resolved` object for `info`, made once per symbol and kind.
+    pub fn symbol_object(&self, info: &SymbolInfo) -> Arc<str> {
+        let key = (info.full_name.clone(), info.kind.clone());
+        let mut objects = self
+            .symbol_objects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(object) = objects.get(&key) {
+            return object.clone();
+        }
+        if objects.len() >= SYMBOL_OBJECTS_MAX {
+            objects.clear();
+        }
+        let object: Arc<str> = to_ascii_string(&symbol_resolved_object(info)).into();
+        objects.insert(key, object.clone());
+        object
+    }
+
     pub fn new(settings: &SimulatorSettings) -> SimState {
         SimState {
             faults: RwLock::new(Arc::new(settings.faults.clone())),
             counters: Counters::default(),
             token_key: rand::random(),
             token_connections: Mutex::new(HashMap::new()),
+            symbol_objects: Mutex::new(HashMap::new()),
             heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),
             volumeless: settings
                 .volumeless
