@@ -14,7 +14,10 @@ use chartgate::charts::ChartService;
 use chartgate::config::{Faults, Settings};
 use chartgate::domain::{BarCount, Resolution};
 use chartgate::simulator::{Simulator, expected_bars};
-use chartgate::upstream::{GetPoolStats, Pool, UpstreamTarget};
+use chartgate::upstream::{Pool, UpstreamTarget};
+
+mod common;
+use common::pool::wait_for_pool;
 
 struct Rig {
     sim: Simulator,
@@ -87,29 +90,23 @@ async fn a_fetch_every_waiter_left_is_cancelled() {
         let mut second = pin!(charts.get(key("NSE:SBIN")));
         assert!(futures_util::poll!(first.as_mut()).is_pending());
         assert!(futures_util::poll!(second.as_mut()).is_pending());
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while pool.send(GetPoolStats).await.unwrap().in_flight == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the fetch never reached the pool"
-            );
-            actix::clock::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_pool(
+            &pool,
+            Duration::from_secs(2),
+            "the fetch never reached the pool",
+            |s| s.in_flight > 0,
+        )
+        .await;
     }
     // Both waiters are gone: the pool lets the fetch go well before the feed would answer.
-    let deadline = std::time::Instant::now() + Duration::from_millis(1_800);
-    loop {
-        let stats = pool.send(GetPoolStats).await.unwrap();
-        if stats.in_flight == 0 && stats.queued == 0 {
-            assert_eq!(stats.served_total, 0);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the abandoned fetch is still held: {stats:?}"
-        );
-        actix::clock::sleep(Duration::from_millis(20)).await;
-    }
+    let stats = wait_for_pool(
+        &pool,
+        Duration::from_millis(1_800),
+        "the abandoned fetch is still held",
+        |s| s.in_flight == 0 && s.queued == 0,
+    )
+    .await;
+    assert_eq!(stats.served_total, 0);
     sim.stop().await;
 }
 

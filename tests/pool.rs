@@ -21,6 +21,9 @@ use chartgate::upstream::connection::{
 use chartgate::upstream::token::UNAUTHORIZED_USER_TOKEN;
 use chartgate::upstream::{FetchChart, FetchError, GetPoolStats, Pool, UpstreamTarget};
 
+mod common;
+use common::pool::wait_for_pool;
+
 fn init_logs() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
@@ -432,35 +435,25 @@ async fn fetches_nobody_waits_for_are_dropped_queued_or_in_flight() {
         answers.push(pool.send(req));
     }
     let waiting = actix_web::rt::spawn(join_all(answers));
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let stats = pool.send(GetPoolStats).await.unwrap();
-        if stats.in_flight == 1 && stats.queued == 3 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never saw 1 in flight, 3 queued: {stats:?}"
-        );
-        actix::clock::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_pool(
+        &pool,
+        Duration::from_secs(2),
+        "never saw 1 in flight, 3 queued",
+        |s| s.in_flight == 1 && s.queued == 3,
+    )
+    .await;
 
     // Every requester goes away: within the pool's one-second sweep nothing is left, long
     // before the feed would have answered, and the queued fetches never reach the feed.
     drop(wanted);
-    let deadline = std::time::Instant::now() + Duration::from_millis(1_800);
-    loop {
-        let stats = pool.send(GetPoolStats).await.unwrap();
-        if stats.in_flight == 0 && stats.queued == 0 {
-            assert_eq!(stats.served_total, 0);
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "abandoned fetches still held: {stats:?}"
-        );
-        actix::clock::sleep(Duration::from_millis(20)).await;
-    }
+    let stats = wait_for_pool(
+        &pool,
+        Duration::from_millis(1_800),
+        "abandoned fetches still held",
+        |s| s.in_flight == 0 && s.queued == 0,
+    )
+    .await;
+    assert_eq!(stats.served_total, 0);
     assert_eq!(
         sim.stats().symbols_resolved,
         1,

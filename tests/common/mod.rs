@@ -1,4 +1,5 @@
 //! Helpers shared by the black-box test binaries.
 
 pub mod app;
+pub mod pool;
 pub mod sim_client;
