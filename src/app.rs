@@ -261,25 +261,23 @@ impl Stopper {
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn termination() {
+/// Resolves on Ctrl-C or SIGTERM. The listeners are registered when this is called (not when the
+/// future is first polled), so a signal that arrives as soon as the service says it is listening
+/// is already caught.
+fn termination() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    Ok(async move {
+        #[cfg(unix)]
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => log::info!("shutdown: interrupted (Ctrl-C)"),
+            _ = term.recv() => log::info!("shutdown: SIGTERM"),
         }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// `chartgate serve`: runs the service until Ctrl-C or SIGTERM.
@@ -288,12 +286,15 @@ pub fn serve(settings: Settings) -> std::io::Result<()> {
         let bind = settings.server.bind;
         let listener = TcpListener::bind(bind)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}")))?;
+        // The address really bound (port 0 in the configuration means any free port).
+        let bind = listener.local_addr()?;
         let app = Application::build(settings, listener).await?;
+        let signalled = termination()?;
         println!("chartgate: listening on http://{bind}/");
         log::info!("http: listening on http://{bind}/ (demo page at /, API under /api)");
         let stopper = app.stopper();
         actix_web::rt::spawn(async move {
-            termination().await;
+            signalled.await;
             log::info!("shutdown: stopping; ending open streams");
             stopper.stop().await;
         });
