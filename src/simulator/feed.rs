@@ -187,8 +187,9 @@ struct Job {
 enum Auth {
     /// No `set_auth_token` yet: chart calls are served as unauthorised (delayed).
     None,
-    Delayed(#[allow(dead_code)] TokenSlot),
-    Streaming(#[allow(dead_code)] TokenSlot),
+    /// Each holds the token's connection slot (for `max_connections`) until the connection ends.
+    Delayed { _slot: TokenSlot },
+    Streaming { _slot: TokenSlot },
 }
 
 /// Why the connection loop ends.
@@ -568,9 +569,9 @@ impl Connection {
         match self.state.acquire_token_slot(key, limit) {
             Some(slot) => {
                 self.auth = if streaming {
-                    Auth::Streaming(slot)
+                    Auth::Streaming { _slot: slot }
                 } else {
-                    Auth::Delayed(slot)
+                    Auth::Delayed { _slot: slot }
                 };
             }
             None => {
@@ -587,8 +588,8 @@ impl Connection {
 
     fn status(&self) -> &'static str {
         match self.auth {
-            Auth::Streaming(_) => STATUS_STREAMING,
-            Auth::Delayed(_) | Auth::None => STATUS_DELAYED,
+            Auth::Streaming { .. } => STATUS_STREAMING,
+            Auth::Delayed { .. } | Auth::None => STATUS_DELAYED,
         }
     }
 
