@@ -188,8 +188,12 @@ enum Auth {
     /// No `set_auth_token` yet: chart calls are served as unauthorised (delayed).
     None,
     /// Each holds the token's connection slot (for `max_connections`) until the connection ends.
-    Delayed { _slot: TokenSlot },
-    Streaming { _slot: TokenSlot },
+    Delayed {
+        _slot: TokenSlot,
+    },
+    Streaming {
+        _slot: TokenSlot,
+    },
 }
 
 /// Why the connection loop ends.
