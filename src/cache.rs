@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::config::CacheSettings;
@@ -36,8 +37,8 @@ type Column = (&'static str, fn(&Bar) -> f64);
 #[derive(Debug)]
 pub struct CachedChart {
     pub chart: Chart,
-    objects: OnceLock<String>,
-    columns: OnceLock<String>,
+    objects: OnceLock<Bytes>,
+    columns: OnceLock<Bytes>,
 }
 
 impl CachedChart {
@@ -50,8 +51,9 @@ impl CachedChart {
     }
 
     /// `"bars":...,"metadata":{...}` (no braces), so callers can splice it into bigger objects.
-    pub fn json_fields(&self, format: BarsFormat) -> &str {
-        let (cell, write, per_bar): (&OnceLock<String>, BarWriter, usize) = match format {
+    /// `Bytes`, so every stream carrying the chart shares this one buffer.
+    pub fn json_fields(&self, format: BarsFormat) -> &Bytes {
+        let (cell, write, per_bar): (&OnceLock<Bytes>, BarWriter, usize) = match format {
             BarsFormat::Objects => (&self.objects, write_bar_objects, OBJECT_BYTES_PER_BAR),
             BarsFormat::Columns => (&self.columns, write_bar_columns, COLUMN_BYTES_PER_BAR),
         };
@@ -64,7 +66,7 @@ impl CachedChart {
             out.push_str(
                 &serde_json::to_string(&self.chart.metadata).unwrap_or_else(|_| "{}".into()),
             );
-            out
+            Bytes::from(out)
         })
     }
 
@@ -354,13 +356,17 @@ mod tests {
         }
     }
 
+    fn fields(chart: &CachedChart, format: BarsFormat) -> &str {
+        std::str::from_utf8(chart.json_fields(format)).unwrap()
+    }
+
     #[test]
     fn both_formats_are_valid_json_of_the_spec_shape() {
         let cached = CachedChart::new(chart(Some(10.0)));
         let objects: serde_json::Value =
-            serde_json::from_str(&format!("{{{}}}", cached.json_fields(BarsFormat::Objects)))
+            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Objects)))
                 .unwrap();
-        assert!(cached.json_fields(BarsFormat::Objects).starts_with(
+        assert!(fields(&cached, BarsFormat::Objects).starts_with(
             "\"bars\":[{\"time\":1,\"open\":1,\"high\":2.5,\"low\":0.5,\"close\":2,\"volume\":10},"
         ));
         assert_eq!(objects["bars"][1]["time"].as_i64(), Some(2));
@@ -371,7 +377,7 @@ mod tests {
         );
         assert_eq!(objects["metadata"]["name"], "TCS");
         let columns: serde_json::Value =
-            serde_json::from_str(&format!("{{{}}}", cached.json_fields(BarsFormat::Columns)))
+            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Columns)))
                 .unwrap();
         assert_eq!(columns["bars"]["time"], serde_json::json!([1, 2]));
         assert_eq!(numbers(&columns["bars"]["close"]), [Some(2.0), Some(2.5)]);
@@ -382,13 +388,11 @@ mod tests {
 
         let no_volume = CachedChart::new(chart(None));
         assert!(
-            !no_volume
-                .json_fields(BarsFormat::Objects)
+            !fields(&no_volume, BarsFormat::Objects)
                 .contains("volume")
         );
         assert!(
-            !no_volume
-                .json_fields(BarsFormat::Columns)
+            !fields(&no_volume, BarsFormat::Columns)
                 .contains("volume")
         );
     }
@@ -401,13 +405,13 @@ mod tests {
         c.bars[1].low = f64::NEG_INFINITY;
         let cached = CachedChart::new(c);
         let objects: serde_json::Value =
-            serde_json::from_str(&format!("{{{}}}", cached.json_fields(BarsFormat::Objects)))
+            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Objects)))
                 .unwrap();
         assert!(objects["bars"][0].get("volume").is_none());
         assert_eq!(objects["bars"][1]["high"], serde_json::Value::Null);
         assert_eq!(objects["bars"][1]["low"], serde_json::Value::Null);
         let columns: serde_json::Value =
-            serde_json::from_str(&format!("{{{}}}", cached.json_fields(BarsFormat::Columns)))
+            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Columns)))
                 .unwrap();
         assert_eq!(columns["bars"]["volume"], serde_json::json!([null, 7]));
         assert_eq!(columns["bars"]["high"], serde_json::json!([2.5, null]));

@@ -54,8 +54,8 @@ pub struct ForceCleanup;
 #[rtype(result = "ManagerStats")]
 pub struct GetManagerStats;
 
-/// Takes a lease under an id chosen by the caller, so the caller can hold the release guard
-/// before the manager has answered (see [`acquire_implicit`]).
+/// Takes a lease under an id chosen by the caller, so the caller holds the release guard before
+/// the manager has seen the acquire (see [`acquire_implicit`]).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "LeaseInfo")]
 struct AcquireWithId {
@@ -433,21 +433,29 @@ impl Drop for LeaseGuard {
     }
 }
 
-/// Takes an implicit lease for the duration of a request.
+/// Takes an implicit lease for the duration of a request, without waiting for the manager.
 ///
-/// Cancellation-safe: the guard exists before the acquire is sent, so a caller dropped while
-/// waiting for the manager's answer still releases the lease (a release of a lease that was never
-/// taken is a no-op).
-pub async fn acquire_implicit(manager: &Addr<Manager>) -> Result<LeaseGuard, MailboxError> {
+/// A request needs the lease counted, not answered: the acquire and the guard's release go
+/// through the manager's mailbox in order (both ignore its bound), so the release never overtakes
+/// the acquire, and a stats request sent after this is answered with the lease counted. Not
+/// waiting keeps a round trip to the manager's thread off the path to a stream's first event.
+/// Fails only when the manager has stopped.
+pub fn acquire_implicit(manager: &Addr<Manager>) -> Result<LeaseGuard, ManagerStopped> {
+    if !manager.connected() {
+        return Err(ManagerStopped);
+    }
     let guard = LeaseGuard {
         lease_id: new_lease_id(),
         manager: manager.clone(),
     };
-    manager
-        .send(AcquireWithId {
-            lease_id: guard.lease_id.clone(),
-            explicit: false,
-        })
-        .await?;
+    manager.do_send(AcquireWithId {
+        lease_id: guard.lease_id.clone(),
+        explicit: false,
+    });
     Ok(guard)
 }
+
+/// The manager actor is gone (the service is shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the connection manager is not running")]
+pub struct ManagerStopped;

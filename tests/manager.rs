@@ -133,13 +133,13 @@ async fn idle_timer_closes_connections_and_a_new_lease_cancels_it() {
     assert!(!s.is_active);
 
     // Again, but a new lease arrives while the timer runs.
-    let first = acquire_implicit(&manager).await.unwrap();
+    let first = acquire_implicit(&manager).unwrap();
     assert!(ready_connections(&manager, 1).await);
     drop(first);
     assert_eq!(sim.stats().connections_total, 2);
     tokio::time::advance(Duration::from_secs(100)).await;
     assert!(stats(&manager).await.has_idle_timer);
-    let second = acquire_implicit(&manager).await.unwrap();
+    let second = acquire_implicit(&manager).unwrap();
     let s = stats(&manager).await;
     assert!(!s.has_idle_timer);
     assert_eq!(s.idle_closes_in_secs, None);
@@ -195,7 +195,7 @@ async fn force_cleanup_drops_every_lease_and_connection() {
     for _ in 0..3 {
         manager.send(Acquire { explicit: true }).await.unwrap();
     }
-    let guard = acquire_implicit(&manager).await.unwrap();
+    let guard = acquire_implicit(&manager).unwrap();
     assert_eq!(stats(&manager).await.ref_count, 4);
     assert!(ready_connections(&manager, 1).await);
     manager.send(ForceCleanup).await.unwrap();
@@ -218,7 +218,7 @@ async fn a_thousand_concurrent_leases_some_aborted_leave_nothing_behind() {
         let manager = manager.clone();
         let hold: u32 = rng.random_range(0..6);
         handles.push(actix_web::rt::spawn(async move {
-            let guard = acquire_implicit(&manager).await.expect("manager answers");
+            let guard = acquire_implicit(&manager).expect("manager answers");
             for _ in 0..hold {
                 tokio::task::yield_now().await;
             }

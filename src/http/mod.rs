@@ -9,6 +9,7 @@
 pub mod error;
 pub mod params;
 pub mod routes;
+pub mod sse;
 pub mod stream;
 pub mod stream_id;
 

@@ -2,6 +2,7 @@
 //! and shape the answer. Errors go through [`ApiError`].
 
 use actix_web::http::StatusCode;
+use bytes::BytesMut;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Serialize;
 use serde_json::json;
@@ -96,10 +97,8 @@ async fn open_stream(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let last_event_id = header_id.or_else(|| request.last_event_id.clone());
-    let lease = acquire_implicit(&state.manager)
-        .await
-        .map_err(|_| lease_unavailable())?;
-    stream::open(&req, state.stream_deps(), request, last_event_id, lease).await
+    let lease = acquire_implicit(&state.manager).map_err(|_| lease_unavailable())?;
+    stream::open(state.stream_deps(), request, last_event_id, lease).await
 }
 
 #[derive(Serialize)]
@@ -113,9 +112,7 @@ pub async fn chart_data(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let request = ChartRequest::from_query(&Query::parse(req.query_string())?)?;
-    let _lease = acquire_implicit(&state.manager)
-        .await
-        .map_err(|_| lease_unavailable())?;
+    let _lease = acquire_implicit(&state.manager).map_err(|_| lease_unavailable())?;
     let key = ChartKey {
         symbol: request.symbol.clone(),
         resolution: request.resolution,
@@ -132,18 +129,18 @@ pub async fn chart_data(
     })
     .unwrap_or_else(|_| "{}".into());
     let fields = chart.json_fields(request.format);
-    let mut body = String::with_capacity(head.len() + fields.len() + 24);
-    body.push_str(&head[..head.len() - 1]);
-    body.push(',');
-    body.push_str(fields);
-    body.push_str(if cached {
-        ",\"cached\":true}"
+    let mut body = BytesMut::with_capacity(head.len() + fields.len() + 24);
+    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    body.extend_from_slice(b",");
+    body.extend_from_slice(fields);
+    body.extend_from_slice(if cached {
+        b",\"cached\":true}"
     } else {
-        ",\"cached\":false}"
+        b",\"cached\":false}"
     });
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(body))
+        .body(body.freeze()))
 }
 
 pub async fn formulas(state: web::Data<AppState>) -> HttpResponse {

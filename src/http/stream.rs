@@ -2,20 +2,19 @@
 //! as each group of `stream.batch_size` stocks finishes (in whatever order groups finish), then
 //! `complete`.
 //!
-//! Every chart of the stream is requested at once (the pool bounds concurrency). The producer runs
-//! as its own task and hands events to the response through a small bounded channel, so a slow
-//! reader slows only its own producer. When the client goes away the response drops the channel's
+//! Every chart of the stream is requested at once (the pool bounds concurrency). `retry:` and
+//! `formula-results` are made by the handler and leave with the response head; the rest comes
+//! from a producer that runs as its own task and hands events to the response body
+//! ([`super::sse::EventStream`]) through a small bounded channel, so a slow reader slows only its
+//! own producer. When the client goes away the response drops the channel's
 //! receiver; the producer sees that at once and drops its work: fetches only it was waiting for
 //! are cancelled and its lease is released. A keep-alive comment after `stream.keep_alive_secs` of
 //! silence is what lets a dead connection be noticed at all.
 
-use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix_web::{HttpRequest, HttpResponse, Responder};
-use actix_web_lab::sse;
+use actix_web::HttpResponse;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
@@ -24,6 +23,7 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::params::{StreamRequest, SymbolSource};
+use super::sse::{Event, EventBuilder, EventStream};
 use super::stream_id::{Progress, StreamId, list_hash, request_hash};
 use crate::cache::ChartKey;
 use crate::charts::{ChartOutcome, ChartService};
@@ -109,7 +109,6 @@ fn list_hash_of(stocks: &[Stock]) -> u64 {
 /// Opens a stream: resolves the list and the resume point, then answers `200 text/event-stream`
 /// (or `204` for a stream that already completed).
 pub async fn open(
-    http: &HttpRequest,
     deps: StreamDeps,
     request: StreamRequest,
     last_event_id: Option<String>,
@@ -132,10 +131,13 @@ pub async fn open(
         Some(id) if id.list == list_key => (id, true),
         _ => (StreamId::new(request_key, list_key), false),
     };
-    // Boxed events keep the channel's slot block small (it is allocated whole, whatever the
-    // bound), and a bound of 2 keeps at most two batches waiting behind a slow reader.
-    let (tx, mut rx) = mpsc::channel::<Box<sse::Event>>(2);
-    let retry = Duration::from_millis(deps.settings.retry_ms);
+    // A bound of 2 keeps at most two batches waiting behind a slow reader (their chart JSON is
+    // shared with the cache, so that is little memory).
+    let (tx, rx) = mpsc::channel::<Event>(2);
+    let mut first = vec![Event::retry(Duration::from_millis(deps.settings.retry_ms))];
+    if !resumed {
+        first.push(formula_results(&list, &request, id.to_string()));
+    }
     let producer = Producer {
         charts: deps.charts,
         settings: deps.settings,
@@ -153,15 +155,22 @@ pub async fn open(
         last_sent: Instant::now(),
     };
     actix_web::rt::spawn(producer.run());
-    let events = futures_util::stream::poll_fn(move |cx| {
-        rx.poll_recv(cx)
-            .map(|event| event.map(|e| Ok::<_, Infallible>(*e)))
-    });
-    let sse = sse::Sse::from_stream(events)
-        .with_retry_duration(retry)
-        .customize()
-        .insert_header(("X-Accel-Buffering", "no"));
-    Ok(sse.respond_to(http).map_into_boxed_body())
+    Ok(EventStream::new(first, rx).into_response())
+}
+
+/// The first event of a new stream: the stock list, before any chart work.
+fn formula_results(list: &StockList, request: &StreamRequest, id: String) -> Event {
+    let data = FormulaResultsData {
+        formula_id: list.formula.as_ref().map(|f| f.0.as_str()),
+        formula_name: list.formula.as_ref().map(|f| f.1.as_str()),
+        stocks: &list.stocks,
+        total_charts: list.stocks.len() * request.resolutions.len(),
+        resolutions: request.resolutions.iter().map(|r| r.as_str()).collect(),
+        bars_count: request.bars.get(),
+        resumed: false,
+    };
+    let kind = "formula-results";
+    Event::json(kind, &id, &Envelope { kind, data })
 }
 
 fn epoch_ms() -> u64 {
@@ -224,7 +233,7 @@ struct Producer {
     list: StockList,
     id: StreamId,
     resumed: bool,
-    tx: mpsc::Sender<Box<sse::Event>>,
+    tx: mpsc::Sender<Event>,
     /// Held for the stream's life; dropping it releases the lease.
     lease: LeaseGuard,
     started: Instant,
@@ -247,27 +256,17 @@ impl Producer {
             _ = tx.closed() => log::debug!("stream: client went away; work cancelled, lease released"),
             stop = self.produce() => if let Err(Stop::Shutdown) = stop {
                 let data = ErrorData { code: "shutting_down", message: "the server is shutting down; reconnect to resume" };
-                let _ = self.send(self.event("stream-error", &Envelope { kind: "stream-error", data }, self.id.to_string())).await;
+                let event = Event::json("stream-error", &self.id.to_string(), &Envelope { kind: "stream-error", data });
+                let _ = self.send(event).await;
             },
         }
         drop(self.lease);
         open.decrement(1.0);
     }
 
-    fn event(&self, name: &'static str, payload: &impl Serialize, id: String) -> sse::Event {
-        let json = serde_json::to_string(payload).unwrap_or_else(|_| "{}".into());
-        sse::Event::Data(sse::Data::new(json).event(name).id(id))
-    }
-
-    async fn send(&mut self, event: sse::Event) -> Result<(), Stop> {
-        self.tx
-            .send(Box::new(event))
-            .await
-            .map_err(|_| Stop::ClientGone)?;
+    async fn send(&mut self, event: Event) -> Result<(), Stop> {
+        self.tx.send(event).await.map_err(|_| Stop::ClientGone)?;
         self.last_sent = Instant::now();
-        // The response writer runs on this thread: let it flush this event before the next is
-        // built, so `formula-results` leaves at once rather than behind cached batches.
-        tokio::task::yield_now().await;
         Ok(())
     }
 
@@ -275,26 +274,6 @@ impl Producer {
         let resolutions = self.resolutions.clone();
         let per_stock = resolutions.len();
         let total_charts = self.list.stocks.len() * per_stock;
-        if !self.resumed {
-            let data = FormulaResultsData {
-                formula_id: self.list.formula.as_ref().map(|f| f.0.as_str()),
-                formula_name: self.list.formula.as_ref().map(|f| f.1.as_str()),
-                stocks: &self.list.stocks,
-                total_charts,
-                resolutions: resolutions.iter().map(|r| r.as_str()).collect(),
-                bars_count: self.bars.get(),
-                resumed: false,
-            };
-            let event = self.event(
-                "formula-results",
-                &Envelope {
-                    kind: "formula-results",
-                    data,
-                },
-                self.id.to_string(),
-            );
-            self.send(event).await?;
-        }
 
         let batch_size = self.settings.batch_size.max(1);
         let total_batches = self.list.stocks.len().div_ceil(batch_size);
@@ -345,14 +324,21 @@ impl Producer {
                     batch.pending -= 1;
                     if batch.pending == 0 {
                         self.id.mark(batch.index);
-                        let json = batch_json(batch, total_batches, &self.list.stocks, &resolutions, self.format, loaded, total_charts, self.started_epoch_ms);
+                        let info = BatchInfo {
+                            index: batch.index,
+                            total_batches,
+                            loaded,
+                            total: total_charts,
+                            started_epoch_ms: self.started_epoch_ms,
+                        };
+                        let stocks = &self.list.stocks[batch.first_stock..batch.first_stock + batch.stocks];
+                        let event = batch_event(&info, stocks, &resolutions, &batch.outcomes, self.format, &self.id.to_string());
                         batch.outcomes = Vec::new();
-                        let event = sse::Event::Data(sse::Data::new(json).event("chart-batch").id(self.id.to_string()));
                         self.send(event).await?;
                     }
                 }
                 _ = tokio::time::sleep_until(self.last_sent + keep_alive) => {
-                    self.send(sse::Event::Comment("keep-alive".into())).await?;
+                    self.send(Event::comment("keep-alive")).await?;
                 }
                 _ = shutdown.wait_for(|stopping| *stopping) => return Err(Stop::Shutdown),
             }
@@ -384,15 +370,8 @@ impl Producer {
             total_time as f64 / 1000.0,
             if self.resumed { ", resumed" } else { "" },
         );
-        let done = self.id.done().to_string();
-        let event = self.event(
-            "complete",
-            &Envelope {
-                kind: "complete",
-                data,
-            },
-            done,
-        );
+        let kind = "complete";
+        let event = Event::json(kind, &self.id.done().to_string(), &Envelope { kind, data });
         self.send(event).await
     }
 }
@@ -426,118 +405,113 @@ impl Counts {
     }
 }
 
-/// The `chart-batch` event's JSON, spliced from each chart's cached JSON so a chart is never
-/// serialised twice, whatever the number of streams carrying it.
-#[allow(clippy::too_many_arguments)]
-fn batch_json(
-    batch: &Batch,
-    total_batches: usize,
+/// What a `chart-batch` event says besides its charts.
+#[derive(Debug, Clone)]
+pub struct BatchInfo {
+    /// 0-based (the event's `batchIndex` is 1-based).
+    pub index: usize,
+    pub total_batches: usize,
+    /// Charts finished in the whole stream so far, this batch's included.
+    pub loaded: usize,
+    pub total: usize,
+    pub started_epoch_ms: u64,
+}
+
+/// The `chart-batch` event for `stocks`, whose outcomes are `outcomes[stock * resolutions +
+/// resolution]` (`None`: not part of this event). Each chart's cached JSON is shared into the
+/// event, never copied or serialised again, whatever the number of streams carrying it.
+pub fn batch_event(
+    info: &BatchInfo,
     stocks: &[Stock],
     resolutions: &[Resolution],
+    outcomes: &[Option<ChartOutcome>],
     format: BarsFormat,
-    loaded: usize,
-    total: usize,
-    started_epoch_ms: u64,
-) -> String {
-    let symbols = &stocks[batch.first_stock..batch.first_stock + batch.stocks];
-    // Reserved once: a batch of 36 charts is about 1 MB, and growing by doubling would copy it
-    // several times over into freshly mapped pages.
-    let charts: usize = batch
-        .outcomes
-        .iter()
-        .flatten()
-        .map(|o| match o {
-            Ok((chart, _)) => chart.json_fields(format).len() + 32,
-            Err(failure) => failure.message.len() + 64,
-        })
-        .sum();
-    let mut out = String::with_capacity(charts + symbols.len() * 48 + 512);
-    let _ = write!(
-        out,
-        "{{\"type\":\"chart-batch\",\"data\":{{\"batchIndex\":{},\"totalBatches\":{total_batches},\"symbols\":[",
-        batch.index + 1
-    );
-    for (n, stock) in symbols.iter().enumerate() {
+    id: &str,
+) -> Event {
+    let mut ev = EventBuilder::new("chart-batch", id);
+    ev.fmt(format_args!(
+        "{{\"type\":\"chart-batch\",\"data\":{{\"batchIndex\":{},\"totalBatches\":{},\"symbols\":[",
+        info.index + 1,
+        info.total_batches
+    ));
+    for (n, stock) in stocks.iter().enumerate() {
         if n > 0 {
-            out.push(',');
+            ev.text(",");
         }
-        push_json_str(&mut out, stock.symbol.as_str());
+        ev.json_str(stock.symbol.as_str());
     }
-    out.push_str("],\"chartData\":{");
-    write_outcomes(&mut out, batch, symbols, resolutions, |o, out| match o {
-        Ok((chart, _)) => {
-            out.push('{');
-            out.push_str(chart.json_fields(format));
-            out.push('}');
-            true
-        }
-        Err(_) => false,
-    });
-    out.push_str("},\"errors\":{");
-    write_outcomes(&mut out, batch, symbols, resolutions, |o, out| match o {
-        Err(failure) => {
-            out.push_str("{\"code\":");
-            push_json_str(out, failure.code);
-            out.push_str(",\"message\":");
-            push_json_str(out, &failure.message);
-            out.push('}');
-            true
-        }
-        Ok(_) => false,
-    });
+    ev.text("],\"chartData\":{");
+    write_outcomes(
+        &mut ev,
+        stocks,
+        resolutions,
+        outcomes,
+        |o| o.as_ref().ok(),
+        |(chart, _), ev| {
+            ev.text("{").shared(chart.json_fields(format)).text("}");
+        },
+    );
+    ev.text("},\"errors\":{");
+    write_outcomes(
+        &mut ev,
+        stocks,
+        resolutions,
+        outcomes,
+        |o| o.as_ref().err(),
+        |failure, ev| {
+            ev.text("{\"code\":").json_str(failure.code);
+            ev.text(",\"message\":").json_str(&failure.message).text("}");
+        },
+    );
     let end = epoch_ms();
-    let percentage = if total == 0 {
+    let percentage = if info.total == 0 {
         100.0
     } else {
-        (loaded as f64 * 1000.0 / total as f64).round() / 10.0
+        (info.loaded as f64 * 1000.0 / info.total as f64).round() / 10.0
     };
-    let _ = write!(
-        out,
-        "}},\"progress\":{{\"loaded\":{loaded},\"total\":{total},\"percentage\":{percentage}}},\"timing\":{{\"startTime\":{started_epoch_ms},\"endTime\":{end},\"durationMs\":{}}}}}}}",
-        end.saturating_sub(started_epoch_ms)
-    );
-    out
+    ev.fmt(format_args!(
+        "}},\"progress\":{{\"loaded\":{},\"total\":{},\"percentage\":{percentage}}},\"timing\":{{\"startTime\":{},\"endTime\":{end},\"durationMs\":{}}}}}}}",
+        info.loaded,
+        info.total,
+        info.started_epoch_ms,
+        end.saturating_sub(info.started_epoch_ms)
+    ));
+    ev.finish()
 }
 
-/// Writes `"<symbol>":{"<resolution>":<value>,...}` for the outcomes `write` accepts.
-fn write_outcomes(
-    out: &mut String,
-    batch: &Batch,
-    symbols: &[Stock],
+/// Writes `"<symbol>":{"<resolution>":<value>,...}` for the outcomes `pick` takes, leaving out
+/// symbols with none.
+fn write_outcomes<'a, T>(
+    ev: &mut EventBuilder,
+    stocks: &[Stock],
     resolutions: &[Resolution],
-    write: impl Fn(&ChartOutcome, &mut String) -> bool,
+    outcomes: &'a [Option<ChartOutcome>],
+    pick: impl Fn(&'a ChartOutcome) -> Option<T>,
+    write: impl Fn(T, &mut EventBuilder),
 ) {
     let mut first_symbol = true;
-    for (s, stock) in symbols.iter().enumerate() {
-        let mut entry = String::new();
-        for (r, resolution) in resolutions.iter().enumerate() {
-            let Some(outcome) = &batch.outcomes[s * resolutions.len() + r] else {
+    for (s, stock) in stocks.iter().enumerate() {
+        let row = &outcomes[s * resolutions.len()..(s + 1) * resolutions.len()];
+        let mut first_resolution = true;
+        for (outcome, resolution) in row.iter().zip(resolutions) {
+            let Some(value) = outcome.as_ref().and_then(&pick) else {
                 continue;
             };
-            let mark = entry.len();
-            if !entry.is_empty() {
-                entry.push(',');
+            if first_resolution {
+                if !first_symbol {
+                    ev.text(",");
+                }
+                first_symbol = false;
+                ev.json_str(stock.symbol.as_str()).text(":{");
+            } else {
+                ev.text(",");
             }
-            push_json_str(&mut entry, resolution.as_str());
-            entry.push(':');
-            if !write(outcome, &mut entry) {
-                entry.truncate(mark);
-            }
+            first_resolution = false;
+            ev.json_str(resolution.as_str()).text(":");
+            write(value, ev);
         }
-        if entry.is_empty() {
-            continue;
+        if !first_resolution {
+            ev.text("}");
         }
-        if !first_symbol {
-            out.push(',');
-        }
-        first_symbol = false;
-        push_json_str(out, stock.symbol.as_str());
-        out.push_str(":{");
-        out.push_str(&entry);
-        out.push('}');
     }
-}
-
-fn push_json_str(out: &mut String, s: &str) {
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
 }

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chartgate::cache::CachedChart;
+use chartgate::charts::ChartOutcome;
 use chartgate::domain::{Bar, BarsFormat, Chart, ChartMetadata, Resolution, Symbol};
+use chartgate::formulas::Stock;
+use chartgate::http::sse::Event;
+use chartgate::http::stream::{BatchInfo, batch_event};
 use chartgate::protocol::server::into_ascending;
 use chartgate::protocol::{Packet, ServerMessage, decode_message};
 use serde_json::Value;
@@ -128,70 +132,60 @@ pub fn scan_reference(payloads: &[String]) -> usize {
         .count()
 }
 
+/// A batch's stocks and chart outcomes, as the stream holds them when the batch is complete.
+pub struct BatchInput {
+    stocks: Vec<Stock>,
+    outcomes: Vec<Option<ChartOutcome>>,
+}
+
 /// Fresh cache entries for a batch (their JSON not yet made).
-pub fn cached_charts(inputs: &Inputs) -> Vec<(Symbol, Vec<Arc<CachedChart>>)> {
-    inputs
+pub fn cached_charts(inputs: &Inputs) -> BatchInput {
+    let stocks = inputs
         .charts
         .iter()
-        .map(|(s, charts)| {
-            (
-                s.clone(),
-                charts
-                    .iter()
-                    .map(|c| Arc::new(CachedChart::new(c.clone())))
-                    .collect(),
-            )
+        .map(|(symbol, _)| Stock {
+            symbol: symbol.clone(),
+            name: None,
+            price: None,
+            sector: None,
+            industry: None,
         })
-        .collect()
+        .collect();
+    let outcomes = inputs
+        .charts
+        .iter()
+        .flat_map(|(_, charts)| charts.iter())
+        .map(|c| Some(Ok((Arc::new(CachedChart::new(c.clone())), false))))
+        .collect();
+    BatchInput { stocks, outcomes }
 }
 
-fn push_json_str(out: &mut String, s: &str) {
-    out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+/// The `chart-batch` event exactly as a stream builds it.
+pub fn encode_batch(batch: &BatchInput, format: BarsFormat) -> Event {
+    let info = BatchInfo {
+        index: 0,
+        total_batches: 9,
+        loaded: batch.outcomes.len(),
+        total: 300,
+        started_epoch_ms: 1_766_031_047_000,
+    };
+    batch_event(
+        &info,
+        &batch.stocks,
+        &BATCH_RESOLUTIONS,
+        &batch.outcomes,
+        format,
+        "0000000000000001.0000000000000002.01",
+    )
 }
 
-/// The `chart-batch` event's JSON as `http::stream::batch_json` builds it (that function is
-/// private; this is the same splicing over the public `CachedChart::json_fields`).
-pub fn encode_batch(charts: &[(Symbol, Vec<Arc<CachedChart>>)], format: BarsFormat) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::with_capacity(4096);
-    let _ = write!(
-        out,
-        "{{\"type\":\"chart-batch\",\"data\":{{\"batchIndex\":{},\"totalBatches\":{},\"symbols\":[",
-        1, 9
-    );
-    for (n, (symbol, _)) in charts.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        push_json_str(&mut out, symbol.as_str());
-    }
-    out.push_str("],\"chartData\":{");
-    for (n, (symbol, per_res)) in charts.iter().enumerate() {
-        let mut entry = String::new();
-        for (r, chart) in BATCH_RESOLUTIONS.iter().zip(per_res) {
-            if !entry.is_empty() {
-                entry.push(',');
-            }
-            push_json_str(&mut entry, r.as_str());
-            entry.push(':');
-            entry.push('{');
-            entry.push_str(chart.json_fields(format));
-            entry.push('}');
-        }
-        if n > 0 {
-            out.push(',');
-        }
-        push_json_str(&mut out, symbol.as_str());
-        out.push_str(":{");
-        out.push_str(&entry);
-        out.push('}');
-    }
-    out.push_str("},\"errors\":{");
-    let _ = write!(
-        out,
-        "}},\"progress\":{{\"loaded\":36,\"total\":300,\"percentage\":12.0}},\"timing\":{{\"startTime\":1766031047000,\"endTime\":1766031048000,\"durationMs\":1000}}}}}}"
-    );
-    out
+/// The JSON an event carries: its one `data:` line.
+pub fn event_json(event: &Event) -> String {
+    let text = String::from_utf8_lossy(&event.to_bytes()).into_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix("data: "))
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The reference: plain serde_json writing the same event from a `Value`.

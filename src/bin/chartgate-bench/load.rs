@@ -1,5 +1,5 @@
 //! The load client: worker threads, each with its own actix system and awc client, that open
-//! formula streams, parse them with the service's own [`SseParser`] and report per-stream timings.
+//! formula streams, read them with the lean [`Scanner`] and report per-stream timings.
 //!
 //! awc clients are per thread (`!Send`), so work is handed to workers through channels and the
 //! results come back through oneshots; scenarios bound concurrency with `buffer_unordered`.
@@ -10,10 +10,11 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use actix_web::rt::time::{Instant, timeout};
-use chartgate::watch::sse::SseParser;
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::scan::Scanner;
 
 /// One stream to open.
 #[derive(Debug, Clone, Default)]
@@ -65,6 +66,9 @@ impl StreamResult {
         self.error.is_none() && self.complete_at.is_some()
     }
 }
+
+/// Bytes a stream reads before letting the thread's other streams run.
+const YIELD_AFTER_BYTES: usize = 64 * 1024;
 
 struct Job {
     base: Arc<str>,
@@ -209,7 +213,9 @@ async fn run(client: &awc::Client, base: &str, spec: StreamSpec) -> StreamResult
         res.total = started.elapsed();
         return res;
     }
-    let mut parser = SseParser::new();
+    let mut scanner = Scanner::default();
+    let mut since_yield = 0;
+    let mut events = Vec::new();
     let mut hold = spec.hold;
     loop {
         let next = match hold.as_mut() {
@@ -241,22 +247,25 @@ async fn run(client: &awc::Client, base: &str, spec: StreamSpec) -> StreamResult
             Ok(Some(Ok(chunk))) => chunk,
         };
         res.bytes += chunk.len() as u64;
-        let events = match parser.feed(&chunk) {
-            Ok(events) => events,
-            Err(e) => {
-                res.error = Some(format!("sse: {e}"));
-                break;
-            }
-        };
+        since_yield += chunk.len();
+        if since_yield >= YIELD_AFTER_BYTES {
+            // A socket read that finds bytes waiting never returns `Pending`, so without this
+            // one stream of cached batches would keep its client thread for megabytes while
+            // other streams' first events wait unread: the harness would measure itself.
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+        scanner.feed(&chunk, &mut events);
         if events.is_empty() && res.first_event.is_some() {
             res.quiet_chunks += 1;
         }
-        for event in events {
+        for event in events.drain(..) {
             res.events += 1;
-            match event.event.as_str() {
+            let data = event.data.as_deref().unwrap_or_default();
+            match event.name.as_str() {
                 "formula-results" => {
                     res.first_event = Some(started.elapsed());
-                    if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
+                    if let Ok(v) = serde_json::from_str::<Value>(data) {
                         res.total_charts = v["data"]["totalCharts"].as_u64().unwrap_or(0);
                     }
                     opened.fire();
@@ -267,7 +276,7 @@ async fn run(client: &awc::Client, base: &str, spec: StreamSpec) -> StreamResult
                 "chart-batch" => res.batches += 1,
                 "complete" => {
                     res.complete_at = Some(started.elapsed());
-                    if let Ok(v) = serde_json::from_str::<Value>(&event.data) {
+                    if let Ok(v) = serde_json::from_str::<Value>(data) {
                         let d = &v["data"];
                         res.successful = d["successfulCharts"].as_u64().unwrap_or(0);
                         res.failed = d["failedCharts"].as_u64().unwrap_or(0);
@@ -275,7 +284,7 @@ async fn run(client: &awc::Client, base: &str, spec: StreamSpec) -> StreamResult
                     }
                 }
                 "stream-error" => {
-                    res.error = Some(format!("stream-error: {}", event.data));
+                    res.error = Some(format!("stream-error: {data}"));
                 }
                 _ => {}
             }

@@ -18,6 +18,7 @@ mod codec;
 mod load;
 mod procs;
 mod report;
+mod scan;
 mod scenarios;
 
 use std::path::PathBuf;

@@ -199,6 +199,7 @@ pub async fn first_event(ctx: &Ctx) -> Result<Report, String> {
     ];
     let (light, _) = run_many(&client, specs, concurrency).await;
     let light_first: Vec<f64> = light.iter().filter_map(|r| r.first_event.map(ms)).collect();
+    let light_head: Vec<f64> = light.iter().filter_map(|r| r.head.map(ms)).collect();
 
     report.row(Row::check(
         "streams completed",
@@ -252,6 +253,11 @@ pub async fn first_event(ctx: &Ctx) -> Result<Report, String> {
     report.row(Row::info(
         "first event p99, clients hang up after it",
         percentile(&light_first, 99.0),
+        "ms",
+    ));
+    report.row(Row::info(
+        "response head p50, clients hang up after it",
+        median(&light_head),
         "ms",
     ));
     report.note(format!(
@@ -547,17 +553,20 @@ pub async fn codec(ctx: &Ctx) -> Result<Report, String> {
     let value = time_per_iter(budget, || codec::decode_reference(&inputs.payloads));
     let scan = time_per_iter(budget, || codec::scan_reference(&inputs.payloads));
 
+    let objects = chartgate::domain::BarsFormat::Objects;
     let cached = codec::cached_charts(&inputs);
-    let event = codec::encode_batch(&cached, chartgate::domain::BarsFormat::Objects);
-    let event_value: serde_json::Value = serde_json::from_str(&event).map_err(|e| e.to_string())?;
-    let splice = time_per_iter(budget, || {
-        codec::encode_batch(&cached, chartgate::domain::BarsFormat::Objects).len()
+    let event = codec::encode_batch(&cached, objects);
+    let event_value: serde_json::Value =
+        serde_json::from_str(&codec::event_json(&event)).map_err(|e| e.to_string())?;
+    let splice = time_per_iter(budget, || codec::encode_batch(&cached, objects).len());
+    let flat = time_per_iter(budget, || {
+        codec::encode_batch(&cached, objects).to_bytes().len()
     });
     let fresh_sets: Vec<_> = (0..if ctx.quick { 20 } else { 100 })
         .map(|_| codec::cached_charts(&inputs))
         .collect();
     let fresh = time_each(&fresh_sets, |set| {
-        codec::encode_batch(set, chartgate::domain::BarsFormat::Objects).len()
+        codec::encode_batch(set, objects).len()
     });
     let reference = time_per_iter(budget, || codec::encode_reference(&event_value).len());
 
@@ -579,8 +588,15 @@ pub async fn codec(ctx: &Ctx) -> Result<Report, String> {
         us(scan),
     ));
     report.row(Row::versus(
-        "encode chart-batch, charts' JSON cached (splice)",
+        "encode chart-batch, charts' JSON cached (shared, not copied)",
         us(splice),
+        "us",
+        "serde_json Value -> String",
+        us(reference),
+    ));
+    report.row(Row::versus(
+        "encode chart-batch and copy it into one buffer (what a connection does)",
+        us(flat),
         "us",
         "serde_json Value -> String",
         us(reference),
