@@ -364,8 +364,7 @@ mod tests {
     fn both_formats_are_valid_json_of_the_spec_shape() {
         let cached = CachedChart::new(chart(Some(10.0)));
         let objects: serde_json::Value =
-            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Objects)))
-                .unwrap();
+            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Objects))).unwrap();
         assert!(fields(&cached, BarsFormat::Objects).starts_with(
             "\"bars\":[{\"time\":1,\"open\":1,\"high\":2.5,\"low\":0.5,\"close\":2,\"volume\":10},"
         ));
@@ -377,8 +376,7 @@ mod tests {
         );
         assert_eq!(objects["metadata"]["name"], "TCS");
         let columns: serde_json::Value =
-            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Columns)))
-                .unwrap();
+            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Columns))).unwrap();
         assert_eq!(columns["bars"]["time"], serde_json::json!([1, 2]));
         assert_eq!(numbers(&columns["bars"]["close"]), [Some(2.0), Some(2.5)]);
         assert_eq!(
@@ -387,14 +385,8 @@ mod tests {
         );
 
         let no_volume = CachedChart::new(chart(None));
-        assert!(
-            !fields(&no_volume, BarsFormat::Objects)
-                .contains("volume")
-        );
-        assert!(
-            !fields(&no_volume, BarsFormat::Columns)
-                .contains("volume")
-        );
+        assert!(!fields(&no_volume, BarsFormat::Objects).contains("volume"));
+        assert!(!fields(&no_volume, BarsFormat::Columns).contains("volume"));
     }
 
     #[test]
@@ -405,14 +397,12 @@ mod tests {
         c.bars[1].low = f64::NEG_INFINITY;
         let cached = CachedChart::new(c);
         let objects: serde_json::Value =
-            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Objects)))
-                .unwrap();
+            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Objects))).unwrap();
         assert!(objects["bars"][0].get("volume").is_none());
         assert_eq!(objects["bars"][1]["high"], serde_json::Value::Null);
         assert_eq!(objects["bars"][1]["low"], serde_json::Value::Null);
         let columns: serde_json::Value =
-            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Columns)))
-                .unwrap();
+            serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Columns))).unwrap();
         assert_eq!(columns["bars"]["volume"], serde_json::json!([null, 7]));
         assert_eq!(columns["bars"]["high"], serde_json::json!([2.5, null]));
     }

@@ -51,6 +51,24 @@ impl From<&FetchError> for ChartFailure {
 /// A chart and whether it came from the cache.
 pub type ChartOutcome = Result<(Arc<CachedChart>, bool), ChartFailure>;
 
+/// What [`ChartService::lookup`] gives: a cached chart needs no waiting, so a stream of cached
+/// charts makes no future per chart.
+pub enum Lookup {
+    Ready(ChartOutcome),
+    Fetch(BoxFuture<'static, ChartOutcome>),
+}
+
+/// Counts an outcome as served, once per caller.
+fn served(outcome: ChartOutcome) -> ChartOutcome {
+    let label = match &outcome {
+        Ok((_, true)) => "cached",
+        Ok((_, false)) => "ok",
+        Err(_) => "failed",
+    };
+    metrics::counter!("chartgate_charts_served_total", "outcome" => label).increment(1);
+    outcome
+}
+
 type Loaded = Result<Arc<CachedChart>, ChartFailure>;
 
 /// A fetch in flight, shared by everyone waiting for the same chart.
@@ -90,22 +108,30 @@ impl ChartService {
         }
     }
 
-    pub async fn get(&self, key: ChartKey) -> ChartOutcome {
-        let outcome = match self.cache.cached_chart(&key) {
-            Some(hit) => Ok((hit, true)),
+    /// A chart: from the cache at once when it is there, otherwise a fetch to wait for (started
+    /// now, or joined when one for the same key is in flight).
+    pub fn lookup(&self, key: ChartKey) -> Lookup {
+        match self.cache.cached_chart(&key) {
+            Some(hit) => Lookup::Ready(served(Ok((hit, true)))),
             None => {
-                // `_wanted` keeps the fetch wanted for as long as this caller waits.
-                let (result, _wanted) = self.join_or_start(key);
-                result.await.map(|chart| (chart, false))
+                let (result, wanted) = self.join_or_start(key);
+                Lookup::Fetch(
+                    async move {
+                        // `wanted` keeps the fetch wanted for as long as this caller waits.
+                        let _wanted = wanted;
+                        served(result.await.map(|chart| (chart, false)))
+                    }
+                    .boxed(),
+                )
             }
-        };
-        let label = match &outcome {
-            Ok((_, true)) => "cached",
-            Ok((_, false)) => "ok",
-            Err(_) => "failed",
-        };
-        metrics::counter!("chartgate_charts_served_total", "outcome" => label).increment(1);
-        outcome
+        }
+    }
+
+    pub async fn get(&self, key: ChartKey) -> ChartOutcome {
+        match self.lookup(key) {
+            Lookup::Ready(outcome) => outcome,
+            Lookup::Fetch(fetch) => fetch.await,
+        }
     }
 
     /// Joins the fetch in flight for `key`, or starts one on its own task.

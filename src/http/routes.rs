@@ -2,8 +2,8 @@
 //! and shape the answer. Errors go through [`ApiError`].
 
 use actix_web::http::StatusCode;
-use bytes::BytesMut;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use bytes::BytesMut;
 use serde::Serialize;
 use serde_json::json;
 

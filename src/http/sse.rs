@@ -15,6 +15,7 @@
 //! body for as long as the socket takes bytes, and on loopback one fast reader of cached batches
 //! would otherwise hold a worker for many megabytes while a new request waits for its first event.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -24,13 +25,13 @@ use actix_web::HttpResponse;
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::http::header::{CacheControl, CacheDirective, ContentEncoding, ContentType};
 use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::Stream;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 /// Bytes a body hands to its connection before letting other tasks on the worker run. Large
 /// enough that a yield costs little against the copying it separates, small enough that a round
 /// of fifty busy streams on a worker stays around a millisecond.
-pub const YIELD_AFTER_BYTES: usize = 64 * 1024;
+pub const YIELD_AFTER_BYTES: usize = 32 * 1024;
 
 /// Shared chunks shorter than this are copied into the framing instead: a separate piece costs
 /// more than copying a few hundred bytes.
@@ -144,24 +145,22 @@ impl EventBuilder {
 }
 
 /// The response body: events already known when the response starts (`retry:` and, for a new
-/// stream, `formula-results`, so they leave with the response head), then whatever the stream's
-/// producer sends. The producer sees the receiver dropped when the client goes away.
+/// stream, `formula-results`, so they leave with the response head), then the events of `rest`,
+/// pulled one at a time as the connection takes them. Dropping the body (the client went away)
+/// drops `rest` and whatever work it holds.
 pub struct EventStream {
-    parts: std::vec::IntoIter<Bytes>,
-    queued: Vec<Event>,
-    rx: mpsc::Receiver<Event>,
+    /// The parts of the event being written, in order.
+    parts: VecDeque<Bytes>,
+    rest: Pin<Box<dyn Stream<Item = Event>>>,
     /// Bytes handed over since this body last returned `Pending`.
     since_yield: usize,
 }
 
 impl EventStream {
-    pub fn new(first: Vec<Event>, rx: mpsc::Receiver<Event>) -> EventStream {
-        let mut queued = first;
-        queued.reverse();
+    pub fn new(first: Vec<Event>, rest: impl Stream<Item = Event> + 'static) -> EventStream {
         EventStream {
-            parts: Vec::new().into_iter(),
-            queued,
-            rx,
+            parts: first.into_iter().flat_map(|e| e.parts).collect(),
+            rest: Box::pin(rest),
             since_yield: 0,
         }
     }
@@ -195,23 +194,17 @@ impl MessageBody for EventStream {
             return Poll::Pending;
         }
         loop {
-            if let Some(part) = this.parts.next() {
+            if let Some(part) = this.parts.pop_front() {
                 this.since_yield += part.len();
                 return Poll::Ready(Some(Ok(part)));
             }
-            let next = match this.queued.pop() {
-                Some(event) => Some(event),
-                None => match this.rx.poll_recv(cx) {
-                    Poll::Ready(event) => event,
-                    Poll::Pending => {
-                        this.since_yield = 0;
-                        return Poll::Pending;
-                    }
-                },
-            };
-            match next {
-                Some(event) => this.parts = event.parts.into_iter(),
-                None => return Poll::Ready(None),
+            match this.rest.as_mut().poll_next(cx) {
+                Poll::Ready(Some(event)) => this.parts.extend(event.parts),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    this.since_yield = 0;
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -253,7 +246,11 @@ mod tests {
             "retry: 2000\n\n"
         );
         assert_eq!(
-            text(&Event::json("complete", "x.done", &serde_json::json!({"a": "b\nc"}))),
+            text(&Event::json(
+                "complete",
+                "x.done",
+                &serde_json::json!({"a": "b\nc"})
+            )),
             "event: complete\nid: x.done\ndata: {\"a\":\"b\\nc\"}\n\n"
         );
     }
@@ -272,18 +269,22 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn first_events_then_channel_then_end() {
-        let (tx, rx) = mpsc::channel(2);
+    async fn first_events_then_the_rest_then_end() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let rest = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
         let mut body = EventStream::new(
             vec![Event::retry(Duration::from_secs(1)), Event::comment("one")],
-            rx,
+            rest,
         );
         poll_fn(|cx| {
-            assert_eq!(drain(&mut body, cx), ("retry: 1000\n\n: one\n\n".len(), false));
+            assert_eq!(
+                drain(&mut body, cx),
+                ("retry: 1000\n\n: one\n\n".len(), false)
+            );
             Poll::Ready(())
         })
         .await;
-        tx.send(Event::comment("two")).await.unwrap();
+        tx.send(Event::comment("two")).unwrap();
         drop(tx);
         poll_fn(|cx| {
             assert_eq!(drain(&mut body, cx), (": two\n\n".len(), true));
@@ -294,15 +295,15 @@ mod tests {
 
     #[actix_web::test]
     async fn a_busy_body_yields_after_its_budget() {
-        let (tx, rx) = mpsc::channel(8);
         let chunk = Bytes::from(vec![b'x'; 100 * 1024]);
-        for _ in 0..5 {
-            let mut b = EventBuilder::new("e", "i");
-            b.shared(&chunk);
-            tx.send(b.finish()).await.unwrap();
-        }
-        drop(tx);
-        let mut body = EventStream::new(Vec::new(), rx);
+        let events: Vec<Event> = (0..5)
+            .map(|_| {
+                let mut b = EventBuilder::new("e", "i");
+                b.shared(&chunk);
+                b.finish()
+            })
+            .collect();
+        let mut body = EventStream::new(Vec::new(), futures_util::stream::iter(events));
         let mut rounds = Vec::new();
         poll_fn(|cx| {
             loop {

@@ -3,22 +3,28 @@
 //! `complete`.
 //!
 //! Every chart of the stream is requested at once (the pool bounds concurrency). `retry:` and
-//! `formula-results` are made by the handler and leave with the response head; the rest comes
-//! from a producer that runs as its own task and hands events to the response body
-//! ([`super::sse::EventStream`]) through a small bounded channel, so a slow reader slows only its
-//! own producer. When the client goes away the response drops the channel's
-//! receiver; the producer sees that at once and drops its work: fetches only it was waiting for
-//! are cancelled and its lease is released. A keep-alive comment after `stream.keep_alive_secs` of
-//! silence is what lets a dead connection be noticed at all.
+//! `formula-results` are made by the handler and leave with the response head. The rest comes
+//! from a [`Producer`] that the response body ([`super::sse::EventStream`]) pulls one event at a
+//! time, as the connection takes them: a slow reader holds at most the one event being written,
+//! and slows only its own stream (the fetches themselves run on their own tasks, see
+//! [`crate::charts`]). When the client goes away actix-web drops the body and with it the
+//! producer: fetches only it was waiting for are cancelled and its lease is released. A
+//! keep-alive comment after `stream.keep_alive_secs` of silence is what lets a dead connection be
+//! noticed at all.
+//!
+//! Pulling rather than a producer task and a channel keeps an open stream small: an idle stream
+//! is its connection, this state and the fetches it waits for.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::HttpResponse;
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
+use futures_util::future::BoxFuture;
+use futures_util::task::AtomicWaker;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::error::ApiError;
@@ -26,9 +32,9 @@ use super::params::{StreamRequest, SymbolSource};
 use super::sse::{Event, EventBuilder, EventStream};
 use super::stream_id::{Progress, StreamId, list_hash, request_hash};
 use crate::cache::ChartKey;
-use crate::charts::{ChartOutcome, ChartService};
+use crate::charts::{ChartOutcome, ChartService, Lookup};
 use crate::config::StreamSettings;
-use crate::domain::{BarCount, BarsFormat, Resolution};
+use crate::domain::{BarsFormat, Resolution};
 use crate::formulas::{FormulaResult, FormulaSource, Stock};
 use crate::manager::LeaseGuard;
 
@@ -131,31 +137,12 @@ pub async fn open(
         Some(id) if id.list == list_key => (id, true),
         _ => (StreamId::new(request_key, list_key), false),
     };
-    // A bound of 2 keeps at most two batches waiting behind a slow reader (their chart JSON is
-    // shared with the cache, so that is little memory).
-    let (tx, rx) = mpsc::channel::<Event>(2);
     let mut first = vec![Event::retry(Duration::from_millis(deps.settings.retry_ms))];
     if !resumed {
         first.push(formula_results(&list, &request, id.to_string()));
     }
-    let producer = Producer {
-        charts: deps.charts,
-        settings: deps.settings,
-        shutdown: deps.shutdown,
-        resolutions: request.resolutions,
-        bars: request.bars,
-        format: request.format,
-        list,
-        id,
-        resumed,
-        tx,
-        lease,
-        started: Instant::now(),
-        started_epoch_ms: epoch_ms(),
-        last_sent: Instant::now(),
-    };
-    actix_web::rt::spawn(producer.run());
-    Ok(EventStream::new(first, rx).into_response())
+    let producer = Producer::new(deps, request, list, id, resumed, lease);
+    Ok(EventStream::new(first, producer.into_events()).into_response())
 }
 
 /// The first event of a new stream: the stock list, before any chart work.
@@ -219,131 +206,293 @@ struct Batch {
     stocks: usize,
     /// `outcomes[stock * resolutions + resolution]`.
     outcomes: Vec<Option<ChartOutcome>>,
-    pending: usize,
+    /// Charts still being fetched, with their slot in `outcomes`.
+    fetches: Vec<(usize, BoxFuture<'static, ChartOutcome>)>,
+    /// Wakes the stream when every fetch of the batch has finished.
+    gate: Arc<Gate>,
+    /// The event has been produced.
+    sent: bool,
 }
 
+impl Batch {
+    fn complete(&self) -> bool {
+        self.fetches.is_empty()
+    }
+
+    /// Polls the batch's fetches if its gate says they may have finished; records outcomes.
+    /// Every fetch still running is left registered with the gate, so the stream is woken once
+    /// when all of them have finished rather than once per chart: with a thousand streams waiting
+    /// for the same charts, waking each connection per chart costs more than sending the charts.
+    fn poll_fetches(&mut self, cx: &mut Context<'_>, counts: &mut Counts) {
+        self.gate.task.register(cx.waker());
+        if self.fetches.is_empty() || !self.gate.fired() {
+            return;
+        }
+        // Armed before polling, so a fetch finishing while the others are polled still counts.
+        self.gate.target.store(usize::MAX, Ordering::Release);
+        self.gate.woken.store(0, Ordering::Release);
+        let waker = Waker::from(self.gate.clone());
+        let mut gate_cx = Context::from_waker(&waker);
+        let mut i = 0;
+        while i < self.fetches.len() {
+            match self.fetches[i].1.as_mut().poll(&mut gate_cx) {
+                Poll::Ready(outcome) => {
+                    let (slot, _) = self.fetches.swap_remove(i);
+                    counts.add(&outcome);
+                    self.outcomes[slot] = Some(outcome);
+                }
+                Poll::Pending => i += 1,
+            }
+        }
+        let still = self.fetches.len();
+        self.gate.target.store(still, Ordering::Release);
+        if still > 0 && self.gate.fired() {
+            // Every remaining fetch woke while the others were polled: look again soon.
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
+/// A batch's waker: counts its fetches' wake-ups and wakes the stream's task when they reach the
+/// number of fetches still running. A spurious wake-up can only wake the stream early (it polls,
+/// finds fetches running and re-arms); none is lost, because the count is reset before the
+/// fetches are polled and every fetch left running holds this waker.
+#[derive(Default)]
+struct Gate {
+    woken: AtomicUsize,
+    /// 0 until first armed, so a new batch is polled at once.
+    target: AtomicUsize,
+    task: AtomicWaker,
+}
+
+impl Gate {
+    fn fired(&self) -> bool {
+        self.woken.load(Ordering::Acquire) >= self.target.load(Ordering::Acquire)
+    }
+}
+
+impl Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.fetch_add(1, Ordering::AcqRel);
+        if self.fired() {
+            self.task.wake();
+        }
+    }
+}
+
+/// Everything a stream holds between events.
 struct Producer {
-    charts: ChartService,
     settings: StreamSettings,
     shutdown: watch::Receiver<bool>,
-    /// What to fetch for each stock; the request's symbol list lives on in `list`.
     resolutions: Vec<Resolution>,
-    bars: BarCount,
     format: BarsFormat,
     list: StockList,
     id: StreamId,
     resumed: bool,
-    tx: mpsc::Sender<Event>,
+    /// Batches not yet sent (resumed streams skip those already received).
+    batches: Vec<Batch>,
+    counts: Counts,
+    /// Charts finished, those of batches received before a resume included.
+    loaded: usize,
+    /// `complete` or `stream-error` has been produced.
+    ended: bool,
     /// Held for the stream's life; dropping it releases the lease.
-    lease: LeaseGuard,
+    _lease: LeaseGuard,
+    _open: OpenStream,
     started: Instant,
     started_epoch_ms: u64,
     last_sent: Instant,
 }
 
-/// Why the producer stopped early.
-enum Stop {
-    ClientGone,
-    Shutdown,
+/// Counts the stream in `chartgate_sse_streams_open` for as long as it lives.
+struct OpenStream(metrics::Gauge);
+
+impl OpenStream {
+    fn new() -> OpenStream {
+        let gauge = metrics::gauge!("chartgate_sse_streams_open");
+        gauge.increment(1.0);
+        OpenStream(gauge)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if !self.ended {
+            log::debug!("stream: client went away; work cancelled, lease released");
+        }
+    }
 }
 
 impl Producer {
-    async fn run(mut self) {
-        let open = metrics::gauge!("chartgate_sse_streams_open");
-        open.increment(1.0);
-        let tx = self.tx.clone();
-        tokio::select! {
-            _ = tx.closed() => log::debug!("stream: client went away; work cancelled, lease released"),
-            stop = self.produce() => if let Err(Stop::Shutdown) = stop {
-                let data = ErrorData { code: "shutting_down", message: "the server is shutting down; reconnect to resume" };
-                let event = Event::json("stream-error", &self.id.to_string(), &Envelope { kind: "stream-error", data });
-                let _ = self.send(event).await;
-            },
-        }
-        drop(self.lease);
-        open.decrement(1.0);
-    }
-
-    async fn send(&mut self, event: Event) -> Result<(), Stop> {
-        self.tx.send(event).await.map_err(|_| Stop::ClientGone)?;
-        self.last_sent = Instant::now();
-        Ok(())
-    }
-
-    async fn produce(&mut self) -> Result<(), Stop> {
-        let resolutions = self.resolutions.clone();
-        let per_stock = resolutions.len();
-        let total_charts = self.list.stocks.len() * per_stock;
-
-        let batch_size = self.settings.batch_size.max(1);
-        let total_batches = self.list.stocks.len().div_ceil(batch_size);
-        let mut batches: Vec<Batch> = (0..total_batches)
-            .filter(|b| !self.id.has(*b))
+    /// Requests every chart the stream still needs: cached charts are recorded at once, the
+    /// others are fetched (or joined) from now on.
+    fn new(
+        deps: StreamDeps,
+        request: StreamRequest,
+        list: StockList,
+        id: StreamId,
+        resumed: bool,
+        lease: LeaseGuard,
+    ) -> Producer {
+        let per_stock = request.resolutions.len();
+        let total_charts = list.stocks.len() * per_stock;
+        let batch_size = deps.settings.batch_size.max(1);
+        let total_batches = list.stocks.len().div_ceil(batch_size);
+        let mut counts = Counts::default();
+        let mut remaining = 0;
+        let batches: Vec<Batch> = (0..total_batches)
+            .filter(|b| !id.has(*b))
             .map(|b| {
                 let first_stock = b * batch_size;
-                let stocks = batch_size.min(self.list.stocks.len() - first_stock);
+                let stocks = batch_size.min(list.stocks.len() - first_stock);
+                let mut outcomes = Vec::with_capacity(stocks * per_stock);
+                let mut fetches = Vec::new();
+                for stock in &list.stocks[first_stock..first_stock + stocks] {
+                    for resolution in &request.resolutions {
+                        let key = ChartKey {
+                            symbol: stock.symbol.clone(),
+                            resolution: *resolution,
+                            bars: request.bars,
+                        };
+                        match deps.charts.lookup(key) {
+                            Lookup::Ready(outcome) => {
+                                counts.add(&outcome);
+                                outcomes.push(Some(outcome));
+                            }
+                            Lookup::Fetch(fetch) => {
+                                fetches.push((outcomes.len(), fetch));
+                                outcomes.push(None);
+                            }
+                        }
+                    }
+                }
+                remaining += stocks * per_stock;
                 Batch {
                     index: b,
                     first_stock,
                     stocks,
-                    outcomes: vec![None; stocks * per_stock],
-                    pending: stocks * per_stock,
+                    outcomes,
+                    fetches,
+                    gate: Arc::default(),
+                    sent: false,
                 }
             })
             .collect();
-        let remaining: usize = batches.iter().map(|b| b.stocks * per_stock).sum();
-        let mut loaded = total_charts - remaining;
-        let mut counts = Counts::default();
-
-        let mut fetches = FuturesUnordered::new();
-        for (slot_batch, batch) in batches.iter().enumerate() {
-            for s in 0..batch.stocks {
-                for (r, resolution) in resolutions.iter().enumerate() {
-                    let key = ChartKey {
-                        symbol: self.list.stocks[batch.first_stock + s].symbol.clone(),
-                        resolution: *resolution,
-                        bars: self.bars,
-                    };
-                    let charts = self.charts.clone();
-                    fetches.push(
-                        async move { (slot_batch, s * per_stock + r, charts.get(key).await) },
-                    );
-                }
-            }
+        Producer {
+            settings: deps.settings,
+            shutdown: deps.shutdown,
+            resolutions: request.resolutions,
+            format: request.format,
+            list,
+            id,
+            resumed,
+            batches,
+            counts,
+            loaded: total_charts - remaining,
+            ended: false,
+            _lease: lease,
+            _open: OpenStream::new(),
+            started: Instant::now(),
+            started_epoch_ms: epoch_ms(),
+            last_sent: Instant::now(),
         }
+    }
 
+    fn into_events(self) -> impl futures_util::Stream<Item = Event> + 'static {
+        futures_util::stream::unfold(self, |mut producer| async move {
+            let event = producer.next_event().await?;
+            producer.last_sent = Instant::now();
+            Some((event, producer))
+        })
+    }
+
+    /// The next event: a finished batch, a keep-alive, `complete`, or `stream-error` on shutdown;
+    /// `None` after the last.
+    async fn next_event(&mut self) -> Option<Event> {
+        if self.ended {
+            return None;
+        }
         let keep_alive = Duration::from_secs(self.settings.keep_alive_secs);
-        let mut shutdown = self.shutdown.clone();
-        while !fetches.is_empty() {
+        loop {
+            if let Some(event) = self.finished_batch() {
+                return Some(event);
+            }
+            if self.batches.iter().all(|b| b.sent) {
+                self.ended = true;
+                return Some(self.complete());
+            }
+            let mut shutdown = self.shutdown.clone();
+            let keep_alive_at = self.last_sent + keep_alive;
             tokio::select! {
-                Some((slot_batch, slot, outcome)) = fetches.next() => {
-                    counts.add(&outcome);
-                    loaded += 1;
-                    let batch = &mut batches[slot_batch];
-                    batch.outcomes[slot] = Some(outcome);
-                    batch.pending -= 1;
-                    if batch.pending == 0 {
-                        self.id.mark(batch.index);
-                        let info = BatchInfo {
-                            index: batch.index,
-                            total_batches,
-                            loaded,
-                            total: total_charts,
-                            started_epoch_ms: self.started_epoch_ms,
-                        };
-                        let stocks = &self.list.stocks[batch.first_stock..batch.first_stock + batch.stocks];
-                        let event = batch_event(&info, stocks, &resolutions, &batch.outcomes, self.format, &self.id.to_string());
-                        batch.outcomes = Vec::new();
-                        self.send(event).await?;
-                    }
+                () = std::future::poll_fn(|cx| self.poll_fetches(cx)) => {}
+                _ = tokio::time::sleep_until(keep_alive_at) => {
+                    return Some(Event::comment("keep-alive"));
                 }
-                _ = tokio::time::sleep_until(self.last_sent + keep_alive) => {
-                    self.send(Event::comment("keep-alive")).await?;
+                _ = shutdown.wait_for(|stopping| *stopping) => {
+                    self.ended = true;
+                    let data = ErrorData { code: "shutting_down", message: "the server is shutting down; reconnect to resume" };
+                    let kind = "stream-error";
+                    return Some(Event::json(kind, &self.id.to_string(), &Envelope { kind, data }));
                 }
-                _ = shutdown.wait_for(|stopping| *stopping) => return Err(Stop::Shutdown),
             }
         }
+    }
 
+    /// Ready when some batch has all its charts.
+    fn poll_fetches(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut any = false;
+        for batch in self.batches.iter_mut().filter(|b| !b.sent) {
+            batch.poll_fetches(cx, &mut self.counts);
+            any |= batch.complete();
+        }
+        if any { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    /// The event of a batch whose charts are all in and that has not been sent yet.
+    fn finished_batch(&mut self) -> Option<Event> {
+        let total_batches = self
+            .list
+            .stocks
+            .len()
+            .div_ceil(self.settings.batch_size.max(1));
+        let total = self.list.stocks.len() * self.resolutions.len();
+        let batch = self.batches.iter_mut().find(|b| !b.sent && b.complete())?;
+        batch.sent = true;
+        self.loaded += batch.outcomes.len();
+        self.id.mark(batch.index);
+        let info = BatchInfo {
+            index: batch.index,
+            total_batches,
+            loaded: self.loaded,
+            total,
+            started_epoch_ms: self.started_epoch_ms,
+        };
+        let stocks = &self.list.stocks[batch.first_stock..batch.first_stock + batch.stocks];
+        let event = batch_event(
+            &info,
+            stocks,
+            &self.resolutions,
+            &batch.outcomes,
+            self.format,
+            &self.id.to_string(),
+        );
+        batch.outcomes = Vec::new();
+        Some(event)
+    }
+
+    /// The `complete` event, and the stream's log line.
+    fn complete(&self) -> Event {
+        let counts = &self.counts;
         let total_time = self.started.elapsed().as_millis() as u64;
         let data = CompleteData {
             total_charts: counts.total(),
@@ -371,8 +520,7 @@ impl Producer {
             if self.resumed { ", resumed" } else { "" },
         );
         let kind = "complete";
-        let event = Event::json(kind, &self.id.done().to_string(), &Envelope { kind, data });
-        self.send(event).await
+        Event::json(kind, &self.id.done().to_string(), &Envelope { kind, data })
     }
 }
 
@@ -460,7 +608,9 @@ pub fn batch_event(
         |o| o.as_ref().err(),
         |failure, ev| {
             ev.text("{\"code\":").json_str(failure.code);
-            ev.text(",\"message\":").json_str(&failure.message).text("}");
+            ev.text(",\"message\":")
+                .json_str(&failure.message)
+                .text("}");
         },
     );
     let end = epoch_ms();
