@@ -277,6 +277,11 @@ impl Cache {
         hit
     }
 
+    /// The cached chart without counting a hit or a miss (a second look by the same caller).
+    pub fn peek_chart(&self, key: &ChartKey) -> Option<Arc<CachedChart>> {
+        self.charts.get(key)
+    }
+
     pub fn insert_chart(&self, key: ChartKey, chart: Arc<CachedChart>) {
         self.charts.insert(key, chart);
     }

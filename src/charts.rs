@@ -71,6 +71,9 @@ fn served(outcome: ChartOutcome) -> ChartOutcome {
 
 type Loaded = Result<Arc<CachedChart>, ChartFailure>;
 
+/// A fetch to wait for, and the waiter's share of wanting it.
+type Flight = (Shared<BoxFuture<'static, Loaded>>, Arc<Wanted>);
+
 /// A fetch in flight, shared by everyone waiting for the same chart.
 struct InFlight {
     /// Tells this fetch from a later one for the same key.
@@ -111,10 +114,12 @@ impl ChartService {
     /// A chart: from the cache at once when it is there, otherwise a fetch to wait for (started
     /// now, or joined when one for the same key is in flight).
     pub fn lookup(&self, key: ChartKey) -> Lookup {
-        match self.cache.cached_chart(&key) {
-            Some(hit) => Lookup::Ready(served(Ok((hit, true)))),
-            None => {
-                let (result, wanted) = self.join_or_start(key);
+        if let Some(hit) = self.cache.cached_chart(&key) {
+            return Lookup::Ready(served(Ok((hit, true))));
+        }
+        match self.join_or_start(key) {
+            Err(hit) => Lookup::Ready(served(Ok((hit, true)))),
+            Ok((result, wanted)) => {
                 Lookup::Fetch(
                     async move {
                         // `wanted` keeps the fetch wanted for as long as this caller waits.
@@ -134,8 +139,9 @@ impl ChartService {
         }
     }
 
-    /// Joins the fetch in flight for `key`, or starts one on its own task.
-    fn join_or_start(&self, key: ChartKey) -> (Shared<BoxFuture<'static, Loaded>>, Arc<Wanted>) {
+    /// Joins the fetch in flight for `key`, or starts one on its own task; or, when a fetch
+    /// finished since the caller looked in the cache, gives its chart (`Err`).
+    fn join_or_start(&self, key: ChartKey) -> Result<Flight, Arc<CachedChart>> {
         let mut flights = self
             .flights
             .lock()
@@ -143,7 +149,13 @@ impl ChartService {
         if let Some(flight) = flights.by_key.get(&key)
             && let Some(wanted) = flight.wanted.upgrade()
         {
-            return (flight.result.clone(), wanted);
+            return Ok((flight.result.clone(), wanted));
+        }
+        // A fetch caches its chart before it leaves `flights` (under this lock), so a caller
+        // that missed both the cache and the flight looks once more here instead of fetching
+        // the same chart again.
+        if let Some(hit) = self.cache.peek_chart(&key) {
+            return Err(hit);
         }
         flights.next_id += 1;
         let id = flights.next_id;
@@ -183,6 +195,6 @@ impl ChartService {
                 wanted: Arc::downgrade(&wanted),
             },
         );
-        (result, wanted)
+        Ok((result, wanted))
     }
 }

@@ -665,3 +665,105 @@ fn write_outcomes<'a, T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::charts::ChartFailure;
+    use futures_util::FutureExt;
+    use tokio::sync::oneshot;
+
+    /// A task's waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Wakes {
+        fn count(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn failed(n: usize) -> ChartOutcome {
+        Err(ChartFailure {
+            code: "upstream_timeout",
+            message: format!("chart {n}"),
+        })
+    }
+
+    fn batch(fetches: Vec<(usize, BoxFuture<'static, ChartOutcome>)>) -> Batch {
+        Batch {
+            index: 0,
+            first_stock: 0,
+            stocks: fetches.len(),
+            outcomes: vec![None; fetches.len()],
+            fetches,
+            gate: Arc::default(),
+            sent: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_wakes_its_stream_once_when_every_fetch_is_in() {
+        let (senders, fetches): (Vec<_>, Vec<_>) = (0..4)
+            .map(|slot| {
+                let (tx, rx) = oneshot::channel::<ChartOutcome>();
+                let fetch = async move { rx.await.unwrap_or_else(|_| failed(99)) }.boxed();
+                (tx, (slot, fetch))
+            })
+            .unzip();
+        let mut batch = batch(fetches);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut counts = Counts::default();
+        batch.poll_fetches(&mut cx, &mut counts);
+        assert!(!batch.complete());
+        for (n, tx) in senders.into_iter().enumerate() {
+            assert_eq!(wakes.count(), 0, "woken after {n} of 4 charts");
+            tx.send(failed(n)).unwrap();
+        }
+        assert_eq!(wakes.count(), 1, "woken once, when the last chart came in");
+        batch.poll_fetches(&mut cx, &mut counts);
+        assert!(batch.complete());
+        assert_eq!(counts.failed, 4);
+        let messages: Vec<String> = batch
+            .outcomes
+            .iter()
+            .map(|o| o.clone().unwrap().unwrap_err().message)
+            .collect();
+        assert_eq!(messages, ["chart 0", "chart 1", "chart 2", "chart 3"]);
+    }
+
+    /// A fetch that wakes itself and stays pending once (as a future out of cooperative budget
+    /// does) must not leave the stream waiting for a wake-up that never comes.
+    #[test]
+    fn a_fetch_that_wakes_while_polled_is_polled_again() {
+        let mut yielded = false;
+        let fetch = std::future::poll_fn(move |cx| {
+            if yielded {
+                Poll::Ready(failed(0))
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .boxed();
+        let mut batch = batch(vec![(0, fetch)]);
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut counts = Counts::default();
+        batch.poll_fetches(&mut cx, &mut counts);
+        assert!(!batch.complete());
+        assert_eq!(wakes.count(), 1, "asked to be polled again");
+        batch.poll_fetches(&mut cx, &mut counts);
+        assert!(batch.complete());
+    }
+}

@@ -123,6 +123,10 @@ pub struct Pool {
     /// rate", 429): stay at this size instead of going down. Cleared by a new token or `CloseAll`.
     learned_cap: Option<usize>,
     served_total: u64,
+    /// Threads the connections run on, one per core, started with the pool: decoding a feed's
+    /// answers (a 300-bar chart is ~100 µs of JSON numbers) is the pool's heaviest work, and a
+    /// request of hundreds of charts that all answer at once should not wait for one thread.
+    threads: Vec<Arbiter>,
 }
 
 impl Pool {
@@ -151,6 +155,7 @@ impl Pool {
             replacements: 0,
             learned_cap: None,
             served_total: 0,
+            threads: Vec::new(),
         }
     }
 
@@ -317,15 +322,16 @@ impl Pool {
         let id = self.next_conn;
         self.next_conn += 1;
         let shared = ConnShared::new(self.epoch);
-        let addr = Connection::new(
-            id,
+        let (settings, url, token) = (
             self.settings.clone(),
-            &self.target.feed_url,
+            self.target.feed_url.clone(),
             token.value.clone(),
-            ConnectionEvents::to(&ctx.address()),
-            shared.clone(),
-        )
-        .start();
+        );
+        let (events, conn_shared) = (ConnectionEvents::to(&ctx.address()), shared.clone());
+        let thread = &self.threads[id as usize % self.threads.len()];
+        let addr = Connection::start_in_arbiter(&thread.handle(), move |_| {
+            Connection::new(id, settings, &url, token, events, conn_shared)
+        });
         log::debug!("pool: connection {id} connecting");
         self.conns.insert(
             id,
@@ -608,10 +614,18 @@ impl Actor for Pool {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.threads = (0..cores).map(|_| Arbiter::new()).collect();
         let stale_ms = self.settings.manager.stale_after_secs.saturating_mul(1000);
         let period = Duration::from_millis((stale_ms / 4).clamp(250, 5_000));
         ctx.run_interval(period, |act, ctx| act.check_stale(ctx));
         ctx.run_interval(ABANDONED_SWEEP, |act, ctx| act.drop_abandoned(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        for thread in &self.threads {
+            thread.stop();
+        }
     }
 }
 
