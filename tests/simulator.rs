@@ -454,16 +454,21 @@ async fn fifty_sessions_in_flight_on_one_connection_each_get_their_own_bars() {
         wanted.insert(session, (symbol, resolution, count));
     }
     let mut done: HashMap<String, usize> = HashMap::new();
+    let mut order = Vec::new();
     let mut texts = Vec::new();
     while done.len() < 50 {
         let text = client.next_text(WAIT).await;
         for m in messages(&text) {
             if let ServerMessage::SeriesCompleted { session, .. } = m {
                 *done.entry(session.to_string()).or_default() += 1;
+                order.push(session.to_string());
             }
         }
         texts.push(text);
     }
+    // Answers that fall due together leave in request order, as from a real feed.
+    let sent: Vec<String> = (0..50).map(|n| format!("cs_{n:03}")).collect();
+    assert_eq!(order, sent, "series answered in the order they were asked for");
     for (session, (symbol, resolution, count)) in &wanted {
         let bars = bars_of(&texts, session);
         assert_eq!(

@@ -45,11 +45,8 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
-use futures_util::StreamExt;
-use futures_util::future::LocalBoxFuture;
-use futures_util::stream::FuturesUnordered;
 use log::{debug, info};
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, sleep_until};
 
 use crate::config::Faults;
 use crate::domain::Bar;
@@ -209,7 +206,8 @@ enum Ending {
 enum Event {
     Incoming(Option<Result<AggregatedMessage, actix_ws::ProtocolError>>),
     Tick(Instant),
-    Ready(Job),
+    /// The first of the active series is due.
+    Due,
 }
 
 struct Connection {
@@ -230,8 +228,10 @@ struct Connection {
     unechoed: VecDeque<(u64, Instant)>,
     /// Series waiting for a `series_concurrency` slot, in arrival order.
     queue: VecDeque<Job>,
-    /// Series holding a slot, waiting out `latency_ms`.
-    active: FuturesUnordered<LocalBoxFuture<'static, Job>>,
+    /// Series holding a slot, waiting out `latency_ms`: when each is due, in due order (equal
+    /// deadlines in the order they started, so answers that fall due together leave in request
+    /// order, as from a real feed, rather than in whatever order the timer wakes them).
+    active: VecDeque<(Instant, Job)>,
     next_epoch: u64,
     series_answered: u64,
     ending: Option<Ending>,
@@ -255,7 +255,7 @@ impl Connection {
             heartbeat: 0,
             unechoed: VecDeque::new(),
             queue: VecDeque::new(),
-            active: FuturesUnordered::new(),
+            active: VecDeque::new(),
             next_epoch: 1,
             series_answered: 0,
             ending: None,
@@ -274,10 +274,11 @@ impl Connection {
         let mut ticker = interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         while self.ending.is_none() {
+            let next_due = self.active.front().map(|(due, _)| *due);
             let event = tokio::select! {
                 incoming = stream.recv() => Event::Incoming(incoming),
                 at = ticker.tick() => Event::Tick(at),
-                Some(job) = self.active.next(), if !self.active.is_empty() => Event::Ready(job),
+                () = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => Event::Due,
             };
             match event {
                 Event::Incoming(Some(Ok(AggregatedMessage::Text(text)))) => {
@@ -303,8 +304,10 @@ impl Connection {
                 }
                 Event::Incoming(None) => self.ending = Some(Ending::Gone),
                 Event::Tick(at) => self.on_tick(at, period).await,
-                Event::Ready(job) => {
-                    self.answer(job).await;
+                Event::Due => {
+                    if let Some((_, job)) = self.active.pop_front() {
+                        self.answer(job).await;
+                    }
                     self.pump().await;
                 }
             }
@@ -904,11 +907,9 @@ impl Connection {
             if faults.latency_ms == 0 {
                 self.answer(job).await;
             } else {
-                let latency = Duration::from_millis(faults.latency_ms);
-                self.active.push(Box::pin(async move {
-                    sleep(latency).await;
-                    job
-                }));
+                let due = Instant::now() + Duration::from_millis(faults.latency_ms);
+                let at = self.active.partition_point(|(d, _)| *d <= due);
+                self.active.insert(at, (due, job));
             }
         }
     }
