@@ -468,7 +468,10 @@ async fn fifty_sessions_in_flight_on_one_connection_each_get_their_own_bars() {
     }
     // Answers that fall due together leave in request order, as from a real feed.
     let sent: Vec<String> = (0..50).map(|n| format!("cs_{n:03}")).collect();
-    assert_eq!(order, sent, "series answered in the order they were asked for");
+    assert_eq!(
+        order, sent,
+        "series answered in the order they were asked for"
+    );
     for (session, (symbol, resolution, count)) in &wanted {
         let bars = bars_of(&texts, session);
         assert_eq!(

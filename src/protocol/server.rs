@@ -794,20 +794,20 @@ impl<'a> ServerMessage<'a> {
                         (bars, data.bars.first().map_or(0, |b| b.index))
                     })
                     .collect();
-                let jsons: Vec<String> = owned
+                let jsons: Vec<(String, String)> = owned
                     .iter()
-                    .map(|(bars, first)| bars_json(bars, *first))
+                    .map(|(bars, first)| (bars_json(bars, *first), tick_marks_json(bars, *first)))
                     .collect();
                 let parts: Vec<SeriesPart<'_>> = series
                     .iter()
                     .zip(&owned)
                     .zip(&jsons)
-                    .map(|((data, (bars, first_index)), json)| SeriesPart {
+                    .map(|((data, (bars, _)), (json, tick_marks))| SeriesPart {
                         series_id: &data.series_id,
                         turnaround: data.turnaround.as_deref().unwrap_or("s1"),
                         bars_json: json,
                         bars,
-                        first_index: *first_index,
+                        tick_marks,
                     })
                     .collect();
                 encode_series_update(self.name(), session, &parts, now_ms)
@@ -918,7 +918,36 @@ pub struct SeriesPart<'a> {
     /// The `s` array, from [`bars_json`] (which a server may cache).
     pub bars_json: &'a str,
     pub bars: &'a [Bar],
-    pub first_index: i64,
+    /// The tick-mark element from [`tick_marks_json`] (which a server may cache too), written
+    /// after the series of a `timescale_update`.
+    pub tick_marks: &'a str,
+}
+
+/// The tick-mark element of a `timescale_update`: the bars' times as `changes` and `marks`,
+/// indexed from `first_index`.
+pub fn tick_marks_json(bars: &[Bar], first_index: i64) -> String {
+    let mut out = String::with_capacity(bars.len() * 32 + 64);
+    let _ = write!(out, "{{\"index\":{first_index},\"zoffset\":0,\"changes\":[");
+    for (n, bar) in bars.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        push_float(&mut out, bar.time as f64);
+    }
+    out.push_str("],\"marks\":[");
+    for (n, bar) in bars.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        let mut int = itoa::Buffer::new();
+        out.push_str("[40,");
+        out.push_str(int.format(bar.time));
+        out.push(',');
+        out.push_str(int.format(first_index + n as i64));
+        out.push(']');
+    }
+    out.push_str("],\"index_diff\":[]}");
+    out
 }
 
 /// A whole `timescale_update` (or `du`) payload: one element per series with `node`, `s`, `ns`,
@@ -929,7 +958,10 @@ pub fn encode_series_update(
     series: &[SeriesPart<'_>],
     now_ms: i64,
 ) -> String {
-    let size: usize = series.iter().map(|s| s.bars_json.len() * 2 + 160).sum();
+    let size: usize = series
+        .iter()
+        .map(|s| s.bars_json.len() + s.tick_marks.len() + 160)
+        .sum();
     let mut out = String::with_capacity(size + 128);
     let _ = write!(
         out,
@@ -952,30 +984,8 @@ pub fn encode_series_update(
     }
     out.push('}');
     if let Some(part) = series.first().filter(|_| method == "timescale_update") {
-        let _ = write!(
-            out,
-            ",{{\"index\":{},\"zoffset\":0,\"changes\":[",
-            part.first_index
-        );
-        for (n, bar) in part.bars.iter().enumerate() {
-            if n > 0 {
-                out.push(',');
-            }
-            push_float(&mut out, bar.time as f64);
-        }
-        out.push_str("],\"marks\":[");
-        for (n, bar) in part.bars.iter().enumerate() {
-            if n > 0 {
-                out.push(',');
-            }
-            let mut int = itoa::Buffer::new();
-            out.push_str("[40,");
-            out.push_str(int.format(bar.time));
-            out.push(',');
-            out.push_str(int.format(part.first_index + n as i64));
-            out.push(']');
-        }
-        out.push_str("],\"index_diff\":[]}");
+        out.push(',');
+        out.push_str(part.tick_marks);
     }
     let _ = write!(out, "],\"t\":{},\"t_ms\":{now_ms}}}", now_ms / 1000);
     out

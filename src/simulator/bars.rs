@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::domain::Bar;
-use crate::protocol::server::bars_json;
+use crate::protocol::server::{bars_json, tick_marks_json};
 
 use super::state::SplitMix64;
 use crate::hash::fnv1a;
@@ -227,6 +227,8 @@ fn generate(symbol: &str, res: SimResolution, n: usize, volumeless: bool) -> Vec
 pub(crate) struct CachedSeries {
     pub bars: Arc<Vec<Bar>>,
     pub json: Arc<str>,
+    /// The tick-mark element of a `timescale_update` of the whole series.
+    pub tick_marks: Arc<str>,
 }
 
 type Key = (String, String, u32, bool);
@@ -243,7 +245,10 @@ struct Cache {
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 fn entry_bytes(series: &CachedSeries) -> usize {
-    series.bars.len() * std::mem::size_of::<Bar>() + series.json.len() + 64
+    series.bars.len() * std::mem::size_of::<Bar>()
+        + series.json.len()
+        + series.tick_marks.len()
+        + 64
 }
 
 fn cache() -> &'static Mutex<Cache> {
@@ -276,9 +281,11 @@ pub(crate) fn series(
     // Generate outside the lock: other connections keep being served meanwhile.
     let bars = generate(symbol, res, count as usize, volumeless);
     let json: Arc<str> = bars_json(&bars, 0).into();
+    let tick_marks: Arc<str> = tick_marks_json(&bars, 0).into();
     let fresh = Arc::new(CachedSeries {
         bars: Arc::new(bars),
         json,
+        tick_marks,
     });
     let mut cache = match cache().lock() {
         Ok(c) => c,

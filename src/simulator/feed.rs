@@ -55,7 +55,7 @@ use crate::protocol::client::{ClientDecodeError, ClientMessage, SymbolSpec};
 use crate::protocol::json::to_ascii_string;
 use crate::protocol::server::{
     SeriesPart, ServerMessage, SymbolInfo, bars_json, encode_series_timeframe,
-    encode_series_update, encode_symbol_resolved,
+    encode_series_update, encode_symbol_resolved, tick_marks_json,
 };
 use crate::protocol::{Packet, decode_message, encode_packet};
 
@@ -961,7 +961,7 @@ impl Connection {
                     turnaround,
                     bars_json: &cached.json,
                     bars: &cached.bars,
-                    first_index: 0,
+                    tick_marks: &cached.tick_marks,
                 };
                 payloads.push(encode_series_update(
                     "timescale_update",
@@ -983,12 +983,13 @@ impl Connection {
                     let older: Vec<Bar> = cached.bars.iter().take(added).copied().collect();
                     let first_index = -i64::from(total - base);
                     let older_json = bars_json(&older, first_index);
+                    let tick_marks = tick_marks_json(&older, first_index);
                     let part = SeriesPart {
                         series_id,
                         turnaround,
                         bars_json: &older_json,
                         bars: &older,
-                        first_index,
+                        tick_marks: &tick_marks,
                     };
                     payloads.push(encode_series_update(
                         "timescale_update",
