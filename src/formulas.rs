@@ -33,6 +33,19 @@ pub struct Stock {
     pub industry: Option<String>,
 }
 
+impl Stock {
+    /// A stock known only by its symbol (a client's list, before enrichment).
+    pub fn new(symbol: Symbol) -> Stock {
+        Stock {
+            symbol,
+            name: None,
+            price: None,
+            sector: None,
+            industry: None,
+        }
+    }
+}
+
 /// A formula's stock list as of one fetch.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -63,15 +76,12 @@ pub fn parse_screen(text: &str) -> Vec<Stock> {
         };
         match raw_symbol.parse::<Symbol>() {
             Ok(symbol) => stocks.push(Stock {
-                symbol,
-                name: None,
                 price: raw_price
                     .trim()
                     .parse::<f64>()
                     .ok()
                     .filter(|p| p.is_finite()),
-                sector: None,
-                industry: None,
+                ..Stock::new(symbol)
             }),
             Err(e) => log::debug!("formulas: skipping line: {e}"),
         }

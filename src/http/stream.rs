@@ -63,16 +63,7 @@ async fn stock_list(
 ) -> Result<StockList, ApiError> {
     match &request.source {
         SymbolSource::Symbols(symbols) => {
-            let mut stocks: Vec<Stock> = symbols
-                .iter()
-                .map(|symbol| Stock {
-                    symbol: symbol.clone(),
-                    name: None,
-                    price: None,
-                    sector: None,
-                    industry: None,
-                })
-                .collect();
+            let mut stocks: Vec<Stock> = symbols.iter().cloned().map(Stock::new).collect();
             deps.formulas.enrich(&mut stocks);
             Ok(StockList {
                 formula: None,
@@ -684,6 +675,12 @@ mod tests {
     }
 
     impl Wakes {
+        /// A task's waker and its count.
+        fn task() -> (Arc<Wakes>, Waker) {
+            let wakes = Arc::new(Wakes::default());
+            (wakes.clone(), Waker::from(wakes))
+        }
+
         fn count(&self) -> usize {
             self.0.load(Ordering::SeqCst)
         }
@@ -718,8 +715,7 @@ mod tests {
             })
             .unzip();
         let mut batch = batch(fetches);
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(wakes.clone());
+        let (wakes, waker) = Wakes::task();
         let mut cx = Context::from_waker(&waker);
         let mut counts = Counts::default();
         batch.poll_fetches(&mut cx, &mut counts);
@@ -756,8 +752,7 @@ mod tests {
         })
         .boxed();
         let mut batch = batch(vec![(0, fetch)]);
-        let wakes = Arc::new(Wakes::default());
-        let waker = Waker::from(wakes.clone());
+        let (wakes, waker) = Wakes::task();
         let mut cx = Context::from_waker(&waker);
         let mut counts = Counts::default();
         batch.poll_fetches(&mut cx, &mut counts);

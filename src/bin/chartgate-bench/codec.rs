@@ -143,13 +143,7 @@ pub fn cached_charts(inputs: &Inputs) -> BatchInput {
     let stocks = inputs
         .charts
         .iter()
-        .map(|(symbol, _)| Stock {
-            symbol: symbol.clone(),
-            name: None,
-            price: None,
-            sector: None,
-            industry: None,
-        })
+        .map(|(symbol, _)| Stock::new(symbol.clone()))
         .collect();
     let outcomes = inputs
         .charts
