@@ -71,8 +71,13 @@ fn served(outcome: ChartOutcome) -> ChartOutcome {
 
 type Loaded = Result<Arc<CachedChart>, ChartFailure>;
 
-/// A fetch to wait for, and the waiter's share of wanting it.
-type Flight = (Shared<BoxFuture<'static, Loaded>>, Arc<Wanted>);
+/// What a caller that missed the cache gets from [`ChartService::join_or_start`].
+enum Joined {
+    /// A fetch finished between the caller's look in the cache and now: its chart.
+    Cached(Arc<CachedChart>),
+    /// A fetch to wait for, and the waiter's share of wanting it.
+    Flight(Shared<BoxFuture<'static, Loaded>>, Arc<Wanted>),
+}
 
 /// A fetch in flight, shared by everyone waiting for the same chart.
 struct InFlight {
@@ -118,8 +123,8 @@ impl ChartService {
             return Lookup::Ready(served(Ok((hit, true))));
         }
         match self.join_or_start(key) {
-            Err(hit) => Lookup::Ready(served(Ok((hit, true)))),
-            Ok((result, wanted)) => {
+            Joined::Cached(hit) => Lookup::Ready(served(Ok((hit, true)))),
+            Joined::Flight(result, wanted) => {
                 Lookup::Fetch(
                     async move {
                         // `wanted` keeps the fetch wanted for as long as this caller waits.
@@ -140,8 +145,8 @@ impl ChartService {
     }
 
     /// Joins the fetch in flight for `key`, or starts one on its own task; or, when a fetch
-    /// finished since the caller looked in the cache, gives its chart (`Err`).
-    fn join_or_start(&self, key: ChartKey) -> Result<Flight, Arc<CachedChart>> {
+    /// finished since the caller looked in the cache, gives its chart.
+    fn join_or_start(&self, key: ChartKey) -> Joined {
         let mut flights = self
             .flights
             .lock()
@@ -149,13 +154,13 @@ impl ChartService {
         if let Some(flight) = flights.by_key.get(&key)
             && let Some(wanted) = flight.wanted.upgrade()
         {
-            return Ok((flight.result.clone(), wanted));
+            return Joined::Flight(flight.result.clone(), wanted);
         }
         // A fetch caches its chart before it leaves `flights` (under this lock), so a caller
         // that missed both the cache and the flight looks once more here instead of fetching
         // the same chart again.
         if let Some(hit) = self.cache.peek_chart(&key) {
-            return Err(hit);
+            return Joined::Cached(hit);
         }
         flights.next_id += 1;
         let id = flights.next_id;
@@ -195,6 +200,6 @@ impl ChartService {
                 wanted: Arc::downgrade(&wanted),
             },
         );
-        Ok((result, wanted))
+        Joined::Flight(result, wanted)
     }
 }
