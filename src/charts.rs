@@ -17,7 +17,8 @@ use actix_web::http::StatusCode;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
-use crate::cache::{Cache, CachedChart, ChartKey};
+use crate::cache::{Cache, ChartKey};
+use crate::ready_chart::ReadyChart;
 use crate::upstream::{FetchChart, FetchError, Pool, Wanted};
 
 /// Why one chart could not be had, as clients see it (`errors` entries, chart-data answers).
@@ -49,7 +50,7 @@ impl From<&FetchError> for ChartFailure {
 }
 
 /// A chart and whether it came from the cache.
-pub type ChartOutcome = Result<(Arc<CachedChart>, bool), ChartFailure>;
+pub type ChartOutcome = Result<(Arc<ReadyChart>, bool), ChartFailure>;
 
 /// What [`ChartService::lookup`] gives: a cached chart needs no waiting, so a stream of cached
 /// charts makes no future per chart.
@@ -69,12 +70,12 @@ fn served(outcome: ChartOutcome) -> ChartOutcome {
     outcome
 }
 
-type Loaded = Result<Arc<CachedChart>, ChartFailure>;
+type Loaded = Result<Arc<ReadyChart>, ChartFailure>;
 
 /// What a caller that missed the cache gets from [`ChartService::join_or_start`].
 enum Joined {
     /// A fetch finished between the caller's look in the cache and now: its chart.
-    Cached(Arc<CachedChart>),
+    Cached(Arc<ReadyChart>),
     /// A fetch to wait for, and the waiter's share of wanting it.
     Flight(Shared<BoxFuture<'static, Loaded>>, Arc<Wanted>),
 }
@@ -172,7 +173,6 @@ impl ChartService {
         let task = actix_web::rt::spawn(async move {
             let loaded = match pool.send(request).await {
                 Ok(Ok(chart)) => {
-                    let chart = Arc::new(CachedChart::new(chart));
                     cache.insert_chart(task_key.clone(), chart.clone());
                     Ok(chart)
                 }

@@ -35,6 +35,7 @@ pub mod http;
 pub mod jwt;
 pub mod manager;
 pub mod protocol;
+pub mod ready_chart;
 pub mod simulator;
 pub mod upstream;
 pub mod watch;

@@ -271,6 +271,43 @@ fn the_one_pass_and_two_pass_paths_decode_every_captured_packet_alike() {
 }
 
 #[test]
+fn a_series_update_is_read_up_to_the_end_of_its_series_map() {
+    use chartgate::protocol::ServerError;
+    let bars = |r: Result<ServerMessage<'_>, ServerError>| match r {
+        Ok(ServerMessage::TimescaleUpdate { series, .. }) => Ok(series[0].bars.clone()),
+        other => Err(format!("{other:?}")),
+    };
+    let head =
+        r#"{"m":"timescale_update","p":["cs",{"sds_1":{"s":[{"i":0,"v":[60,2,3,1,2.5,9]}]}}"#;
+    let whole = bars(ServerMessage::decode(&format!(
+        r#"{head},{{"index":0,"marks":[[1,2]]}}],"t":1}}"#
+    )))
+    .unwrap();
+    assert_eq!(whole.len(), 1);
+    assert_eq!((whole[0].bar.time, whole[0].bar.close), (60, 2.5));
+    // What follows the map (the tick marks, `t`, `t_ms`) is not read, so a fault there does not
+    // cost the bars...
+    for tail in [r#",{"index":0,"marks":[[1,"#, ",{]}", ""] {
+        let packet = format!("{head}{tail}");
+        assert_eq!(
+            bars(ServerMessage::decode(&packet)),
+            Ok(whole.clone()),
+            "{packet}"
+        );
+    }
+    // ...but one anywhere before the map's end is still a packet that is not JSON.
+    for packet in [
+        r#"{"m":"timescale_update","p":["cs",{"sds_1":{"s":[{"i":0,"v":[60,2,3,1,2.5,9]}]},}]}"#,
+        r#"{"m":"timescale_update","p":["cs",{"sds_1":{"s":[{"i":0,"v":[60,2,3,1,2.5,9]]}}]}"#,
+    ] {
+        assert!(
+            matches!(ServerMessage::decode(packet), Err(ServerError::NotJson(_))),
+            "{packet}"
+        );
+    }
+}
+
+#[test]
 fn bad_parameters_and_bad_json_are_told_apart_in_both_orders() {
     use chartgate::protocol::ServerError;
     #[derive(Debug, PartialEq)]

@@ -1,7 +1,7 @@
 //! The `text/event-stream` body of the formula stream: SSE framing around shared bytes.
 //!
 //! A `chart-batch` event is about a megabyte, nearly all of it chart JSON that is the same for
-//! every client (made once per chart and format, see [`crate::cache::CachedChart`]). So an
+//! every client (made once per chart and format, see [`crate::ready_chart::ReadyChart`]). So an
 //! [`Event`] here is a list of [`Bytes`]: the framing and the few per-stream fields are written
 //! per event, the chart JSON is shared by reference, and the only copy in the process is
 //! actix-http's, into the connection's write buffer. A general SSE encoder (actix-web-lab's `Sse`

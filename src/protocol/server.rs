@@ -319,9 +319,20 @@ enum Params<'a> {
 /// The envelope `{"m": method, "p": [...], ...}` read in one pass: the feed writes `m` before
 /// `p`, so by the time `p` comes its method is known and its parameters are read into the message
 /// straight from the text (the bars of a `timescale_update` exactly once). Parameter errors are
-/// reported through `failure`, so that `decode` can tell them from a packet that is not JSON.
-struct EnvelopeSeed<'f> {
-    failure: &'f Cell<Option<ServerError>>,
+/// reported through `outcome`, so that `decode` can tell them from a packet that is not JSON.
+struct EnvelopeSeed<'f, 'a> {
+    outcome: &'f Cell<Option<Early<'a>>>,
+}
+
+/// Why reading stopped before the end of the packet, told to `decode` beside serde's error.
+// One per decode, on the stack, like `Params`.
+#[allow(clippy::large_enum_variant)]
+enum Early<'a> {
+    /// The parameters have the wrong shape.
+    Failed(ServerError),
+    /// The message is complete and the rest of the packet is not needed (a series update's tick
+    /// marks).
+    Finished(ServerMessage<'a>),
 }
 
 struct Envelope<'a> {
@@ -329,7 +340,7 @@ struct Envelope<'a> {
     params: Params<'a>,
 }
 
-impl<'a> DeserializeSeed<'a> for EnvelopeSeed<'_> {
+impl<'a> DeserializeSeed<'a> for EnvelopeSeed<'_, 'a> {
     type Value = Envelope<'a>;
     fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Envelope<'a>, D::Error> {
         // As a struct, like the derived envelope before it: an object, or an array `[m, p]`.
@@ -364,17 +375,17 @@ impl<'de> Deserialize<'de> for Key {
     }
 }
 
-impl<'a> EnvelopeSeed<'_> {
+impl<'a> EnvelopeSeed<'_, 'a> {
     /// `p`, read according to `method` when it is already known.
     fn params<E>(
         &self,
         method: Option<&Option<Text<'a>>>,
-        next: impl FnOnce(Option<ParamsSeed<'_>>) -> Result<Option<Params<'a>>, E>,
+        next: impl FnOnce(Option<ParamsSeed<'_, 'a>>) -> Result<Option<Params<'a>>, E>,
     ) -> Result<Params<'a>, E> {
         let seed = match method {
             Some(Some(Text(method))) => Some(ParamsSeed {
                 method,
-                failure: self.failure,
+                outcome: self.outcome,
             }),
             _ => None,
         };
@@ -383,7 +394,7 @@ impl<'a> EnvelopeSeed<'_> {
     }
 }
 
-impl<'a> Visitor<'a> for EnvelopeSeed<'_> {
+impl<'a> Visitor<'a> for EnvelopeSeed<'_, 'a> {
     type Value = Envelope<'a>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -443,19 +454,19 @@ impl<'a> Visitor<'a> for EnvelopeSeed<'_> {
 }
 
 /// `p` of a method known beforehand. `None` for `null`.
-struct ParamsSeed<'m> {
+struct ParamsSeed<'m, 'a> {
     method: &'m str,
-    failure: &'m Cell<Option<ServerError>>,
+    outcome: &'m Cell<Option<Early<'a>>>,
 }
 
-impl<'a> DeserializeSeed<'a> for ParamsSeed<'_> {
+impl<'a> DeserializeSeed<'a> for ParamsSeed<'_, 'a> {
     type Value = Option<Params<'a>>;
     fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Option<Params<'a>>, D::Error> {
         d.deserialize_option(self)
     }
 }
 
-impl<'a> Visitor<'a> for ParamsSeed<'_> {
+impl<'a> Visitor<'a> for ParamsSeed<'_, 'a> {
     type Value = Option<Params<'a>>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -489,7 +500,7 @@ impl<'a> Visitor<'a> for ParamsSeed<'_> {
         let mut p = PositionalParams {
             seq: &mut seq,
             method: self.method,
-            failure: self.failure,
+            outcome: self.outcome,
             next: 0,
         };
         let message = match self.method {
@@ -507,11 +518,17 @@ impl<'a> Visitor<'a> for ParamsSeed<'_> {
                 let session = p.text()?;
                 let map: BTreeMap<Text<'a>, SeriesPayload<'a>> = p.value("missing series map")?;
                 let series = series_of(map).map_err(|detail| p.fail(detail))?;
-                if self.method == "du" {
+                let message = if self.method == "du" {
                     ServerMessage::DataUpdate { session, series }
                 } else {
                     ServerMessage::TimescaleUpdate { session, series }
-                }
+                };
+                // The rest of the packet is not read: after the series map comes the tick-mark
+                // element (a third of a 300-bar answer's text, all numbers) and the envelope's
+                // `t` and `t_ms`, none of which chartgate uses. Stopping is an error to serde;
+                // `decode` takes the message from `outcome` instead.
+                self.outcome.set(Some(Early::Finished(message)));
+                return Err(de::Error::custom("message complete"));
             }
             "series_completed" => ServerMessage::SeriesCompleted {
                 session: p.text()?,
@@ -546,21 +563,22 @@ impl<'a> Visitor<'a> for ParamsSeed<'_> {
 }
 
 /// Reads the parameters of a known method one after the other, naming the one at fault.
-struct PositionalParams<'s, 'm, A> {
+struct PositionalParams<'s, 'm, 'a, A> {
     seq: &'s mut A,
     method: &'m str,
-    failure: &'m Cell<Option<ServerError>>,
+    outcome: &'m Cell<Option<Early<'a>>>,
     next: usize,
 }
 
-impl<'a, A: SeqAccess<'a>> PositionalParams<'_, '_, A> {
+impl<'a, A: SeqAccess<'a>> PositionalParams<'_, '_, 'a, A> {
     /// Records why the parameters are bad and gives the error that stops reading.
     fn fail(&self, detail: String) -> A::Error {
         let error = de::Error::custom(&detail);
-        self.failure.set(Some(ServerError::BadParameters {
-            method: self.method.to_string(),
-            detail,
-        }));
+        self.outcome
+            .set(Some(Early::Failed(ServerError::BadParameters {
+                method: self.method.to_string(),
+                detail,
+            })));
         error
     }
 
@@ -602,18 +620,19 @@ impl<'a> ServerMessage<'a> {
     /// Decodes one JSON packet, in one pass over the text when `m` comes before `p` (as the feed
     /// always writes it).
     pub fn decode(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
-        let failure = Cell::new(None);
+        let outcome = Cell::new(None);
         let mut de = serde_json::Deserializer::from_str(payload);
-        let read = EnvelopeSeed { failure: &failure }
+        let read = EnvelopeSeed { outcome: &outcome }
             .deserialize(&mut de)
             .and_then(|env| de.end().map(|()| env));
         let env = match read {
             Ok(env) => env,
             Err(e) => {
-                return Err(match failure.take() {
+                return Err(match outcome.take() {
+                    Some(Early::Finished(message)) => return Ok(message),
                     // Parameters of the wrong shape, in a packet that is JSON throughout (a
                     // syntax error anywhere, even after them, makes it not JSON).
-                    Some(bad)
+                    Some(Early::Failed(bad))
                         if e.classify() == serde_json::error::Category::Data
                             && serde_json::from_str::<IgnoredAny>(payload).is_ok() =>
                     {

@@ -30,6 +30,7 @@ use crate::domain::{BarCount, Chart, ChartMetadata, Resolution, Symbol};
 use crate::protocol::client::SymbolSpec;
 use crate::protocol::server::{IndexedBar, into_ascending};
 use crate::protocol::{ClientMessage, Packet, ServerMessage, decode_message, encode_packet};
+use crate::ready_chart::ReadyChart;
 
 /// A desktop browser's `User-Agent`: the feed treats other clients with suspicion.
 pub const USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
@@ -156,7 +157,7 @@ pub struct ConnEnded {
 pub struct FetchDone {
     pub conn: u64,
     pub fetch: u64,
-    pub result: Result<Chart, FetchError>,
+    pub result: Result<Arc<ReadyChart>, FetchError>,
 }
 
 /// Pool → connection: start a fetch in a new chart session.
@@ -318,7 +319,7 @@ impl Connection {
         };
         ctx.cancel_future(state.timer);
         let fetch = state.fetch;
-        let result = result(state);
+        let result = result(state).map(ReadyChart::prepared);
         self.events.done.do_send(FetchDone {
             conn: self.id,
             fetch,

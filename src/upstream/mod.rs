@@ -21,7 +21,8 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::domain::{BarCount, Chart, Resolution, Symbol};
+use crate::domain::{BarCount, Resolution, Symbol};
+use crate::ready_chart::ReadyChart;
 
 pub use pool::Pool;
 
@@ -50,7 +51,7 @@ impl UpstreamTarget {
 /// the pool never leaves it hanging (queue overflow, `down`, timeouts and lost connections all
 /// answer with an error).
 #[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<Chart, FetchError>")]
+#[rtype(result = "Result<Arc<ReadyChart>, FetchError>")]
 pub struct FetchChart {
     pub symbol: Symbol,
     pub resolution: Resolution,

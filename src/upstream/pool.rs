@@ -31,7 +31,7 @@ use super::{
     UpstreamTarget,
 };
 use crate::config::Settings;
-use crate::domain::Chart;
+use crate::ready_chart::ReadyChart;
 
 /// A connection as the pool tracks it.
 struct ConnEntry {
@@ -78,7 +78,7 @@ impl ConnState {
 /// A fetch the pool has accepted and not yet answered.
 struct Pending {
     req: FetchChart,
-    reply: oneshot::Sender<Result<Chart, FetchError>>,
+    reply: oneshot::Sender<Result<Arc<ReadyChart>, FetchError>>,
     /// Already retried once after losing its connection: the next loss is final.
     retried: bool,
     /// The connection carrying it, or `None` while queued.
@@ -539,7 +539,7 @@ impl Pool {
     }
 
     /// Answers a fetch and records its outcome.
-    fn complete(&mut self, fetch: u64, result: Result<Chart, FetchError>) {
+    fn complete(&mut self, fetch: u64, result: Result<Arc<ReadyChart>, FetchError>) {
         let Some(pending) = self.fetches.remove(&fetch) else {
             return;
         };
@@ -630,7 +630,7 @@ impl Actor for Pool {
 }
 
 impl Handler<FetchChart> for Pool {
-    type Result = ResponseFuture<Result<Chart, FetchError>>;
+    type Result = ResponseFuture<Result<Arc<ReadyChart>, FetchError>>;
 
     fn handle(&mut self, msg: FetchChart, ctx: &mut Context<Self>) -> Self::Result {
         let (reply, answer) = oneshot::channel();

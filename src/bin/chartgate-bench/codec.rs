@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chartgate::cache::CachedChart;
 use chartgate::charts::ChartOutcome;
 use chartgate::domain::{Bar, BarsFormat, Chart, ChartMetadata, Resolution, Symbol};
 use chartgate::formulas::Stock;
@@ -16,6 +15,7 @@ use chartgate::http::sse::Event;
 use chartgate::http::stream::{BatchInfo, batch_event};
 use chartgate::protocol::server::into_ascending;
 use chartgate::protocol::{Packet, ServerMessage, decode_message};
+use chartgate::ready_chart::ReadyChart;
 use serde_json::Value;
 
 /// Index of the capture's ~118 KB message carrying `series_loading`, `symbol_resolved`, the
@@ -149,7 +149,7 @@ pub fn cached_charts(inputs: &Inputs) -> BatchInput {
         .charts
         .iter()
         .flat_map(|(_, charts)| charts.iter())
-        .map(|c| Some(Ok((Arc::new(CachedChart::new(c.clone())), false))))
+        .map(|c| Some(Ok((Arc::new(ReadyChart::new(c.clone())), false))))
         .collect();
     BatchInput { stocks, outcomes }
 }

@@ -213,7 +213,8 @@ impl Report {
                         .to_string(),
                     match (&r.reference, r.reference_value) {
                         (Some(name), Some(v)) => format!("{name} = {}", fmt_num(v)),
-                        _ => String::new(),
+                        (Some(text), None) => text.clone(),
+                        (None, _) => String::new(),
                     },
                     r.ratio.map(|x| format!("{x:.3}")).unwrap_or_default(),
                     r.target.clone(),
