@@ -9,10 +9,6 @@ use clap::{Args, Parser, Subcommand};
 
 use chartgate::config::Settings;
 
-/// mimalloc instead of the system allocator: see the README's Performance section.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "chartgate",
