@@ -30,6 +30,17 @@ fn decode(c: &mut Criterion) {
         b.iter(|| codec::scan_reference(black_box(&inputs.payloads)))
     });
     group.finish();
+
+    let update = std::slice::from_ref(&inputs.series_update);
+    let mut group = c.benchmark_group("decode_timescale_update_packet");
+    group.throughput(Throughput::Bytes(update[0].len() as u64));
+    group.bench_function("chartgate_into_bars", |b| {
+        b.iter(|| codec::decode_series_update(black_box(&update[0])))
+    });
+    group.bench_function("serde_json_ignored_any", |b| {
+        b.iter(|| codec::scan_reference(black_box(update)))
+    });
+    group.finish();
 }
 
 fn encode(c: &mut Criterion) {

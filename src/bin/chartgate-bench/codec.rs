@@ -39,6 +39,9 @@ pub struct Inputs {
     pub message: String,
     /// Its JSON packets, for the plain serde_json reference.
     pub payloads: Vec<String>,
+    /// The `timescale_update` packet alone (the bars and tick marks, ~29 KB): the part of an
+    /// answer whose decoding costs, and all a simulator answer carries besides two small packets.
+    pub series_update: String,
     /// One chart per (stock, resolution) of a batch: the capture's 300 bars and metadata.
     pub charts: Vec<(Symbol, Vec<Chart>)>,
 }
@@ -62,7 +65,12 @@ pub fn load() -> Result<Inputs, String> {
             Packet::Json(j) => Some(j.to_string()),
             Packet::Heartbeat(_) => None,
         })
-        .collect();
+        .collect::<Vec<String>>();
+    let series_update = payloads
+        .iter()
+        .find(|p| p.starts_with("{\"m\":\"timescale_update\""))
+        .ok_or("no timescale_update in the answer")?
+        .clone();
     let (bars, metadata) = decode_answer(&message);
     if bars.len() != 300 {
         return Err(format!(
@@ -88,6 +96,7 @@ pub fn load() -> Result<Inputs, String> {
     Ok(Inputs {
         message,
         payloads,
+        series_update,
         charts,
     })
 }
@@ -112,6 +121,16 @@ pub fn decode_answer(message: &str) -> (Vec<Bar>, ChartMetadata) {
         }
     }
     (into_ascending(bars), metadata)
+}
+
+/// Decodes one `timescale_update` packet as the connection does; the number of bars.
+pub fn decode_series_update(packet: &str) -> usize {
+    match ServerMessage::decode(packet) {
+        Ok(ServerMessage::TimescaleUpdate { series, .. }) => {
+            series.iter().map(|s| s.bars.len()).sum()
+        }
+        _ => 0,
+    }
 }
 
 /// The reference: every packet of the same message parsed by plain serde_json into `Value`.

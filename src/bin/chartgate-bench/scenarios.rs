@@ -635,6 +635,9 @@ pub async fn codec(ctx: &Ctx) -> Result<Report, String> {
     let decode = time_per_iter(budget, || codec::decode_answer(&inputs.message).0.len());
     let value = time_per_iter(budget, || codec::decode_reference(&inputs.payloads));
     let scan = time_per_iter(budget, || codec::scan_reference(&inputs.payloads));
+    let update = std::slice::from_ref(&inputs.series_update);
+    let update_decode = time_per_iter(budget, || codec::decode_series_update(&update[0]));
+    let update_scan = time_per_iter(budget, || codec::scan_reference(update));
 
     let objects = chartgate::domain::BarsFormat::Objects;
     let cached = codec::cached_charts(&inputs);
@@ -667,6 +670,13 @@ pub async fn codec(ctx: &Ctx) -> Result<Report, String> {
         "us",
         "serde_json IgnoredAny",
         us(scan),
+    ));
+    report.row(Row::versus(
+        "decode its timescale_update packet alone into bars",
+        us(update_decode),
+        "us",
+        "serde_json IgnoredAny",
+        us(update_scan),
     ));
     report.row(Row::versus(
         "encode chart-batch, charts' JSON cached (shared, not copied)",
