@@ -49,7 +49,8 @@ impl UpstreamTarget {
 
 /// Fetch one chart through the pool. The answer comes when the chart is complete or has failed;
 /// the pool never leaves it hanging (queue overflow, `down`, timeouts and lost connections all
-/// answer with an error).
+/// answer with an error). A chart comes ready to serve, its default JSON written on the
+/// connection's thread ([`ReadyChart::prepared`]).
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Arc<ReadyChart>, FetchError>")]
 pub struct FetchChart {
