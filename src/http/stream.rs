@@ -4,7 +4,7 @@
 //!
 //! Every chart of the stream is requested at once (the pool bounds concurrency). `retry:` and
 //! `formula-results` are made by the handler and leave with the response head. The rest comes
-//! from a [`Producer`] that the response body ([`super::sse::EventStream`]) pulls one event at a
+//! from a `Producer` that the response body ([`super::sse::EventStream`]) pulls one event at a
 //! time, as the connection takes them: a slow reader holds at most the one event being written,
 //! and slows only its own stream (the fetches themselves run on their own tasks, see
 //! [`crate::charts`]). When the client goes away actix-web drops the body and with it the
