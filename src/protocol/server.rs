@@ -618,7 +618,8 @@ impl<'a> Visitor<'a> for SkipParams {
 
 impl<'a> ServerMessage<'a> {
     /// Decodes one JSON packet, in one pass over the text when `m` comes before `p` (as the feed
-    /// always writes it).
+    /// always writes it). On that path a series update (`timescale_update`, `du`) is read only up
+    /// to the end of its series map: what follows is neither parsed nor checked.
     pub fn decode(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
         let outcome = Cell::new(None);
         let mut de = serde_json::Deserializer::from_str(payload);
