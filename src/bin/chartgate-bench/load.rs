@@ -1,20 +1,24 @@
-//! The load client: worker threads, each with its own actix system and awc client, that open
-//! formula streams, read them with the lean [`Scanner`] and report per-stream timings.
+//! The load client: worker threads, each with its own runtime and pool of kept-alive
+//! connections, that open formula streams, read them with the lean [`Scanner`] over the lean
+//! [`http1`](crate::http1) and report per-stream timings.
 //!
-//! awc clients are per thread (`!Send`), so work is handed to workers through channels and the
-//! results come back through oneshots; scenarios bound concurrency with `buffer_unordered`.
+//! Connections and read buffers are per thread, so work is handed to workers through channels and
+//! the results come back through oneshots; scenarios bound concurrency with `buffer_unordered`.
 
+use std::cell::RefCell;
+use std::io;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use actix_web::rt::time::{Instant, timeout};
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::scan::Scanner;
+use crate::http1::{BodyDecoder, Conn, Head, parse_head};
+use crate::scan::{Scanner, Seen};
 
 /// One stream to open.
 #[derive(Debug, Clone, Default)]
@@ -46,9 +50,9 @@ pub struct StreamResult {
     pub events: u64,
     pub batches: u64,
     pub bytes: u64,
-    /// Chunks and bytes received after the first event without carrying another event: the
-    /// keep-alive comments of an idle stream.
-    pub quiet_chunks: u64,
+    /// Reads after the first event that completed no event: the keep-alive comments of an idle
+    /// stream.
+    pub quiet_reads: u64,
     pub total_charts: u64,
     pub successful: u64,
     pub failed: u64,
@@ -69,6 +73,9 @@ impl StreamResult {
 
 /// Bytes a stream reads before letting the thread's other streams run.
 const YIELD_AFTER_BYTES: usize = 64 * 1024;
+
+/// A thread's kept-alive connections, waiting for their next request.
+type Idle = Rc<RefCell<Vec<Conn>>>;
 
 struct Job {
     base: Arc<str>,
@@ -142,19 +149,11 @@ impl Drop for LoadClient {
 
 fn worker(mut rx: mpsc::UnboundedReceiver<Job>) {
     actix_web::rt::System::new().block_on(async move {
-        let client = awc::Client::builder()
-            .connector(
-                awc::Connector::new()
-                    .limit(0)
-                    .timeout(Duration::from_secs(30)),
-            )
-            // awc carries the request timeout over to the response body; streams set their own.
-            .disable_timeout()
-            .finish();
+        let idle = Idle::default();
         while let Some(job) = rx.recv().await {
-            let client = client.clone();
+            let idle = idle.clone();
             actix_web::rt::spawn(async move {
-                let result = run(&client, &job.base, job.spec).await;
+                let result = run(&idle, &job.base, job.spec).await;
                 let _ = job.reply.send(result);
             });
         }
@@ -180,122 +179,245 @@ impl Drop for OpenedSignal {
     }
 }
 
-async fn run(client: &awc::Client, base: &str, spec: StreamSpec) -> StreamResult {
+async fn run(idle: &Idle, base: &str, spec: StreamSpec) -> StreamResult {
     let started = Instant::now();
-    let mut opened = OpenedSignal(spec.opened);
     let mut res = StreamResult::default();
-    let idle = spec.idle_timeout.unwrap_or(Duration::from_secs(120));
-    let request = client
-        .get(format!("{base}{}", spec.path))
-        .insert_header(("Accept", "text/event-stream"));
-    let mut resp = match timeout(Duration::from_secs(120), request.send()).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            res.error = Some(format!("request: {e}"));
-            res.total = started.elapsed();
-            return res;
-        }
-        Err(_) => {
-            res.error = Some("request: no response head in 120 s".into());
-            res.total = started.elapsed();
-            return res;
-        }
+    let host = base.strip_prefix("http://").unwrap_or(base);
+    let limit = Duration::from_secs(120);
+    let opened = match timeout(limit, request(idle, host, &spec.path)).await {
+        Ok(Ok(opened)) => Ok(opened),
+        Ok(Err(e)) => Err(format!("request: {e}")),
+        Err(_) => Err(format!(
+            "request: no response head in {} s",
+            limit.as_secs()
+        )),
     };
-    res.status = resp.status().as_u16();
-    res.head = Some(started.elapsed());
-    if res.status != 200 {
-        let body = resp.body().limit(64 * 1024).await.unwrap_or_default();
-        res.error = Some(format!(
-            "HTTP {}: {}",
-            res.status,
-            String::from_utf8_lossy(&body).trim()
-        ));
-        res.total = started.elapsed();
-        return res;
-    }
-    let mut scanner = Scanner::default();
-    let mut since_yield = 0;
-    let mut events = Vec::new();
-    let mut hold = spec.hold;
-    loop {
-        let next = match hold.as_mut() {
-            Some(hold) => tokio::select! {
-                chunk = resp.next() => Ok(chunk),
-                _ = hold.wait_for(|stop| *stop) => {
-                    res.released = true;
-                    break;
-                }
-            },
-            None => timeout(idle, resp.next()).await,
-        };
-        let chunk = match next {
-            Err(_) => {
-                res.error = Some(format!("no byte for {} s", idle.as_secs()));
-                break;
-            }
-            Ok(None) => {
-                res.ended = true;
-                if hold.is_some() {
-                    res.error = Some("the server ended a held stream".into());
-                }
-                break;
-            }
-            Ok(Some(Err(e))) => {
-                res.error = Some(format!("body: {e}"));
-                break;
-            }
-            Ok(Some(Ok(chunk))) => chunk,
-        };
-        res.bytes += chunk.len() as u64;
-        since_yield += chunk.len();
-        if since_yield >= YIELD_AFTER_BYTES {
-            // A socket read that finds bytes waiting never returns `Pending`, so without this
-            // one stream of cached batches would keep its client thread for megabytes while
-            // other streams' first events wait unread: the harness would measure itself.
-            since_yield = 0;
-            tokio::task::yield_now().await;
-        }
-        scanner.feed(&chunk, &mut events);
-        if events.is_empty() && res.first_event.is_some() {
-            res.quiet_chunks += 1;
-        }
-        for event in events.drain(..) {
-            res.events += 1;
-            let data = event.data.as_deref().unwrap_or_default();
-            match event.name.as_str() {
-                "formula-results" => {
-                    res.first_event = Some(started.elapsed());
-                    if let Ok(v) = serde_json::from_str::<Value>(data) {
-                        res.total_charts = v["data"]["totalCharts"].as_u64().unwrap_or(0);
-                    }
-                    opened.fire();
-                    if spec.stop_after_first {
-                        res.released = true;
-                    }
-                }
-                "chart-batch" => res.batches += 1,
-                "complete" => {
-                    res.complete_at = Some(started.elapsed());
-                    if let Ok(v) = serde_json::from_str::<Value>(data) {
-                        let d = &v["data"];
-                        res.successful = d["successfulCharts"].as_u64().unwrap_or(0);
-                        res.failed = d["failedCharts"].as_u64().unwrap_or(0);
-                        res.cached = d["cachedCharts"].as_u64().unwrap_or(0);
-                    }
-                }
-                "stream-error" => {
-                    res.error = Some(format!("stream-error: {data}"));
-                }
-                _ => {}
+    match opened {
+        Ok((conn, head, rest)) => {
+            res.status = head.status;
+            res.head = Some(started.elapsed());
+            if let Some(conn) = read_body(conn, &head, &rest, spec, started, &mut res).await {
+                idle.borrow_mut().push(conn.served());
             }
         }
-        if res.released {
-            break;
-        }
+        Err(e) => res.error = Some(e),
     }
     if res.error.is_none() && res.complete_at.is_none() && !res.released {
         res.error = Some("the stream ended without `complete`".into());
     }
     res.total = started.elapsed();
     res
+}
+
+/// Sends the request on a kept-alive connection of the thread or a new one, and reads the head:
+/// the connection, the head and the body bytes read with it. A kept-alive connection the server
+/// closed meanwhile is replaced once.
+async fn request(idle: &Idle, host: &str, path: &str) -> io::Result<(Conn, Head, Vec<u8>)> {
+    loop {
+        let pooled = idle.borrow_mut().pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => Conn::open(host).await?,
+        };
+        let reused = conn.reused();
+        match send_and_read_head(&mut conn, host, path).await {
+            Ok(Some((head, rest))) => return Ok((conn, head, rest)),
+            Ok(None) if reused => continue,
+            Err(e) if reused && e.kind() != io::ErrorKind::InvalidData => continue,
+            Ok(None) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection before answering",
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `None` when the server closed the connection before a byte of the answer.
+async fn send_and_read_head(
+    conn: &mut Conn,
+    host: &str,
+    path: &str,
+) -> io::Result<Option<(Head, Vec<u8>)>> {
+    conn.get(host, path, "accept: text/event-stream\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    loop {
+        let got = conn.read(|bytes| buf.extend_from_slice(bytes)).await?;
+        if got.is_none() {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection inside the response head",
+                ))
+            };
+        }
+        if let Some((head, len)) = parse_head(&buf)? {
+            buf.drain(..len);
+            return Ok(Some((head, buf)));
+        }
+    }
+}
+
+/// Reads the body into `res`; gives the connection back when it can serve another request.
+async fn read_body(
+    mut conn: Conn,
+    head: &Head,
+    rest: &[u8],
+    spec: StreamSpec,
+    started: Instant,
+    res: &mut StreamResult,
+) -> Option<Conn> {
+    let mut body = BodyDecoder::new(head.framing);
+    if head.status != 200 {
+        let mut text = Vec::new();
+        let mut read = body.feed(rest, |b| text.extend_from_slice(b));
+        while read.is_ok() && !body.done() && text.len() < 64 * 1024 {
+            read = match timeout(
+                Duration::from_secs(10),
+                conn.read(|bytes| body.feed(bytes, |b| text.extend_from_slice(b))),
+            )
+            .await
+            {
+                Ok(Ok(Some(fed))) => fed,
+                Ok(Ok(None)) => body.closed(),
+                Ok(Err(e)) => Err(e),
+                Err(_) => break,
+            };
+        }
+        res.error = Some(format!(
+            "HTTP {}: {}",
+            head.status,
+            String::from_utf8_lossy(&text).trim()
+        ));
+        return None;
+    }
+
+    let mut opened = OpenedSignal(spec.opened);
+    let mut stream = StreamReader {
+        scanner: Scanner::default(),
+        events: Vec::new(),
+        body,
+    };
+    let idle = spec.idle_timeout.unwrap_or(Duration::from_secs(120));
+    let mut hold = spec.hold;
+    let mut since_yield = 0;
+    let mut fed = stream.feed(rest, res);
+    let mut bytes_before = res.bytes;
+    loop {
+        if let Err(e) = fed {
+            res.error = Some(format!("body: {e}"));
+            break;
+        }
+        for event in stream.events.drain(..) {
+            on_event(event, started, spec.stop_after_first, &mut opened, res);
+        }
+        if res.released || stream.body.done() {
+            res.ended = stream.body.done();
+            break;
+        }
+        let next = match hold.as_mut() {
+            Some(hold) => tokio::select! {
+                read = conn.read(|bytes| stream.feed(bytes, res)) => Ok(read),
+                _ = hold.wait_for(|stop| *stop) => {
+                    res.released = true;
+                    break;
+                }
+            },
+            None => timeout(idle, conn.read(|bytes| stream.feed(bytes, res))).await,
+        };
+        fed = match next {
+            Err(_) => {
+                res.error = Some(format!("no byte for {} s", idle.as_secs()));
+                break;
+            }
+            Ok(Ok(Some(fed))) => fed,
+            Ok(Ok(None)) => {
+                res.ended = true;
+                if hold.is_some() {
+                    res.error = Some("the server ended a held stream".into());
+                } else if let Err(e) = stream.body.closed() {
+                    res.error = Some(format!("body: {e}"));
+                }
+                break;
+            }
+            Ok(Err(e)) => Err(e),
+        };
+        if stream.events.is_empty() && res.first_event.is_some() {
+            res.quiet_reads += 1;
+        }
+        since_yield += (res.bytes - bytes_before) as usize;
+        bytes_before = res.bytes;
+        if since_yield >= YIELD_AFTER_BYTES {
+            // A socket read that finds bytes waiting never waits, so without this one stream of
+            // cached batches would keep its client thread for megabytes while other streams'
+            // first events wait unread: the harness would measure itself.
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+    (res.ended && res.error.is_none() && head.keep_alive).then_some(conn)
+}
+
+/// A stream's body decoder and event scanner.
+struct StreamReader {
+    scanner: Scanner,
+    events: Vec<Seen>,
+    body: BodyDecoder,
+}
+
+impl StreamReader {
+    /// Decodes one read's bytes into events.
+    fn feed(&mut self, bytes: &[u8], res: &mut StreamResult) -> io::Result<()> {
+        let StreamReader {
+            scanner,
+            events,
+            body,
+        } = self;
+        body.feed(bytes, |data| {
+            res.bytes += data.len() as u64;
+            scanner.feed(data, events);
+        })
+    }
+}
+
+fn on_event(
+    event: Seen,
+    started: Instant,
+    stop_after_first: bool,
+    opened: &mut OpenedSignal,
+    res: &mut StreamResult,
+) {
+    res.events += 1;
+    let data = event.data.as_deref().unwrap_or_default();
+    match event.name.as_str() {
+        "formula-results" => {
+            res.first_event = Some(started.elapsed());
+            if let Ok(v) = serde_json::from_str::<Value>(data) {
+                res.total_charts = v["data"]["totalCharts"].as_u64().unwrap_or(0);
+            }
+            opened.fire();
+            if stop_after_first {
+                res.released = true;
+            }
+        }
+        "chart-batch" => res.batches += 1,
+        "complete" => {
+            res.complete_at = Some(started.elapsed());
+            if let Ok(v) = serde_json::from_str::<Value>(data) {
+                let d = &v["data"];
+                res.successful = d["successfulCharts"].as_u64().unwrap_or(0);
+                res.failed = d["failedCharts"].as_u64().unwrap_or(0);
+                res.cached = d["cachedCharts"].as_u64().unwrap_or(0);
+            }
+        }
+        "stream-error" => {
+            res.error = Some(format!("stream-error: {data}"));
+        }
+        _ => {}
+    }
 }

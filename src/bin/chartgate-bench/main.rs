@@ -15,6 +15,7 @@
 //! ```
 
 mod codec;
+mod http1;
 mod load;
 mod procs;
 mod report;

@@ -947,7 +947,7 @@ pub async fn idle(ctx: &Ctx) -> Result<Report, String> {
         .iter()
         .filter(|r| r.error.is_some() || !r.released)
         .collect();
-    let kept_alive = results.iter().filter(|r| r.quiet_chunks > 0).count();
+    let kept_alive = results.iter().filter(|r| r.quiet_reads > 0).count();
     let per_stream = held.rss.saturating_sub(baseline.rss) as f64 / streams as f64;
     report.row(Row::check(
         "streams open at once",
