@@ -176,6 +176,9 @@ impl Application {
             Duration::from_millis(settings.formulas.timeout_ms),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // First: the cache and the chart service take their counters' handles when made, from
+        // the recorder installed here.
+        let metrics = metrics_handle();
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             charts: ChartService::new(Arc::new(Cache::new(&settings.cache)), pool.clone()),
@@ -183,7 +186,7 @@ impl Application {
             feed_addr: host_port(&settings.upstream.url).unwrap_or_default(),
             formulas,
             manager: manager.clone(),
-            metrics: metrics_handle(),
+            metrics,
             shutdown: shutdown_rx,
         });
         let port = listener.local_addr()?.port();

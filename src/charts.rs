@@ -59,15 +59,34 @@ pub enum Lookup {
     Fetch(BoxFuture<'static, ChartOutcome>),
 }
 
-/// Counts an outcome as served, once per caller.
-fn served(outcome: ChartOutcome) -> ChartOutcome {
-    let label = match &outcome {
-        Ok((_, true)) => "cached",
-        Ok((_, false)) => "ok",
-        Err(_) => "failed",
-    };
-    metrics::counter!("chartgate_charts_served_total", "outcome" => label).increment(1);
-    outcome
+/// `chartgate_charts_served_total` by outcome, with the handles looked up once (see
+/// [`crate::cache`]'s `Tally` for why).
+struct Served {
+    ok: metrics::Counter,
+    cached: metrics::Counter,
+    failed: metrics::Counter,
+}
+
+impl Served {
+    fn new() -> Self {
+        let counter = |label: &'static str| metrics::counter!("chartgate_charts_served_total", "outcome" => label);
+        Served {
+            ok: counter("ok"),
+            cached: counter("cached"),
+            failed: counter("failed"),
+        }
+    }
+
+    /// Counts an outcome as served, once per caller.
+    fn count(&self, outcome: ChartOutcome) -> ChartOutcome {
+        match &outcome {
+            Ok((_, true)) => &self.cached,
+            Ok((_, false)) => &self.ok,
+            Err(_) => &self.failed,
+        }
+        .increment(1);
+        outcome
+    }
 }
 
 type Loaded = Result<Arc<ReadyChart>, ChartFailure>;
@@ -100,6 +119,7 @@ pub struct ChartService {
     pub cache: Arc<Cache>,
     pub pool: Addr<Pool>,
     flights: Arc<Mutex<Flights>>,
+    served: Arc<Served>,
 }
 
 fn unavailable() -> ChartFailure {
@@ -114,6 +134,7 @@ impl ChartService {
             cache,
             pool,
             flights: Arc::default(),
+            served: Arc::new(Served::new()),
         }
     }
 
@@ -121,16 +142,17 @@ impl ChartService {
     /// now, or joined when one for the same key is in flight).
     pub fn lookup(&self, key: ChartKey) -> Lookup {
         if let Some(hit) = self.cache.cached_chart(&key) {
-            return Lookup::Ready(served(Ok((hit, true))));
+            return Lookup::Ready(self.served.count(Ok((hit, true))));
         }
         match self.join_or_start(key) {
-            Joined::Cached(hit) => Lookup::Ready(served(Ok((hit, true)))),
+            Joined::Cached(hit) => Lookup::Ready(self.served.count(Ok((hit, true)))),
             Joined::Flight(result, wanted) => {
+                let served = self.served.clone();
                 Lookup::Fetch(
                     async move {
                         // `wanted` keeps the fetch wanted for as long as this caller waits.
                         let _wanted = wanted;
-                        served(result.await.map(|chart| (chart, false)))
+                        served.count(result.await.map(|chart| (chart, false)))
                     }
                     .boxed(),
                 )

@@ -1341,6 +1341,18 @@ async fn leases_stats_health_and_metrics() {
     ] {
         assert!(has(needle), "/metrics lacks {needle}:\n{metrics}");
     }
+    // Counted, not only registered: the stream above missed the cache and was served its chart.
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("/metrics lacks a value for {series}:\n{metrics}"))
+    };
+    assert!(value("chartgate_cache_misses_total ") >= 1.0, "{metrics}");
+    assert!(
+        value(r#"chartgate_charts_served_total{outcome="ok"} "#) >= 1.0,
+        "{metrics}"
+    );
 }
 
 #[actix_web::test]
