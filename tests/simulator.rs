@@ -152,6 +152,11 @@ fn plain(bars: &[IndexedBar]) -> Vec<Bar> {
     bars.iter().map(|b| b.bar).collect()
 }
 
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.expect("a clock after 1970").as_millis() as i64
+}
+
 /// The JSON payloads of a message (skipping heartbeats and anything not JSON).
 fn json_packets(text: &str) -> Vec<Value> {
     decode_message(text)
@@ -955,9 +960,30 @@ async fn fault_latency_delays_each_series_answer() {
         serde_json::from_str::<Value>(&body).expect("JSON")["latency_ms"],
         300
     );
+    let requested_ms = unix_ms();
     let started = Instant::now();
-    fetch_chart(&mut client, "cs_1", "NSE:TCS", "1D", 5).await;
+    let answer = fetch_chart(&mut client, "cs_1", "NSE:TCS", "1D", 5).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
+    // The answer is written while it waits out the latency: the same message as one written at
+    // once, its symbol (owed since the resolve_symbol) still in it, stamped with its due time.
+    assert_eq!(answer.len(), 1, "one message");
+    assert_eq!(
+        kinds(&answer[0]),
+        [
+            "series_loading",
+            "symbol_resolved",
+            "timescale_update",
+            "series_completed"
+        ]
+    );
+    assert_eq!(
+        plain(&bars_of(&answer, "cs_1")),
+        *expected_bars("NSE:TCS", "1D", 5)
+    );
+    for packet in json_packets(&answer[0]) {
+        let stamped = packet["t_ms"].as_i64().expect("t_ms");
+        assert!(stamped >= requested_ms + 300, "{packet}");
+    }
     // `{}` resets every fault.
     let (status, body) = post_faults(&sim, "{}").await;
     assert_eq!(status, 200);
