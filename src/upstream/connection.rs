@@ -212,6 +212,20 @@ pub struct Shutdown;
 
 type WsSink = Pin<Box<dyn Sink<ws::Message, Error = WsProtocolError>>>;
 
+/// Bytes the connection's read buffer starts with (and grows by, at least, once shared).
+/// awc starts it at 8 KiB and grows it 8 KiB at a time, so a 29 KB series answer was read in four
+/// or more calls, its start copied into a bigger buffer at each; with this it is read in one.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// `framed` with a [`READ_BUFFER`]-sized read buffer, holding whatever was already read.
+fn with_read_buffer<T, U>(framed: actix_codec::Framed<T, U>) -> actix_codec::Framed<T, U> {
+    let mut parts = framed.into_parts();
+    let mut read_buf = BytesMut::with_capacity(READ_BUFFER.max(parts.read_buf.len()));
+    read_buf.extend_from_slice(&parts.read_buf);
+    parts.read_buf = read_buf;
+    actix_codec::Framed::from_parts(parts)
+}
+
 /// One fetch on this connection.
 struct FetchState {
     fetch: u64,
@@ -535,7 +549,7 @@ impl Actor for Connection {
                 .max_frame_size(max_frame)
                 .connect()
                 .await
-                .map(|(_, framed)| framed)
+                .map(|(_, framed)| with_read_buffer(framed))
         };
         ctx.spawn(
             connect
