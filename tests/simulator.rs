@@ -152,6 +152,20 @@ fn plain(bars: &[IndexedBar]) -> Vec<Bar> {
     bars.iter().map(|b| b.bar).collect()
 }
 
+/// A first series answer is one message: loading, the owed symbol, the bars, completed.
+fn assert_one_answer_message(answer: &[String]) {
+    assert_eq!(answer.len(), 1, "one message");
+    assert_eq!(
+        kinds(&answer[0]),
+        [
+            "series_loading",
+            "symbol_resolved",
+            "timescale_update",
+            "series_completed"
+        ]
+    );
+}
+
 fn unix_ms() -> i64 {
     let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     since.expect("a clock after 1970").as_millis() as i64
@@ -381,16 +395,7 @@ async fn a_series_answer_is_one_message_with_its_symbol_and_exact_bars() {
     let sim = start(settings()).await;
     let mut client = connect_unauthorized(&sim).await;
     let answer = fetch_chart(&mut client, "cs_a", "NSE:TCS", "1D", 300).await;
-    assert_eq!(answer.len(), 1, "one message");
-    assert_eq!(
-        kinds(&answer[0]),
-        [
-            "series_loading",
-            "symbol_resolved",
-            "timescale_update",
-            "series_completed"
-        ]
-    );
+    assert_one_answer_message(&answer);
     let bars = bars_of(&answer, "cs_a");
     assert_eq!(plain(&bars), *expected_bars("NSE:TCS", "1D", 300));
     assert_eq!(bars[0].index, 0);
@@ -966,16 +971,7 @@ async fn fault_latency_delays_each_series_answer() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     // The answer is written while it waits out the latency: the same message as one written at
     // once, its symbol (owed since the resolve_symbol) still in it, stamped with its due time.
-    assert_eq!(answer.len(), 1, "one message");
-    assert_eq!(
-        kinds(&answer[0]),
-        [
-            "series_loading",
-            "symbol_resolved",
-            "timescale_update",
-            "series_completed"
-        ]
-    );
+    assert_one_answer_message(&answer);
     assert_eq!(
         plain(&bars_of(&answer, "cs_1")),
         *expected_bars("NSE:TCS", "1D", 5)
