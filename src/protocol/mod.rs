@@ -14,6 +14,7 @@
 pub mod client;
 pub mod framing;
 pub mod json;
+mod series_scan;
 pub mod server;
 
 pub use client::ClientMessage;

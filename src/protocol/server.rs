@@ -617,10 +617,20 @@ impl<'a> Visitor<'a> for SkipParams {
 }
 
 impl<'a> ServerMessage<'a> {
-    /// Decodes one JSON packet, in one pass over the text when `m` comes before `p` (as the feed
-    /// always writes it). On that path a series update (`timescale_update`, `du`) is read only up
-    /// to the end of its series map: what follows is neither parsed nor checked.
+    /// Decodes one JSON packet. A series update (`timescale_update`, `du`) written the feed's way
+    /// is read by the fast path in `protocol/series_scan.rs`; anything else in one serde pass over
+    /// the text when `m` comes before `p` (as the feed always writes it). Either way a series
+    /// update is read only up to the end of its series map: what follows is neither parsed nor
+    /// checked.
     pub fn decode(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
+        if let Some(message) = super::series_scan::series_update(payload) {
+            return Ok(message);
+        }
+        Self::decode_with_serde(payload)
+    }
+
+    /// [`ServerMessage::decode`] without the fast path for series updates.
+    pub(super) fn decode_with_serde(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
         let outcome = Cell::new(None);
         let mut de = serde_json::Deserializer::from_str(payload);
         let read = EnvelopeSeed { outcome: &outcome }
