@@ -202,37 +202,22 @@ impl<'a> Scanner<'a> {
     fn number(&mut self) -> Option<Number> {
         let negative = self.eat(b'-');
         let int_start = self.pos;
-        let mut digits: u64 = 0;
-        while let Some(d) = self.peek().filter(u8::is_ascii_digit) {
-            digits = digits * 10 + u64::from(d - b'0');
-            self.pos += 1;
-            if self.pos - int_start > MAX_DIGITS {
-                return None;
-            }
-        }
-        let int_len = self.pos - int_start;
+        let (int_len, mut digits) = self.digits(0);
         // JSON: at least one digit, and no leading zero before another digit.
-        if int_len == 0 || (int_len > 1 && self.text[int_start] == b'0') {
+        if int_len == 0 || int_len > MAX_DIGITS || (int_len > 1 && self.text[int_start] == b'0') {
             return None;
         }
-        let number = if negative && int_len == 1 && digits == 0 && self.peek() != Some(b'.') {
-            // serde_json reads a bare `-0` as the float -0.0.
-            Number::Float(-0.0)
-        } else if self.eat(b'.') {
-            let frac_start = self.pos;
-            while let Some(d) = self.peek().filter(u8::is_ascii_digit) {
-                digits = digits * 10 + u64::from(d - b'0');
-                self.pos += 1;
-                if int_len + self.pos - frac_start > MAX_DIGITS {
-                    return None;
-                }
-            }
-            let decimals = self.pos - frac_start;
-            if decimals == 0 {
+        let number = if self.eat(b'.') {
+            let decimals;
+            (decimals, digits) = self.digits(digits);
+            if decimals == 0 || int_len + decimals > MAX_DIGITS {
                 return None;
             }
             let magnitude = digits as f64 / POW10[decimals];
             Number::Float(if negative { -magnitude } else { magnitude })
+        } else if negative && digits == 0 {
+            // serde_json reads a bare `-0` as the float -0.0.
+            Number::Float(-0.0)
         } else {
             // At most 15 digits: no overflow either way.
             let n = digits as i64;
@@ -242,6 +227,24 @@ impl<'a> Scanner<'a> {
             return None;
         }
         Some(number)
+    }
+
+    /// Reads a run of digits onto `value`: how many, and the value. Past 19 digits the value
+    /// wraps; callers refuse more than [`MAX_DIGITS`] before using it.
+    #[inline]
+    fn digits(&mut self, mut value: u64) -> (usize, u64) {
+        let rest = &self.text[self.pos..];
+        let mut n = 0;
+        while let Some(&b) = rest.get(n) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            value = value.wrapping_mul(10).wrapping_add(u64::from(d));
+            n += 1;
+        }
+        self.pos += n;
+        (n, value)
     }
 
     /// Skips one value (other fields of a series: `node`, `ns`, `lbs`), checking it is JSON as
