@@ -201,10 +201,8 @@ impl<'a> Scanner<'a> {
     /// A JSON number of at most [`MAX_DIGITS`] digits and no exponent.
     fn number(&mut self) -> Option<Number> {
         let negative = self.eat(b'-');
-        let int_start = self.pos;
-        let (int_len, mut digits) = self.digits(0);
-        // JSON: at least one digit, and no leading zero before another digit.
-        if int_len == 0 || int_len > MAX_DIGITS || (int_len > 1 && self.text[int_start] == b'0') {
+        let (int_len, mut digits) = self.int_part()?;
+        if int_len > MAX_DIGITS {
             return None;
         }
         let number = if self.eat(b'.') {
@@ -227,6 +225,14 @@ impl<'a> Scanner<'a> {
             return None;
         }
         Some(number)
+    }
+
+    /// The integer part of a number: how many digits, and their value (see [`Self::digits`]).
+    /// JSON wants at least one digit, and no leading zero before another.
+    fn int_part(&mut self) -> Option<(usize, u64)> {
+        let start = self.pos;
+        let (len, value) = self.digits(0);
+        (len > 0 && (len == 1 || self.text[start] != b'0')).then_some((len, value))
     }
 
     /// Reads a run of digits onto `value`: how many, and the value. Past 19 digits the value
@@ -319,26 +325,15 @@ impl<'a> Scanner<'a> {
     /// Skips a number of any length, exponent included, checking its grammar.
     fn skip_number(&mut self) -> Option<()> {
         self.eat(b'-');
-        let digits = |s: &mut Self| {
-            let start = s.pos;
-            while s.peek().is_some_and(|b| b.is_ascii_digit()) {
-                s.pos += 1;
-            }
-            s.pos - start
-        };
-        let int_start = self.pos;
-        let int_len = digits(self);
-        if int_len == 0 || (int_len > 1 && self.text[int_start] == b'0') {
-            return None;
-        }
-        if self.eat(b'.') && digits(self) == 0 {
+        self.int_part()?;
+        if self.eat(b'.') && self.digits(0).0 == 0 {
             return None;
         }
         if self.eat(b'e') || self.eat(b'E') {
             if !self.eat(b'+') {
                 self.eat(b'-');
             }
-            if digits(self) == 0 {
+            if self.digits(0).0 == 0 {
                 return None;
             }
         }
