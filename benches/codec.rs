@@ -1,7 +1,7 @@
 //! Criterion micro-benchmarks of the codec (issue 5): decoding the capture's 300-bar answer into
 //! bars, and encoding one `chart-batch` event, each beside plain `serde_json` reading and writing
 //! of the same bytes. The workloads are shared with `chartgate-bench codec`; the capture is read
-//! from `../shared/fixtures` at run time.
+//! from `tests/fixtures`.
 //!
 //! ```sh
 //! cargo bench --bench codec
@@ -17,7 +17,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 mod codec;
 
 fn decode(c: &mut Criterion) {
-    let inputs = codec::load().expect("the capture in ../shared/fixtures");
+    let inputs = codec::load().expect("the capture in tests/fixtures");
     let mut group = c.benchmark_group("decode_300_bar_answer");
     group.throughput(Throughput::Bytes(inputs.message.len() as u64));
     group.bench_function("chartgate_into_bars", |b| {
@@ -44,7 +44,7 @@ fn decode(c: &mut Criterion) {
 }
 
 fn encode(c: &mut Criterion) {
-    let inputs = codec::load().expect("the capture in ../shared/fixtures");
+    let inputs = codec::load().expect("the capture in tests/fixtures");
     let cached = codec::cached_charts(&inputs);
     let event = codec::encode_batch(&cached, BarsFormat::Objects);
     let value: serde_json::Value =

@@ -1,4 +1,4 @@
-//! The wire protocol against the real capture in `../shared/fixtures`, and property tests: no input
+//! The wire protocol against the real capture in `tests/fixtures`, and property tests: no input
 //! panics a decoder, and encoding then decoding gives back what was encoded.
 
 use std::collections::BTreeMap;
@@ -21,7 +21,7 @@ struct CapturedMessage {
 
 fn capture() -> Vec<CapturedMessage> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/tradingview-capture.jsonl");
+        .join("tests/fixtures/tradingview-capture.jsonl");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.lines()

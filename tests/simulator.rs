@@ -25,7 +25,7 @@ use common::sim_client::{
 const WAIT: Duration = Duration::from_secs(10);
 
 fn fixture(name: &str) -> String {
-    let path = format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 

@@ -9,7 +9,7 @@
 //!
 //! Both the upstream connection actor and the simulator speak through this module, so the two
 //! sides of every test agree on the wire format by construction, and the capture in
-//! `../shared/fixtures` checks that this agreement is the real feed's format.
+//! `tests/fixtures` checks that this agreement is the real feed's format.
 
 pub mod client;
 pub mod framing;

@@ -352,9 +352,9 @@ mod tests {
     fn captured_updates() -> Vec<String> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../shared/fixtures/tradingview-capture.jsonl"
+            "/tests/fixtures/tradingview-capture.jsonl"
         );
-        let text = std::fs::read_to_string(path).expect("the capture in ../shared/fixtures");
+        let text = std::fs::read_to_string(path).expect("the capture in tests/fixtures");
         let mut updates = Vec::new();
         for line in text.lines() {
             let record: serde_json::Value = serde_json::from_str(line).expect("a JSON line");

@@ -3,7 +3,7 @@
 //! upstream connection does, and encoding one `chart-batch` event the way the stream does, each
 //! beside plain `serde_json` reading and writing of the same bytes.
 //!
-//! The capture is read at run time from `../shared/fixtures` (never copied into the repository).
+//! The capture is the repository's own copy in `tests/fixtures`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,12 +25,9 @@ pub const ANSWER_INDEX: usize = 27;
 pub const BATCH_STOCKS: usize = 18;
 pub const BATCH_RESOLUTIONS: [Resolution; 2] = [Resolution::Week, Resolution::Day];
 
-/// Where the capture is: `$CHARTGATE_FIXTURES` or `../shared/fixtures` beside the checkout.
+/// Where the capture is: the repository's `tests/fixtures`.
 pub fn capture_path() -> PathBuf {
-    std::env::var_os("CHARTGATE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
-        .join("tradingview-capture.jsonl")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tradingview-capture.jsonl")
 }
 
 /// The inputs of both workloads.
