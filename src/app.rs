@@ -20,8 +20,8 @@ use crate::config::{Settings, UpstreamMode};
 use crate::formulas::{FormulaSource, MARKETINOUT_SCREEN_URL, Universe};
 use crate::http::{AppState, configure};
 use crate::manager::Manager;
-use crate::simulator::Simulator;
 use crate::upstream::{CloseAll, Pool, UpstreamTarget};
+use chartgate_simulator::Simulator;
 
 /// The process-wide Prometheus recorder (a recorder can be installed once per process; tests
 /// that start several applications share it).
@@ -151,7 +151,7 @@ impl Application {
         let universe = match settings.formulas.universe_file.as_str() {
             // The embedded simulator's screens list its own tickers, whose names it knows.
             "" if simulator.is_some() => {
-                Universe::from_names(crate::simulator::tickers::NSE_TICKERS.iter().filter_map(
+                Universe::from_names(chartgate_simulator::tickers::NSE_TICKERS.iter().filter_map(
                     |(ticker, name)| Some((format!("NSE:{ticker}").parse().ok()?, *name)),
                 ))
             }

@@ -8,6 +8,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use chartgate_protocol::Bar;
+use chartgate_protocol::SymbolInfo;
+
 /// Why a user-supplied value was refused; the message names the value and says what is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
@@ -279,19 +282,6 @@ impl FromStr for BarsFormat {
     }
 }
 
-/// One OHLCV bar. `time` is the bar's open in Unix seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Bar {
-    pub time: i64,
-    pub open: f64,
-    pub high: f64,
-    pub low: f64,
-    pub close: f64,
-    /// Absent for index-like symbols whose feed bars carry five values.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub volume: Option<f64>,
-}
-
 /// What the feed's `symbol_resolved` says about a symbol, reduced to what clients use.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -304,6 +294,20 @@ pub struct ChartMetadata {
     pub timezone: String,
     #[serde(rename = "type")]
     pub kind: String,
+}
+
+impl From<&SymbolInfo> for ChartMetadata {
+    fn from(info: &SymbolInfo) -> Self {
+        ChartMetadata {
+            name: info.name.clone(),
+            exchange: info.exchange.clone(),
+            description: info.description.clone(),
+            currency_code: info.currency_code.clone(),
+            pricescale: info.pricescale,
+            timezone: info.timezone.clone(),
+            kind: info.kind.clone(),
+        }
+    }
 }
 
 /// A finished chart: bars ascending by time, and the symbol's metadata.

@@ -6,17 +6,12 @@
 //! - [`config`]: typed settings, layered (defaults, file, environment, flags), checked key by key.
 //! - [`domain`]: `Symbol`, `Resolution`, `BarCount`, `Bar`, `Chart`: parsed once, valid by
 //!   construction.
-//! - [`protocol`]: the feed's wire format (framing, client and server messages, bar extraction),
-//!   pure code shared by the client side and the simulator.
 //! - [`client`]: outgoing awc clients with TLS (rustls, ring, webpki roots), set up one way.
-//! - [`jwt`]: the little of JSON Web Tokens both sides need (claims in, claims out).
 //! - [`upstream`]: the actor core's feed side: one actor per WebSocket connection, the pool actor
 //!   that owns them (lazy opening, queueing, retry, backoff, token rotation), and the token
 //!   provider.
 //! - [`manager`]: the lease manager actor: refcounted leases, the idle timer that closes the pool,
 //!   the periodic health check.
-//! - [`simulator`]: a faithful fake of the chart feed and of MarketInOut's Web API, with fault
-//!   injection, so chartgate runs and is tested with no credentials.
 //! - [`watch`]: the `chartgate watch` client: reads the chart stream over SSE, resumes it with
 //!   `Last-Event-ID` after a drop, and shows progress and a summary (or JSON lines).
 
@@ -32,10 +27,7 @@ pub mod domain;
 pub mod formulas;
 pub mod hash;
 pub mod http;
-pub mod jwt;
 pub mod manager;
-pub mod protocol;
 pub mod ready_chart;
-pub mod simulator;
 pub mod upstream;
 pub mod watch;

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            chartgate::simulator::run_standalone(settings)
+            chartgate_simulator::run_standalone(settings.simulator)
         }
     };
     match result {

@@ -9,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
+use chartgate_protocol::json::{Whole, write_number};
+
 use crate::domain::{Bar, BarsFormat, Chart};
 /// Writes bars as JSON into a buffer.
 type BarWriter = fn(&[Bar], &mut String);
@@ -77,77 +79,6 @@ impl ReadyChart {
 const OBJECT_BYTES_PER_BAR: usize = 100;
 const COLUMN_BYTES_PER_BAR: usize = 84;
 
-/// Below 2^53 every whole `f64` is exactly an `i64` and back.
-const EXACT_INT_LIMIT: f64 = 9_007_199_254_740_992.0;
-
-/// Appends `value` as a JSON number, `null` when it is not finite.
-///
-/// Three exact paths, fastest first (the numbers clients parse back are the same `f64`s):
-/// - whole numbers (volumes, times, round prices) below 2^53 through `itoa`: the integer is the
-///   value itself, so `90305` parses to `90305.0` exactly;
-/// - prices with at most two decimals (what the feed sends for `pricescale` 100) as `<int>.<dd>`,
-///   see [`exact_cents`];
-/// - anything else through `ryu` (shortest round trip).
-///
-/// `-0.0` takes the `ryu` path so its sign survives. serde_json's default number reader is not
-/// always correctly rounding (it misreads some 16- and 17-digit `ryu` outputs by an ulp, e.g.
-/// `7344005899772953.0`); the first two paths write text it reads exactly (Clinger's fast path).
-#[inline]
-fn write_number(out: &mut String, value: f64) {
-    if !value.is_finite() {
-        out.push_str("null");
-    } else if value.abs() < EXACT_INT_LIMIT
-        && value as i64 as f64 == value
-        && (value != 0.0 || value.is_sign_positive())
-    {
-        // |value| < 2^53: the cast cannot saturate, and equality means it lost nothing.
-        out.push_str(itoa::Buffer::new().format(value as i64));
-    } else if value != 0.0
-        && let Some(cents) = exact_cents(value)
-    {
-        write_cents(out, cents);
-    } else {
-        out.push_str(ryu::Buffer::new().format_finite(value));
-    }
-}
-
-/// `value` as a whole number of hundredths, when the decimal `cents / 100` parses back to exactly
-/// `value`.
-///
-/// Proof: `c` is an integer with `|c| < 2^53`, so `c as f64` is exact, and IEEE division is
-/// correctly rounded, so `c as f64 / 100.0` is the `f64` nearest the rational `c / 100`. When that
-/// equals `value`, the decimal text of `c / 100` (which [`write_cents`] writes digit for digit)
-/// is read by any correctly rounding JSON parser (serde_json, JavaScript) as `value`. How `c` was
-/// guessed does not matter: the check alone makes it exact, and a failed check falls back to `ryu`.
-#[inline]
-fn exact_cents(value: f64) -> Option<i64> {
-    let scaled = value * 100.0;
-    if scaled.abs() >= EXACT_INT_LIMIT {
-        return None;
-    }
-    // Round half away from zero by truncating cast; |scaled| < 2^53 so the cast cannot saturate.
-    let cents = (scaled + 0.5f64.copysign(scaled)) as i64;
-    (cents as f64 / 100.0 == value).then_some(cents)
-}
-
-/// Writes `cents / 100` in decimal: `90305`, `253.4`, `-0.05`.
-#[inline]
-fn write_cents(out: &mut String, cents: i64) {
-    if cents < 0 {
-        out.push('-');
-    }
-    let magnitude = cents.unsigned_abs();
-    let (whole, frac) = (magnitude / 100, magnitude % 100);
-    out.push_str(itoa::Buffer::new().format(whole));
-    if frac != 0 {
-        out.push('.');
-        out.push(char::from(b'0' + (frac / 10) as u8));
-        if frac % 10 != 0 {
-            out.push(char::from(b'0' + (frac % 10) as u8));
-        }
-    }
-}
-
 /// `[{"time":..,"open":..,"high":..,"low":..,"close":..,"volume":..},...]`, volume omitted when
 /// the feed gave none.
 fn write_bar_objects(bars: &[Bar], out: &mut String) {
@@ -158,16 +89,16 @@ fn write_bar_objects(bars: &[Bar], out: &mut String) {
         out.push_str(if n == 0 { "{\"time\":" } else { ",{\"time\":" });
         out.push_str(time.format(bar.time));
         out.push_str(",\"open\":");
-        write_number(out, bar.open);
+        write_number(out, bar.open, Whole::Plain);
         out.push_str(",\"high\":");
-        write_number(out, bar.high);
+        write_number(out, bar.high, Whole::Plain);
         out.push_str(",\"low\":");
-        write_number(out, bar.low);
+        write_number(out, bar.low, Whole::Plain);
         out.push_str(",\"close\":");
-        write_number(out, bar.close);
+        write_number(out, bar.close, Whole::Plain);
         if let Some(volume) = bar.volume {
             out.push_str(",\"volume\":");
-            write_number(out, volume);
+            write_number(out, volume, Whole::Plain);
         }
         out.push('}');
     }
@@ -198,7 +129,7 @@ fn write_bar_columns(bars: &[Bar], out: &mut String) {
             if n > 0 {
                 out.push(',');
             }
-            write_number(out, get(bar));
+            write_number(out, get(bar), Whole::Plain);
         }
         out.push(']');
     }
@@ -209,7 +140,7 @@ fn write_bar_columns(bars: &[Bar], out: &mut String) {
                 out.push(',');
             }
             match bar.volume {
-                Some(volume) => write_number(out, volume),
+                Some(volume) => write_number(out, volume, Whole::Plain),
                 None => out.push_str("null"),
             }
         }
@@ -319,62 +250,5 @@ mod tests {
             serde_json::from_str(&format!("{{{}}}", fields(&cached, BarsFormat::Columns))).unwrap();
         assert_eq!(columns["bars"]["volume"], serde_json::json!([null, 7]));
         assert_eq!(columns["bars"]["high"], serde_json::json!([2.5, null]));
-    }
-
-    fn written(value: f64) -> String {
-        let mut out = String::new();
-        write_number(&mut out, value);
-        out
-    }
-
-    #[test]
-    fn numbers_take_the_short_exact_paths() {
-        let cases = [
-            (90305.0, "90305"),
-            (253.42, "253.42"),
-            (361.5, "361.5"),
-            (0.05, "0.05"),
-            (-0.05, "-0.05"),
-            (-12.3, "-12.3"),
-            (0.0, "0"),
-            (-0.0, "-0.0"),
-            (1_766_029_500.0, "1766029500"),
-            (0.125, "0.125"),
-            (1e300, "1e300"),
-            (f64::NAN, "null"),
-            (f64::INFINITY, "null"),
-        ];
-        for (value, text) in cases {
-            assert_eq!(written(value), text, "{value}");
-        }
-    }
-
-    proptest::proptest! {
-        /// Whatever path a number takes, it reads back as the same `f64`, bit for bit: with a
-        /// correctly rounding reader (Rust's, JavaScript's) always, and with serde_json's default
-        /// (not always correctly rounding) reader for the integer and decimal paths, whose text
-        /// it reads through the exact fast path.
-        #[test]
-        fn every_finite_number_reads_back_exactly(
-            bits in proptest::num::u64::ANY,
-            cents in -10_000_000_000i64..10_000_000_000,
-            whole in -(1i64 << 53)..(1i64 << 53),
-        ) {
-            let any = f64::from_bits(bits);
-            let short = [cents as f64 / 100.0, whole as f64, cents as f64 / 1000.0];
-            for value in std::iter::once(any).chain(short) {
-                if !value.is_finite() {
-                    continue;
-                }
-                let text = written(value);
-                let back: f64 = text.parse().unwrap();
-                proptest::prop_assert_eq!(back.to_bits(), value.to_bits(), "{} -> {}", value, text);
-            }
-            for value in short {
-                let text = written(value);
-                let back: f64 = serde_json::from_str(&text).unwrap();
-                proptest::prop_assert_eq!(back.to_bits(), value.to_bits(), "{} -> {}", value, text);
-            }
-        }
     }
 }

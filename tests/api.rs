@@ -17,8 +17,10 @@ use awc::http::Method;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use chartgate::config::{DEMO_FORMULAS, Faults, FormulaDef, Secret};
-use chartgate::simulator::expected_bars;
+use chartgate::config::{FormulaDef, Secret};
+use chartgate_simulator::DEMO_FORMULAS;
+use chartgate_simulator::Faults;
+use chartgate_simulator::expected_bars;
 
 use common::app::{
     StreamRead, TestApp, client, read_stream, read_stream_until, response_json, send_json,

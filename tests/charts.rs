@@ -11,10 +11,11 @@ use futures_util::future::join_all;
 
 use chartgate::cache::{Cache, ChartKey};
 use chartgate::charts::ChartService;
-use chartgate::config::{Faults, Settings};
+use chartgate::config::Settings;
 use chartgate::domain::{BarCount, Resolution};
-use chartgate::simulator::{Simulator, expected_bars};
 use chartgate::upstream::{Pool, UpstreamTarget};
+use chartgate_simulator::Faults;
+use chartgate_simulator::{Simulator, expected_bars};
 
 mod common;
 use common::pool::wait_for_pool;

@@ -33,7 +33,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chartgate::app::Application;
-use chartgate::config::{DEMO_FORMULAS, Settings};
+use chartgate::config::Settings;
+use chartgate_simulator::DEMO_FORMULAS;
 
 /// Virtual time the page gets after loading. Virtual time does not advance while the stream's
 /// fetch is pending, so this costs no real time; it only bounds timers (the autostart poll).

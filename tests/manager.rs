@@ -12,13 +12,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use rand::Rng;
 
-use chartgate::config::{Settings, SimulatorSettings};
+use chartgate::config::Settings;
 use chartgate::manager::{
     Acquire, ForceCleanup, GetManagerStats, Health, Manager, ManagerStats, Release, Renew,
     acquire_implicit,
 };
-use chartgate::simulator::Simulator;
 use chartgate::upstream::{Pool, UpstreamTarget};
+use chartgate_simulator::Simulator;
+use chartgate_simulator::SimulatorSettings;
 
 struct Rig {
     sim: Simulator,

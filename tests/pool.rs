@@ -12,14 +12,15 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
-use chartgate::config::{Faults, Secret, Settings, SimulatorSettings};
+use chartgate::config::{Secret, Settings};
 use chartgate::domain::{BarCount, Chart, Resolution, Symbol};
-use chartgate::simulator::{Simulator, expected_bars};
 use chartgate::upstream::connection::{
     ConnEnded, ConnReady, ConnShared, Connection, ConnectionEvents, FetchDone, StartFetch,
 };
 use chartgate::upstream::token::UNAUTHORIZED_USER_TOKEN;
 use chartgate::upstream::{FetchChart, FetchError, GetPoolStats, Pool, UpstreamTarget};
+use chartgate_simulator::{Faults, SimulatorSettings};
+use chartgate_simulator::{Simulator, expected_bars};
 
 mod common;
 use common::pool::wait_for_pool;

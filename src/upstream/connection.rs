@@ -27,10 +27,10 @@ use rand::Rng;
 use super::FetchError;
 use crate::config::{Secret, Settings};
 use crate::domain::{BarCount, Chart, ChartMetadata, Resolution, Symbol};
-use crate::protocol::client::SymbolSpec;
-use crate::protocol::server::{IndexedBar, into_ascending};
-use crate::protocol::{ClientMessage, Packet, ServerMessage, decode_message, encode_packet};
 use crate::ready_chart::ReadyChart;
+use chartgate_protocol::client::SymbolSpec;
+use chartgate_protocol::server::{IndexedBar, into_ascending};
+use chartgate_protocol::{ClientMessage, Packet, ServerMessage, decode_message, encode_packet};
 
 /// A desktop browser's `User-Agent`: the feed treats other clients with suspicion.
 pub const USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
@@ -364,7 +364,7 @@ impl Connection {
             }
             match packet {
                 Packet::Heartbeat(n) => {
-                    self.send_text(crate::protocol::encode_heartbeat(n), ctx);
+                    self.send_text(chartgate_protocol::encode_heartbeat(n), ctx);
                 }
                 Packet::Json(payload) => match ServerMessage::decode(payload) {
                     Ok(msg) => self.on_message(msg, ctx),
@@ -400,7 +400,7 @@ impl Connection {
             }
             ServerMessage::SymbolResolved { session, info, .. } => {
                 if let Some(f) = self.sessions.get_mut(session.as_ref()) {
-                    f.metadata = Some(info.to_metadata());
+                    f.metadata = Some(ChartMetadata::from(&info));
                 }
             }
             ServerMessage::TimescaleUpdate { session, series }
@@ -488,13 +488,13 @@ impl Connection {
                 log::debug!("pool: connection {} ignored a binary frame", self.id);
             }
             Frame::Continuation(item) => match item {
-                actix_ws::Item::FirstText(b) => {
+                actix_http::ws::Item::FirstText(b) => {
                     let mut buf = BytesMut::with_capacity(b.len().min(cap));
                     buf.extend_from_slice(&b);
                     self.partial = Some(buf);
                 }
-                actix_ws::Item::FirstBinary(_) => self.partial = None,
-                actix_ws::Item::Continue(b) | actix_ws::Item::Last(b) => {
+                actix_http::ws::Item::FirstBinary(_) => self.partial = None,
+                actix_http::ws::Item::Continue(b) | actix_http::ws::Item::Last(b) => {
                     if let Some(buf) = self.partial.as_mut() {
                         if buf.len() + b.len() > cap {
                             self.partial = None;
@@ -610,8 +610,8 @@ impl StreamHandler<Result<Frame, WsProtocolError>> for Connection {
     fn handle(&mut self, item: Result<Frame, WsProtocolError>, ctx: &mut Context<Self>) {
         self.shared.touch();
         match item {
-            Ok(Frame::Continuation(actix_ws::Item::Last(b))) => {
-                self.on_frame(Frame::Continuation(actix_ws::Item::Continue(b)), ctx);
+            Ok(Frame::Continuation(actix_http::ws::Item::Last(b))) => {
+                self.on_frame(Frame::Continuation(actix_http::ws::Item::Continue(b)), ctx);
                 if let Some(buf) = self.partial.take() {
                     let bytes = buf.freeze();
                     self.on_bytes(&bytes, ctx);

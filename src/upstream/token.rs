@@ -11,7 +11,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Secret, Settings};
-use crate::jwt;
+use chartgate_protocol::token;
 
 /// The token the feed accepts without an account (delayed data).
 pub const UNAUTHORIZED_USER_TOKEN: &str = "unauthorized_user_token";
@@ -34,7 +34,7 @@ impl AuthToken {
     /// A token whose claims are read (not verified) from the JWT; a token that is not a JWT (the
     /// anonymous one, or an opaque fixed one) has no claims.
     pub fn new(value: Secret) -> Self {
-        let claims = jwt::decode_claims(value.expose()).ok();
+        let claims = token::decode_claims(value.expose()).ok();
         AuthToken {
             exp: claims.as_ref().map(|c| c.exp),
             max_connections: claims.and_then(|c| c.max_connections),
@@ -213,8 +213,8 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs() as i64;
-        let token = jwt::issue(
-            &jwt::Claims {
+        let token = chartgate_simulator::tokens::issue(
+            &token::Claims {
                 exp: now + 100,
                 max_connections: Some(4),
                 user_id: None,

@@ -17,10 +17,11 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use chartgate::app::{Application, Stopper};
-use chartgate::config::{Faults, Settings, UpstreamMode};
+use chartgate::config::{Settings, UpstreamMode};
 use chartgate::manager::Manager;
-use chartgate::simulator::Simulator;
 use chartgate::watch::sse::{SseEvent, SseParser};
+use chartgate_simulator::Faults;
+use chartgate_simulator::Simulator;
 
 /// How long any single response may take before a test fails instead of hanging.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);

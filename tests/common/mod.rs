@@ -2,4 +2,3 @@
 
 pub mod app;
 pub mod pool;
-pub mod sim_client;

@@ -11,12 +11,12 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use chartgate::config::{Faults, SimulatorSettings};
-use chartgate::domain::Bar;
-use chartgate::protocol::client::ClientMessage;
-use chartgate::protocol::server::{IndexedBar, ServerMessage};
-use chartgate::protocol::{Packet, decode_message, encode_packet};
-use chartgate::simulator::{SimStats, Simulator, expected_bars};
+use chartgate_protocol::Bar;
+use chartgate_protocol::client::ClientMessage;
+use chartgate_protocol::server::{IndexedBar, ServerMessage};
+use chartgate_protocol::{Packet, decode_message, encode_packet};
+use chartgate_simulator::{Faults, SimulatorSettings};
+use chartgate_simulator::{SimStats, Simulator, expected_bars};
 
 use common::sim_client::{
     ConnectError, Incoming, SimClient, chart_calls, is_heartbeat_only, kinds, messages,
@@ -25,7 +25,7 @@ use common::sim_client::{
 const WAIT: Duration = Duration::from_secs(10);
 
 fn fixture(name: &str) -> String {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/../../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 
@@ -421,7 +421,7 @@ async fn a_series_answer_is_one_message_with_its_symbol_and_exact_bars() {
         .send(&[ClientMessage::ResolveSymbol {
             session: "cs_a".into(),
             symbol_id: "sds_sym_2".into(),
-            spec: chartgate::protocol::client::SymbolSpec {
+            spec: chartgate_protocol::client::SymbolSpec {
                 adjustment: None,
                 session: None,
                 symbol: "NSE:INFY".into(),
@@ -450,7 +450,7 @@ async fn fifty_sessions_in_flight_on_one_connection_each_get_their_own_bars() {
     })
     .await;
     let mut client = connect_unauthorized(&sim).await;
-    let tickers = &chartgate::simulator::tickers::NSE_TICKERS[..50];
+    let tickers = &chartgate_simulator::tickers::NSE_TICKERS[..50];
     let resolutions = ["1D", "1W", "60", "15", "1M"];
     let mut wanted: HashMap<String, (String, &str, u32)> = HashMap::new();
     for (n, (ticker, _)) in tickers.iter().enumerate() {
@@ -835,8 +835,8 @@ async fn tokens_decide_streaming_delayed_or_protocol_error() {
     assert_eq!(status_of(&answer).as_deref(), Some("delayed_streaming_900"));
 
     // A forged token and, a moment later, the expired real one.
-    let forged = chartgate::jwt::issue(
-        &chartgate::jwt::Claims {
+    let forged = chartgate_simulator::tokens::issue(
+        &chartgate_protocol::token::Claims {
             exp: 4_000_000_000,
             max_connections: None,
             user_id: None,
@@ -866,7 +866,7 @@ async fn tokens_decide_streaming_delayed_or_protocol_error() {
 #[actix_web::test]
 async fn screens_are_deterministic_sized_and_in_marketinout_format() {
     let mut s = settings();
-    s.formulas.push(chartgate::config::SimFormula {
+    s.formulas.push(chartgate_simulator::SimFormula {
         key: "00000000000000ff".into(),
         stocks: 300,
     });
@@ -879,13 +879,13 @@ async fn screens_are_deterministic_sized_and_in_marketinout_format() {
     for line in &lines {
         let fields: Vec<&str> = line.split('|').collect();
         assert_eq!(fields.len(), 3, "{line}");
-        let symbol: chartgate::domain::Symbol = fields[0].parse().expect("TICKER.NS");
-        assert!(fields[0].ends_with(".NS"));
+        let ticker = fields[0].strip_suffix(".NS").expect("TICKER.NS");
+        let symbol = format!("NSE:{ticker}");
         let price: f64 = fields[1].parse().expect("price");
         assert!(price > 0.0 && fields[1].split('.').nth(1).map(str::len) == Some(2));
         assert_eq!(fields[2], "12/17/2025 15:45");
         // The price is the last daily close of the chart.
-        let last = expected_bars(symbol.as_str(), "1D", 1)[0].close;
+        let last = expected_bars(&symbol, "1D", 1)[0].close;
         assert_eq!(format!("{last:.2}"), fields[1]);
     }
     assert_eq!(get(&url("a1b2c3d4e5f60718"), None).await.1, body);
@@ -934,7 +934,7 @@ async fn the_token_page_needs_cookies_and_carries_exp_and_max_connections() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let token = fetch_token(&sim).await;
-    let claims = chartgate::jwt::decode_claims(&token).expect("claims");
+    let claims = chartgate_protocol::token::decode_claims(&token).expect("claims");
     assert!((claims.exp - (now + 120)).abs() <= 2, "{claims:?}");
     assert_eq!(claims.max_connections, Some(100));
     assert_eq!(sim.stats().tokens_issued, 1);
@@ -945,7 +945,8 @@ async fn the_token_page_needs_cookies_and_carries_exp_and_max_connections() {
         max_connections: 3,
         ..Faults::default()
     });
-    let claims = chartgate::jwt::decode_claims(&fetch_token(&sim).await).expect("claims");
+    let claims =
+        chartgate_protocol::token::decode_claims(&fetch_token(&sim).await).expect("claims");
     assert!((claims.exp - (now + 30)).abs() <= 2, "{claims:?}");
     assert_eq!(claims.max_connections, Some(3));
     sim.stop().await;

@@ -48,22 +48,23 @@ use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReaso
 use log::{debug, info};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, sleep_until};
 
-use crate::config::Faults;
-use crate::domain::Bar;
-use crate::jwt;
-use crate::protocol::client::{ClientDecodeError, ClientMessage, SymbolSpec};
-use crate::protocol::json::to_ascii_string;
-use crate::protocol::server::{
-    SeriesPart, ServerMessage, SymbolInfo, bars_json, encode_series_timeframe,
-    encode_series_update, encode_symbol_resolved, tick_marks_json,
+use crate::settings::Faults;
+use crate::tokens;
+use crate::wire::{
+    SeriesPart, bars_json, encode_message, encode_series_timeframe, encode_series_update,
+    encode_symbol_resolved, tick_marks_json,
 };
-use crate::protocol::{Packet, decode_message, encode_packet};
+use chartgate_protocol::Bar;
+use chartgate_protocol::client::{ClientDecodeError, ClientMessage, SymbolSpec};
+use chartgate_protocol::json::to_ascii_string;
+use chartgate_protocol::{Packet, decode_message, encode_packet};
+use chartgate_protocol::{ServerMessage, SymbolInfo};
 
-use super::bars::{MAX_BARS, SimResolution, series};
-use super::state::{Counters, OpenConnection, SimState, TokenSlot};
-use super::tickers::company_name;
-use super::tokens::unix_now;
-use crate::hash::fnv1a;
+use crate::bars::{MAX_BARS, SimResolution, series};
+use crate::stable_hash;
+use crate::state::{Counters, OpenConnection, SimState, TokenSlot};
+use crate::tickers::company_name;
+use crate::tokens::unix_now;
 
 /// The token a browser sends when nobody is signed in: accepted, with delayed data.
 pub const UNAUTHORIZED_TOKEN: &str = "unauthorized_user_token";
@@ -397,7 +398,7 @@ impl Connection {
     }
 
     async fn send_message(&mut self, message: ServerMessage<'_>) {
-        let payload = message.to_payload(now_ms());
+        let payload = encode_message(&message, now_ms());
         self.send(&[payload.as_str()]).await;
     }
 
@@ -578,7 +579,7 @@ impl Connection {
         let streaming = if token == UNAUTHORIZED_TOKEN {
             false
         } else {
-            match jwt::verify(token, &self.state.token_key, unix_now()) {
+            match tokens::verify(token, &self.state.token_key, unix_now()) {
                 Ok(_) => true,
                 Err(e) => {
                     Counters::bump(&self.state.counters.handshakes_rejected);
@@ -594,7 +595,7 @@ impl Connection {
         // A new token replaces the old one: give its slot back first.
         self.auth = Auth::None;
         let limit = self.state.faults().max_connections;
-        let key = fnv1a(&[token.as_bytes()]);
+        let key = stable_hash(token);
         match self.state.acquire_token_slot(key, limit) {
             Some(slot) => {
                 self.auth = if streaming {
@@ -733,13 +734,15 @@ impl Connection {
             Ok(ok) => Some(ok),
             Err(why) => {
                 let owed = self.take_pending_resolve(session, symbol_id);
-                let error = ServerMessage::SeriesError {
-                    session: session.into(),
-                    series_id: series_id.into(),
-                    turnaround: turnaround.into(),
-                    reason: why.into(),
-                }
-                .to_payload(now_ms());
+                let error = encode_message(
+                    &ServerMessage::SeriesError {
+                        session: session.into(),
+                        series_id: series_id.into(),
+                        turnaround: turnaround.into(),
+                        reason: why.into(),
+                    },
+                    now_ms(),
+                );
                 match owed {
                     Some(owed) => self.send(&[owed.as_str(), error.as_str()]).await,
                     None => self.send(&[error.as_str()]).await,
@@ -1030,19 +1033,23 @@ impl Connection {
         let session = job.session.as_str();
         let series_id = job.series_id.as_str();
         let turnaround = job.turnaround.as_str();
-        let loading = ServerMessage::SeriesLoading {
-            session: session.into(),
-            series_id: series_id.into(),
-            turnaround: turnaround.into(),
-        }
-        .to_payload(now);
-        let completed = ServerMessage::SeriesCompleted {
-            session: session.into(),
-            series_id: series_id.into(),
-            status: status.into(),
-            turnaround: turnaround.into(),
-        }
-        .to_payload(now);
+        let loading = encode_message(
+            &ServerMessage::SeriesLoading {
+                session: session.into(),
+                series_id: series_id.into(),
+                turnaround: turnaround.into(),
+            },
+            now,
+        );
+        let completed = encode_message(
+            &ServerMessage::SeriesCompleted {
+                session: session.into(),
+                series_id: series_id.into(),
+                status: status.into(),
+                turnaround: turnaround.into(),
+            },
+            now,
+        );
         let mut payloads: Vec<String> = Vec::with_capacity(5);
         payloads.push(loading);
         if let Some(owed) = owed {
@@ -1180,7 +1187,7 @@ fn symbol_info(symbol: &str, faults: &Faults, volumeless: bool) -> Option<Symbol
     } else {
         ticker.to_string()
     };
-    let h = fnv1a(&[symbol.as_bytes()]);
+    let h = stable_hash(symbol);
     Some(SymbolInfo {
         name: ticker.to_string(),
         full_name: symbol.to_string(),

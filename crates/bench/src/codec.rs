@@ -13,9 +13,9 @@ use chartgate::domain::{Bar, BarsFormat, Chart, ChartMetadata, Resolution, Symbo
 use chartgate::formulas::Stock;
 use chartgate::http::sse::Event;
 use chartgate::http::stream::{BatchInfo, batch_event};
-use chartgate::protocol::server::into_ascending;
-use chartgate::protocol::{Packet, ServerMessage, decode_message};
 use chartgate::ready_chart::ReadyChart;
+use chartgate_protocol::server::into_ascending;
+use chartgate_protocol::{Packet, ServerMessage, decode_message};
 use serde_json::Value;
 
 /// Index of the capture's ~118 KB message carrying `series_loading`, `symbol_resolved`, the
@@ -27,7 +27,7 @@ pub const BATCH_RESOLUTIONS: [Resolution; 2] = [Resolution::Week, Resolution::Da
 
 /// Where the capture is: the repository's `tests/fixtures`.
 pub fn capture_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tradingview-capture.jsonl")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tradingview-capture.jsonl")
 }
 
 /// The inputs of both workloads.
@@ -113,7 +113,7 @@ pub fn decode_answer(message: &str) -> (Vec<Bar>, ChartMetadata) {
                     bars.extend(s.bars);
                 }
             }
-            Ok(ServerMessage::SymbolResolved { info, .. }) => metadata = info.to_metadata(),
+            Ok(ServerMessage::SymbolResolved { info, .. }) => metadata = ChartMetadata::from(&info),
             _ => {}
         }
     }

@@ -17,8 +17,8 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use super::server::Bar;
 use super::server::{IndexedBar, SeriesData, ServerMessage};
-use crate::domain::Bar;
 
 /// The series update in `payload`, or `None` when the fast path does not apply.
 pub(crate) fn series_update(payload: &str) -> Option<ServerMessage<'_>> {
@@ -346,13 +346,13 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::protocol::{Packet, ServerError, decode_message};
+    use crate::{Packet, ServerError, decode_message};
 
     /// The capture's series updates (`timescale_update` and `du` packets).
     fn captured_updates() -> Vec<String> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/tradingview-capture.jsonl"
+            "/../../tests/fixtures/tradingview-capture.jsonl"
         );
         let text = std::fs::read_to_string(path).expect("the capture in tests/fixtures");
         let mut updates = Vec::new();

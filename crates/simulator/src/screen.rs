@@ -8,19 +8,17 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::config::is_formula_key;
-
-use super::bars::{SimResolution, series};
-use super::state::{SimState, SplitMix64};
-use super::tickers::NSE_TICKERS;
-use crate::hash::fnv1a;
+use crate::bars::{SimResolution, series};
+use crate::stable_hash;
+use crate::state::{SimState, SplitMix64};
+use crate::tickers::NSE_TICKERS;
 
 /// The screen's timestamp: the close of the anchor day (IST), as MarketInOut writes it.
 const SCREEN_TIME: &str = "12/17/2025 15:45";
 
 /// The tickers of the screen with `key`, `stocks` of them.
 pub(crate) fn screen_tickers(key: &str, stocks: usize) -> Vec<String> {
-    let mut rng = SplitMix64::new(fnv1a(&[b"screen", key.to_ascii_lowercase().as_bytes()]));
+    let mut rng = SplitMix64::new(stable_hash(("screen", key.to_ascii_lowercase())));
     let mut order: Vec<usize> = (0..NSE_TICKERS.len()).collect();
     // Fisher-Yates with our own PRNG: stable forever.
     for i in (1..order.len()).rev() {
@@ -88,6 +86,11 @@ pub(crate) async fn screen(req: HttpRequest, state: web::Data<SimState>) -> Http
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
         .body(screen_body(&key, stocks, &volumeless))
+}
+
+/// A MarketInOut Web API key: 16 hex digits.
+pub fn is_formula_key(key: &str) -> bool {
+    key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use chartgate::domain::BarsFormat;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 #[allow(dead_code)]
-#[path = "../src/bin/chartgate-bench/codec.rs"]
+#[path = "../src/codec.rs"]
 mod codec;
 
 fn decode(c: &mut Criterion) {

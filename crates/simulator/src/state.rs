@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{Faults, SimulatorSettings};
-use crate::protocol::json::to_ascii_string;
-use crate::protocol::server::{SymbolInfo, symbol_resolved_object};
+use crate::settings::{Faults, SimulatorSettings};
+use crate::wire::symbol_resolved_object;
+use chartgate_protocol::SymbolInfo;
+use chartgate_protocol::json::to_ascii_string;
 
 /// What the simulator has done so far, as `GET /sim/stats` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]

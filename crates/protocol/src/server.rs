@@ -4,22 +4,15 @@
 //! [`IndexedBar`]s through a typed visitor (no `serde_json::Value`), and study entries that share
 //! the message are skipped without being built. Everything this module does not use is kept as
 //! [`ServerMessage::Other`] so callers can ignore it.
-//!
-//! The encoders produce the same shapes as the capture's `recv` side (field names, nesting, the
-//! tick-mark element of `timescale_update`, `t`/`t_ms` stamps); the simulator answers with them.
 
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
-
-use super::json::to_ascii_string;
-use crate::domain::{Bar, ChartMetadata};
 
 /// The server hello, the first packet of every connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,18 +53,17 @@ pub struct SymbolInfo {
     pub isin: String,
 }
 
-impl SymbolInfo {
-    pub fn to_metadata(&self) -> ChartMetadata {
-        ChartMetadata {
-            name: self.name.clone(),
-            exchange: self.exchange.clone(),
-            description: self.description.clone(),
-            currency_code: self.currency_code.clone(),
-            pricescale: self.pricescale,
-            timezone: self.timezone.clone(),
-            kind: self.kind.clone(),
-        }
-    }
+/// One OHLCV bar as the feed sends it. `time` is the bar's open in Unix seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bar {
+    pub time: i64,
+    pub open: f64,
+    pub high: f64,
+    pub low: f64,
+    pub close: f64,
+    /// Absent for index-like symbols whose feed bars carry five values.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub volume: Option<f64>,
 }
 
 /// A bar with the feed's index: 0.. for the first answer, negative for `request_more_data`.
@@ -791,103 +783,6 @@ impl<'a> ServerMessage<'a> {
             ServerMessage::Other { name } => name,
         }
     }
-
-    /// Encodes the message as the feed would, stamped with `now_ms` (Unix milliseconds) where the
-    /// feed stamps it. `Other` cannot be encoded and gives an empty object.
-    pub fn to_payload(&self, now_ms: i64) -> String {
-        let stamped = |m: &str, p: Value| {
-            to_ascii_string(&json!({"m": m, "p": p, "t": now_ms / 1000, "t_ms": now_ms}))
-        };
-        match self {
-            ServerMessage::Hello(hello) => to_ascii_string(hello),
-            ServerMessage::SeriesLoading {
-                session,
-                series_id,
-                turnaround,
-            } => stamped("series_loading", json!([session, series_id, turnaround])),
-            ServerMessage::SymbolResolved {
-                session,
-                symbol_id,
-                info,
-            } => encode_symbol_resolved(
-                session,
-                symbol_id,
-                &to_ascii_string(&symbol_resolved_object(info)),
-                now_ms,
-            ),
-            ServerMessage::TimescaleUpdate { session, series }
-            | ServerMessage::DataUpdate { session, series } => {
-                let owned: Vec<(Vec<Bar>, i64)> = series
-                    .iter()
-                    .map(|data| {
-                        let bars: Vec<Bar> = data.bars.iter().map(|b| b.bar).collect();
-                        (bars, data.bars.first().map_or(0, |b| b.index))
-                    })
-                    .collect();
-                let jsons: Vec<(String, String)> = owned
-                    .iter()
-                    .map(|(bars, first)| (bars_json(bars, *first), tick_marks_json(bars, *first)))
-                    .collect();
-                let parts: Vec<SeriesPart<'_>> = series
-                    .iter()
-                    .zip(&owned)
-                    .zip(&jsons)
-                    .map(|((data, (bars, _)), (json, tick_marks))| SeriesPart {
-                        series_id: &data.series_id,
-                        turnaround: data.turnaround.as_deref().unwrap_or("s1"),
-                        bars_json: json,
-                        bars,
-                        tick_marks,
-                    })
-                    .collect();
-                encode_series_update(self.name(), session, &parts, now_ms)
-            }
-            ServerMessage::SeriesCompleted {
-                session,
-                series_id,
-                status,
-                turnaround,
-            } => stamped(
-                "series_completed",
-                json!([session, series_id, status, turnaround, {"rt_update_period": 0}]),
-            ),
-            ServerMessage::SeriesTimeframe {
-                session,
-                series_id,
-                turnaround,
-            } => to_ascii_string(
-                &json!({"m": "series_timeframe", "p": [session, series_id, turnaround, 0, 0, "", true]}),
-            ),
-            ServerMessage::SymbolError {
-                session,
-                symbol_id,
-                reason,
-            } => stamped("symbol_error", json!([session, symbol_id, reason])),
-            ServerMessage::SeriesError {
-                session,
-                series_id,
-                turnaround,
-                reason,
-            } => stamped(
-                "series_error",
-                json!([session, series_id, turnaround, reason]),
-            ),
-            ServerMessage::CriticalError {
-                session,
-                reason,
-                detail,
-            } => {
-                let mut p: Vec<Value> = session.iter().map(|s| json!(s)).collect();
-                p.push(json!(reason));
-                p.extend(detail.iter().map(|d| json!(d)));
-                to_ascii_string(&json!({"m": "critical_error", "p": p}))
-            }
-            ServerMessage::ProtocolError { reason } => {
-                to_ascii_string(&json!({"m": "protocol_error", "p": [reason]}))
-            }
-            ServerMessage::Other { .. } => "{}".to_string(),
-        }
-    }
 }
 
 /// Bars gathered from one or more updates (a first answer, then `request_more_data` pages with
@@ -903,218 +798,4 @@ pub fn into_ascending(mut bars: Vec<IndexedBar>) -> Vec<Bar> {
         }
     }
     out
-}
-
-/// The `s` array of a series update: `[{"i":0,"v":[t,o,h,l,c,v]},...]`, numbers written as the
-/// feed writes them (times and prices as floats). Kept separate so a server can cache it.
-pub fn bars_json(bars: &[Bar], first_index: i64) -> String {
-    let mut out = String::with_capacity(bars.len() * 64 + 2);
-    out.push('[');
-    for (n, bar) in bars.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "{{\"i\":{},\"v\":[", first_index + n as i64);
-        push_float(&mut out, bar.time as f64);
-        for value in [bar.open, bar.high, bar.low, bar.close]
-            .into_iter()
-            .chain(bar.volume)
-        {
-            out.push(',');
-            push_float(&mut out, value);
-        }
-        out.push_str("]}");
-    }
-    out.push(']');
-    out
-}
-
-/// Writes a float as JSON the way the feed does (`361.5`, `1728272700.0`).
-fn push_float(out: &mut String, value: f64) {
-    if !value.is_finite() {
-        out.push_str("null");
-    } else if value.fract() == 0.0 && value.abs() < 1e15 {
-        out.push_str(itoa::Buffer::new().format(value as i64));
-        out.push_str(".0");
-    } else {
-        out.push_str(ryu::Buffer::new().format_finite(value));
-    }
-}
-
-/// One series' element of a `timescale_update` or `du`.
-pub struct SeriesPart<'a> {
-    pub series_id: &'a str,
-    pub turnaround: &'a str,
-    /// The `s` array, from [`bars_json`] (which a server may cache).
-    pub bars_json: &'a str,
-    pub bars: &'a [Bar],
-    /// The tick-mark element from [`tick_marks_json`] (which a server may cache too), written
-    /// after the series of a `timescale_update`.
-    pub tick_marks: &'a str,
-}
-
-/// The tick-mark element of a `timescale_update`: the bars' times as `changes` and `marks`,
-/// indexed from `first_index`.
-pub fn tick_marks_json(bars: &[Bar], first_index: i64) -> String {
-    let mut out = String::with_capacity(bars.len() * 32 + 64);
-    let _ = write!(out, "{{\"index\":{first_index},\"zoffset\":0,\"changes\":[");
-    for (n, bar) in bars.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        push_float(&mut out, bar.time as f64);
-    }
-    out.push_str("],\"marks\":[");
-    for (n, bar) in bars.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        let mut int = itoa::Buffer::new();
-        out.push_str("[40,");
-        out.push_str(int.format(bar.time));
-        out.push(',');
-        out.push_str(int.format(first_index + n as i64));
-        out.push(']');
-    }
-    out.push_str("],\"index_diff\":[]}");
-    out
-}
-
-/// A whole `timescale_update` (or `du`) payload: one element per series with `node`, `s`, `ns`,
-/// `t`, `lbs`, then (for `timescale_update`) the tick-mark element of the first series, stamped.
-pub fn encode_series_update(
-    method: &str,
-    session: &str,
-    series: &[SeriesPart<'_>],
-    now_ms: i64,
-) -> String {
-    let size: usize = series
-        .iter()
-        .map(|s| s.bars_json.len() + s.tick_marks.len() + 160)
-        .sum();
-    let mut out = String::with_capacity(size + 128);
-    let _ = write!(
-        out,
-        "{{\"m\":{},\"p\":[{},{{",
-        to_ascii_string(method),
-        to_ascii_string(session)
-    );
-    for (n, part) in series.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        let last_close = part.bars.last().map_or(0, |b| b.time);
-        let _ = write!(
-            out,
-            "{}:{{\"node\":\"sim-series-1\",\"s\":{},\"ns\":{{\"d\":\"\",\"indexes\":[]}},\"t\":{},\"lbs\":{{\"bar_close_time\":{last_close}}}}}",
-            to_ascii_string(part.series_id),
-            part.bars_json,
-            to_ascii_string(part.turnaround),
-        );
-    }
-    out.push('}');
-    if let Some(part) = series.first().filter(|_| method == "timescale_update") {
-        out.push(',');
-        out.push_str(part.tick_marks);
-    }
-    let _ = write!(out, "],\"t\":{},\"t_ms\":{now_ms}}}", now_ms / 1000);
-    out
-}
-
-/// A whole `symbol_resolved` payload around an already encoded symbol object (a server may cache
-/// the object: it is the same for every answer about that symbol).
-pub fn encode_symbol_resolved(
-    session: &str,
-    symbol_id: &str,
-    object_json: &str,
-    now_ms: i64,
-) -> String {
-    let mut out = String::with_capacity(object_json.len() + 128);
-    out.push_str("{\"m\":\"symbol_resolved\",\"p\":[");
-    out.push_str(&to_ascii_string(session));
-    out.push(',');
-    out.push_str(&to_ascii_string(symbol_id));
-    out.push(',');
-    out.push_str(object_json);
-    out.push_str("],\"t\":");
-    out.push_str(itoa::Buffer::new().format(now_ms / 1000));
-    out.push_str(",\"t_ms\":");
-    out.push_str(itoa::Buffer::new().format(now_ms));
-    out.push('}');
-    out
-}
-
-/// The full `symbol_resolved` object in the feed's shape: the keys the capture shows, filled from
-/// `info` and plausible constants.
-pub fn symbol_resolved_object(info: &SymbolInfo) -> Value {
-    let exchange = &info.exchange;
-    json!({
-        "source2": {"country": "IN", "description": exchange, "exchange-type": "exchange", "id": exchange, "name": exchange, "url": ""},
-        "currency_code": info.currency_code,
-        "source_id": exchange,
-        "session_holidays": "",
-        "subsession_id": "regular",
-        "provider_id": "sim",
-        "currency_id": info.currency_code,
-        "country": "IN",
-        "pro_perm": "",
-        "measure": "price",
-        "allowed_adjustment": "any",
-        "short_description": info.description,
-        "variable_tick_size": "",
-        "isin": info.isin,
-        "language": "en",
-        "name": info.name,
-        "full_name": info.full_name,
-        "pro_name": info.full_name,
-        "base_name": [info.full_name],
-        "description": info.description,
-        "exchange": exchange,
-        "pricescale": info.pricescale,
-        "pointvalue": 1.0,
-        "minmov": info.minmov,
-        "session": info.session,
-        "session_display": info.session,
-        "subsessions": [{"description": "Regular Trading Hours", "id": "regular", "private": false, "session": info.session, "session-correction": "", "session-display": info.session}],
-        "type": info.kind,
-        "typespecs": ["common"],
-        "has_intraday": true,
-        "fractional": false,
-        "listed_exchange": exchange,
-        "legs": [info.full_name],
-        "is_tradable": false,
-        "minmove2": 0,
-        "timezone": info.timezone,
-        "aliases": [],
-        "alternatives": [],
-        "is_replayable": true,
-        "has_adjustment": true,
-        "has_extended_hours": false,
-        "bar_source": "trade",
-        "bar_transform": "none",
-        "bar_fillgaps": false,
-        "visible_plots_set": "ohlcv",
-        "isin-displayed": info.isin,
-        "is-tickbars-available": false,
-        "figi": {"country-composite": "", "exchange-level": ""},
-        "exchange_listed_name": exchange,
-    })
-}
-
-/// A `series_timeframe` packet, as the feed sends it (twice: `complete` false, then true) when a
-/// `modify_series` asks for a range of bars the series already holds: the indices of the first
-/// and last bar in range and the requested range string. Unstamped, like the capture's.
-pub fn encode_series_timeframe(
-    session: &str,
-    series_id: &str,
-    turnaround: &str,
-    first_index: i64,
-    last_index: i64,
-    range: &str,
-    complete: bool,
-) -> String {
-    to_ascii_string(&json!({
-        "m": "series_timeframe",
-        "p": [session, series_id, turnaround, first_index, last_index, range, complete],
-    }))
 }

@@ -16,11 +16,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use crate::domain::Bar;
-use crate::protocol::server::{bars_json, tick_marks_json};
+use crate::wire::{bars_json, tick_marks_json};
+use chartgate_protocol::Bar;
 
-use super::state::SplitMix64;
-use crate::hash::fnv1a;
+use crate::stable_hash;
+use crate::state::SplitMix64;
 
 /// The most bars one series answers with (as the real feed).
 pub const MAX_BARS: u32 = 5000;
@@ -180,10 +180,10 @@ fn round2(x: f64) -> f64 {
 /// The newest `n` bars of the walk of (symbol, resolution), oldest first.
 fn generate(symbol: &str, res: SimResolution, n: usize, volumeless: bool) -> Vec<Bar> {
     let canonical = res.canonical();
-    let mut rng = SplitMix64::new(fnv1a(&[symbol.as_bytes(), canonical.as_bytes()]));
+    let mut rng = SplitMix64::new(stable_hash((symbol, canonical)));
     // Per-symbol level and liquidity do not depend on the resolution, so charts of one symbol
     // at different resolutions sit at similar prices.
-    let mut sym_rng = SplitMix64::new(fnv1a(&[symbol.as_bytes()]));
+    let mut sym_rng = SplitMix64::new(stable_hash(symbol));
     let level = 10f64.powf(1.3 + sym_rng.unit() * 2.4);
     let daily_volume = 10f64.powf(4.0 + sym_rng.unit() * 2.2);
 
@@ -320,7 +320,7 @@ fn volumeless_registry() -> &'static RwLock<HashSet<String>> {
     static REGISTRY: OnceLock<RwLock<HashSet<String>>> = OnceLock::new();
     REGISTRY.get_or_init(|| {
         RwLock::new(
-            crate::config::SimulatorSettings::default()
+            crate::SimulatorSettings::default()
                 .volumeless
                 .into_iter()
                 .collect(),

@@ -2,25 +2,37 @@
 //! Web API on one port, with fault injection and counters, so chartgate runs and is tested with
 //! no credentials and no network.
 //!
+//! # Layout
+//!
 //! - [`feed`]: `GET /socket.io/websocket`, the chart protocol (sessions, series, heartbeats,
 //!   authentication), one task per connection.
+//! - [`wire`]: the feed's answers written in the capture's shapes, with the simulator's constants.
 //! - [`bars`]: deterministic bars per (symbol, resolution, count), cached; [`expected_bars`] is
 //!   what tests compare against.
 //! - [`screen`]: `GET /run/screen?key=`, MarketInOut's pipe-separated stock lists.
-//! - [`tokens`]: `GET /chart/`, the page that carries the feed JWT.
+//! - [`tokens`]: `GET /chart/`, the page that carries the feed JWT, and the simulator's own
+//!   signing and checking of those tokens.
 //! - [`state`]: faults, counters ([`SimStats`]), per-token connection counts.
+//! - [`settings`]: the `simulator.*` settings and [`Faults`].
 //! - [`tickers`]: the embedded NSE tickers screens are made of.
 //!
 //! Control routes: `GET /sim/stats` (the [`SimStats`] JSON), `GET /sim/faults` and
 //! `POST /sim/faults` (JSON with any keys of [`Faults`]; `{}` resets every fault to off).
 
+#![forbid(unsafe_code)]
+// `json!` of the feed's full `symbol_resolved` object nests deeper than the default allows.
+#![recursion_limit = "256"]
+
 pub mod bars;
 pub mod feed;
 pub mod screen;
+pub mod settings;
 pub mod state;
 pub mod tickers;
 pub mod tokens;
+pub mod wire;
 
+use std::hash::{Hash, Hasher};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
@@ -29,9 +41,8 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use log::info;
 use serde_json::json;
 
-use crate::config::{Faults, Settings, SimulatorSettings};
-
 pub use bars::expected_bars;
+pub use settings::{DEMO_FORMULAS, Faults, SimFormula, SimulatorSettings};
 pub use state::SimStats;
 
 use state::SimState;
@@ -174,15 +185,23 @@ async fn post_faults(state: web::Data<SimState>, body: web::Bytes) -> HttpRespon
     HttpResponse::Ok().json(&*state.faults())
 }
 
-/// `chartgate simulate`: runs the simulator in its own actix system on `simulator.bind` until
+/// A hash of `value` that is the same on every run (FNV-1a), for the seeds of the simulator's
+/// deterministic data: the same request always gets the same bars and screens.
+pub(crate) fn stable_hash(value: impl Hash) -> u64 {
+    let mut hasher = fnv::FnvHasher::default();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// `chartgate simulate`: runs the simulator in its own actix system on `settings.bind` until
 /// Ctrl-C.
-pub fn run_standalone(settings: Settings) -> std::io::Result<()> {
+pub fn run_standalone(settings: SimulatorSettings) -> std::io::Result<()> {
     actix_web::rt::System::new().block_on(async move {
-        let bind = settings.simulator.bind;
+        let bind = settings.bind;
         let listener = TcpListener::bind(bind).map_err(|e| {
             std::io::Error::new(e.kind(), format!("simulator: cannot listen on {bind}: {e}"))
         })?;
-        let sim = Simulator::start(&settings.simulator, listener).await?;
+        let sim = Simulator::start(&settings, listener).await?;
         info!(
             "simulator: chart feed {}, MarketInOut {}, token page {}",
             sim.feed_url(),
@@ -191,7 +210,7 @@ pub fn run_standalone(settings: Settings) -> std::io::Result<()> {
         );
         info!(
             "simulator: heartbeats every {} s; faults {}; stats at http://{}/sim/stats",
-            settings.simulator.heartbeat_secs,
+            settings.heartbeat_secs,
             json!(sim.faults()),
             sim.addr()
         );

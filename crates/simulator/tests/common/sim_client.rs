@@ -10,8 +10,8 @@ use std::time::Duration;
 use awc::ws::{CloseReason, Frame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
-use chartgate::protocol::client::{ClientMessage, SymbolSpec};
-use chartgate::protocol::{Packet, ServerMessage, decode_message, encode_heartbeat, encode_packet};
+use chartgate_protocol::client::{ClientMessage, SymbolSpec};
+use chartgate_protocol::{Packet, ServerMessage, decode_message, encode_heartbeat, encode_packet};
 
 type WsSink = Pin<Box<dyn Sink<Message, Error = awc::error::WsProtocolError>>>;
 type WsStream = Pin<Box<dyn Stream<Item = Result<Frame, awc::error::WsProtocolError>>>>;

@@ -1,0 +1,3 @@
+//! Helpers shared by the simulator's test binaries.
+
+pub mod sim_client;
