@@ -18,9 +18,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::HttpResponse;
+use chartgate_protocol::clock;
 use futures_util::future::BoxFuture;
 use futures_util::task::AtomicWaker;
 use serde::Serialize;
@@ -149,12 +150,6 @@ fn formula_results(list: &StockList, request: &StreamRequest, id: String) -> Eve
     };
     let kind = "formula-results";
     Event::json(kind, &id, &Envelope { kind, data })
-}
-
-fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Serialize)]
@@ -394,7 +389,7 @@ impl Producer {
             _lease: lease,
             _open: OpenStream::new(),
             started: Instant::now(),
-            started_epoch_ms: epoch_ms(),
+            started_epoch_ms: clock::unix_ms().unsigned_abs(),
             last_sent: Instant::now(),
         }
     }
@@ -604,7 +599,7 @@ pub fn batch_event(
                 .text("}");
         },
     );
-    let end = epoch_ms();
+    let end = clock::unix_ms().unsigned_abs();
     let percentage = if info.total == 0 {
         100.0
     } else {

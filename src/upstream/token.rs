@@ -8,10 +8,10 @@
 //!
 //! Tokens and cookies are [`Secret`]s: they appear in no log line, `Debug` output or error.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::config::{Secret, Settings};
-use chartgate_protocol::token;
+use chartgate_protocol::{clock, token};
 
 /// The token the feed accepts without an account (delayed data).
 pub const UNAUTHORIZED_USER_TOKEN: &str = "unauthorized_user_token";
@@ -46,11 +46,7 @@ impl AuthToken {
     /// minute early), so a short-lived token is replaced well before it runs out.
     pub fn refresh_in(&self) -> Option<Duration> {
         let exp = self.exp?;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let remaining_ms = (exp * 1000 - now).max(0);
+        let remaining_ms = (exp * 1000 - clock::unix_ms()).max(0);
         let margin = (remaining_ms / 5).min(60_000);
         Some(Duration::from_millis((remaining_ms - margin).max(0) as u64))
     }
@@ -209,10 +205,7 @@ mod tests {
 
     #[test]
     fn claims_are_read_and_refresh_comes_before_expiry() {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
+        let now = clock::unix_secs();
         let token = chartgate_simulator::tokens::issue(
             &token::Claims {
                 exp: now + 100,

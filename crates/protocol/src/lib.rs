@@ -11,6 +11,7 @@
 //!   including bar extraction from `timescale_update` and `du` (with a fast path for the feed's
 //!   own way of writing them).
 //! - [`json`]: the ASCII-only JSON writer both directions share, and the one number writer.
+//! - [`clock`]: wall-clock Unix time, in which the feed stamps messages and tokens expire.
 //! - [`token`]: the claims of the feed's JSON Web Tokens (`exp`, `max_connections`).
 //!
 //! The capture of a real session in the repository's `tests/fixtures` checks that this is the
@@ -19,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod clock;
 pub mod framing;
 pub mod json;
 mod series_scan;

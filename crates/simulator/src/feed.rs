@@ -64,7 +64,7 @@ use crate::bars::{MAX_BARS, SimResolution, series};
 use crate::stable_hash;
 use crate::state::{Counters, OpenConnection, SimState, TokenSlot};
 use crate::tickers::company_name;
-use crate::tokens::unix_now;
+use chartgate_protocol::clock::{unix_ms, unix_secs};
 
 /// The token a browser sends when nobody is signed in: accepted, with delayed data.
 pub const UNAUTHORIZED_TOKEN: &str = "unauthorized_user_token";
@@ -398,7 +398,7 @@ impl Connection {
     }
 
     async fn send_message(&mut self, message: ServerMessage<'_>) {
-        let payload = encode_message(&message, now_ms());
+        let payload = encode_message(&message, unix_ms());
         self.send(&[payload.as_str()]).await;
     }
 
@@ -579,7 +579,7 @@ impl Connection {
         let streaming = if token == UNAUTHORIZED_TOKEN {
             false
         } else {
-            match tokens::verify(token, &self.state.token_key, unix_now()) {
+            match tokens::verify(token, &self.state.token_key, unix_secs()) {
                 Ok(_) => true,
                 Err(e) => {
                     Counters::bump(&self.state.counters.handshakes_rejected);
@@ -741,7 +741,7 @@ impl Connection {
                         turnaround: turnaround.into(),
                         reason: why.into(),
                     },
-                    now_ms(),
+                    unix_ms(),
                 );
                 match owed {
                     Some(owed) => self.send(&[owed.as_str(), error.as_str()]).await,
@@ -936,7 +936,7 @@ impl Connection {
                 self.answer(job).await;
             } else {
                 let mut job = job;
-                job.prepared = self.prepare(&job, &faults, now_ms() + faults.latency_ms as i64);
+                job.prepared = self.prepare(&job, &faults, unix_ms() + faults.latency_ms as i64);
                 let due = Instant::now() + Duration::from_millis(faults.latency_ms);
                 let at = self.active.partition_point(|(d, _)| *d <= due);
                 self.active.insert(at, (due, job));
@@ -1009,7 +1009,7 @@ impl Connection {
                 p.served
             }
             None => {
-                let (payloads, served) = self.compose(&job, owed, status, now_ms());
+                let (payloads, served) = self.compose(&job, owed, status, unix_ms());
                 let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
                 self.send(&refs).await;
                 served
@@ -1131,15 +1131,9 @@ fn stalled(faults: &Faults, messages_sent: u64) -> bool {
     faults.stall_after_messages > 0 && messages_sent >= faults.stall_after_messages
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The server hello, with the capture's keys in the capture's order.
 fn hello_payload(connection: u64) -> String {
-    let now = now_ms();
+    let now = unix_ms();
     let session_id = to_ascii_string(&format!("0.{connection}.{}_sim-charts-1", now % 10_000));
     format!(
         "{{\"session_id\":{session_id},\"timestamp\":{},\"timestampMs\":{now},\"release\":\"release_sim-1\",\"studies_metadata_hash\":\"0000000000000000000000000000000000000000\",\"auth_scheme_vsn\":2,\"protocol\":\"json\",\"via\":\"127.0.0.1:0\",\"javastudies\":[\"3.66\"]}}",
@@ -1153,7 +1147,7 @@ fn symbol_resolved_payload(
     symbol_id: &str,
     info: &SymbolInfo,
 ) -> String {
-    encode_symbol_resolved(session, symbol_id, &state.symbol_object(info), now_ms())
+    encode_symbol_resolved(session, symbol_id, &state.symbol_object(info), unix_ms())
 }
 
 /// What `symbol_resolved` says about `symbol`, or `None` when the feed answers `symbol_error`:

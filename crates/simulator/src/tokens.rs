@@ -14,6 +14,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chartgate_protocol::clock;
 use chartgate_protocol::token::{Claims, TokenError, decode_claims};
 
 use crate::stable_hash;
@@ -68,13 +69,6 @@ pub(crate) const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
 /// The `max_connections` claim when the fault does not set one (a generous paid plan).
 pub(crate) const DEFAULT_MAX_CONNECTIONS_CLAIM: usize = 100;
 
-/// Wall-clock Unix seconds: JWT expiry is wall-clock time by definition.
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// `GET /chart/`.
 pub(crate) async fn chart_page(req: HttpRequest, state: web::Data<SimState>) -> HttpResponse {
     let cookie = |name: &str| {
@@ -93,7 +87,7 @@ pub(crate) async fn chart_page(req: HttpRequest, state: web::Data<SimState>) -> 
         ttl => ttl,
     };
     let claims = Claims {
-        exp: unix_now().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)),
+        exp: clock::unix_secs().saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)),
         max_connections: Some(match faults.max_connections {
             0 => DEFAULT_MAX_CONNECTIONS_CLAIM,
             n => n,

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use chartgate_protocol::Bar;
 use chartgate_protocol::client::ClientMessage;
+use chartgate_protocol::clock::{unix_ms, unix_secs};
 use chartgate_protocol::server::{IndexedBar, ServerMessage};
 use chartgate_protocol::{Packet, decode_message, encode_packet};
 use chartgate_simulator::{Faults, SimulatorSettings};
@@ -164,11 +165,6 @@ fn assert_one_answer_message(answer: &[String]) {
             "series_completed"
         ]
     );
-}
-
-fn unix_ms() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    since.expect("a clock after 1970").as_millis() as i64
 }
 
 /// The JSON payloads of a message (skipping heartbeats and anything not JSON).
@@ -930,9 +926,7 @@ async fn the_token_page_needs_cookies_and_carries_exp_and_max_connections() {
             .0,
         401
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = unix_secs();
     let token = fetch_token(&sim).await;
     let claims = chartgate_protocol::token::decode_claims(&token).expect("claims");
     assert!((claims.exp - (now + 120)).abs() <= 2, "{claims:?}");
