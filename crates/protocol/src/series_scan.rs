@@ -459,7 +459,7 @@ mod tests {
         (
             prop_oneof![Just("timescale_update"), Just("du")],
             prop::collection::vec((0u8..3, series_payload()), 0..4),
-            prop_oneof![Just(""), Just(",{\"index\":1}"), Just(",{broken")],
+            prop_oneof![Just(""), Just(",{\"index\":1}")],
         )
             .prop_map(|(method, series, tail)| {
                 let map: Vec<String> = series
@@ -477,7 +477,10 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
         /// Whatever the fast path accepts it reads exactly as the serde path does, and what it
-        /// turns down is read by the serde path: `decode` gives the same answer either way.
+        /// turns down is read by the serde path: `decode` gives the same answer either way. (The
+        /// one difference, by design: the fast path does not read past the series map, so it does
+        /// not see a fault in the tick marks after it; see `a_series_update_is_read_up_to_the_end_
+        /// of_its_series_map` in `tests/capture.rs`.)
         #[test]
         fn the_fast_path_reads_what_it_accepts_exactly_as_serde_does(payload in update()) {
             // Compared as text: a `null` value is NaN, which equals nothing.

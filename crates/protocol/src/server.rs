@@ -6,10 +6,9 @@
 //! [`ServerMessage::Other`] so callers can ignore it.
 
 use std::borrow::Cow;
-use std::cell::Cell;
 use std::collections::BTreeMap;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -252,15 +251,15 @@ struct SeriesPayload<'a> {
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Text<'a>(Cow<'a, str>);
 
-impl<'a> Deserialize<'a> for Text<'a> {
-    fn deserialize<D: Deserializer<'a>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'a> Visitor<'a> for V {
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
             type Value = Text<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'a str) -> Result<Text<'a>, E> {
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
                 Ok(Text(Cow::Borrowed(v)))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'a>, E> {
@@ -270,7 +269,7 @@ impl<'a> Deserialize<'a> for Text<'a> {
                 Ok(Text(Cow::Owned(v)))
             }
         }
-        d.deserialize_str(V)
+        d.deserialize_str(V(std::marker::PhantomData))
     }
 }
 
@@ -294,326 +293,64 @@ fn series_of<'a>(
     Ok(series)
 }
 
-/// What `p` became while the envelope was read.
-// Lives on the stack for one decode and is moved once; boxing the message would cost an
-// allocation per packet.
-#[allow(clippy::large_enum_variant)]
-enum Params<'a> {
-    /// Read straight into the message: `m` came first and names a method read here.
-    Message(ServerMessage<'a>),
-    /// Skipped: a method this module does not read.
-    Skipped,
-    /// Kept as raw values, for the two-pass path: `p` came before `m` (the feed never does that),
-    /// or the method reads its parameters as text (`critical_error`, `protocol_error`).
-    Raw(Vec<&'a RawValue>),
-}
-
-/// The envelope `{"m": method, "p": [...], ...}` read in one pass: the feed writes `m` before
-/// `p`, so by the time `p` comes its method is known and its parameters are read into the message
-/// straight from the text (the bars of a `timescale_update` exactly once). Parameter errors are
-/// reported through `outcome`, so that `decode` can tell them from a packet that is not JSON.
-struct EnvelopeSeed<'f, 'a> {
-    outcome: &'f Cell<Option<Early<'a>>>,
-}
-
-/// Why reading stopped before the end of the packet, told to `decode` beside serde's error.
-// One per decode, on the stack, like `Params`.
-#[allow(clippy::large_enum_variant)]
-enum Early<'a> {
-    /// The parameters have the wrong shape.
-    Failed(ServerError),
-    /// The message is complete and the rest of the packet is not needed (a series update's tick
-    /// marks).
-    Finished(ServerMessage<'a>),
-}
-
+/// The envelope of every packet but the hello: `{"m": method, "p": [parameters], ...}`, in any key
+/// order (other keys, such as the `t`/`t_ms` stamps, are skipped). Each parameter is kept as the
+/// text it was written as, and read by position once the method is known.
+#[derive(Deserialize)]
 struct Envelope<'a> {
-    method: Option<Cow<'a, str>>,
-    params: Params<'a>,
+    #[serde(borrow)]
+    m: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    p: Option<Vec<&'a RawValue>>,
 }
 
-impl<'a> DeserializeSeed<'a> for EnvelopeSeed<'_, 'a> {
-    type Value = Envelope<'a>;
-    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Envelope<'a>, D::Error> {
-        // As a struct, like the derived envelope before it: an object, or an array `[m, p]`.
-        d.deserialize_struct("Envelope", &["m", "p"], self)
-    }
+/// The parameters of one method, read by position.
+struct Params<'p, 'a> {
+    method: &'p str,
+    raw: &'p [&'a RawValue],
 }
 
-/// The envelope's keys; every other key is skipped.
-enum Key {
-    M,
-    P,
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Key;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(match v {
-                    "m" => Key::M,
-                    "p" => Key::P,
-                    _ => Key::Other,
-                })
-            }
-        }
-        d.deserialize_identifier(V)
-    }
-}
-
-impl<'a> EnvelopeSeed<'_, 'a> {
-    /// `p`, read according to `method` when it is already known.
-    fn params<E>(
-        &self,
-        method: Option<&Option<Text<'a>>>,
-        next: impl FnOnce(Option<ParamsSeed<'_, 'a>>) -> Result<Option<Params<'a>>, E>,
-    ) -> Result<Params<'a>, E> {
-        let seed = match method {
-            Some(Some(Text(method))) => Some(ParamsSeed {
-                method,
-                outcome: self.outcome,
-            }),
-            _ => None,
-        };
-        // `p` absent or null reads as no parameters, as before.
-        Ok(next(seed)?.unwrap_or(Params::Raw(Vec::new())))
-    }
-}
-
-impl<'a> Visitor<'a> for EnvelopeSeed<'_, 'a> {
-    type Value = Envelope<'a>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a feed message")
-    }
-
-    fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<Envelope<'a>, A::Error> {
-        let mut method: Option<Option<Text<'a>>> = None;
-        let mut params: Option<Params<'a>> = None;
-        while let Some(key) = map.next_key::<Key>()? {
-            match key {
-                Key::M => {
-                    if method.is_some() {
-                        return Err(de::Error::duplicate_field("m"));
-                    }
-                    method = Some(map.next_value()?);
-                }
-                Key::P => {
-                    if params.is_some() {
-                        return Err(de::Error::duplicate_field("p"));
-                    }
-                    params = Some(self.params(method.as_ref(), |seed| {
-                        match seed {
-                            Some(seed) => map.next_value_seed(seed),
-                            None => Ok(map
-                                .next_value::<Option<Vec<&'a RawValue>>>()?
-                                .map(Params::Raw)),
-                        }
-                    })?);
-                }
-                Key::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Envelope {
-            method: method.flatten().map(|m| m.0),
-            params: params.unwrap_or(Params::Raw(Vec::new())),
-        })
-    }
-
-    /// `[m, p]`: serde's derived structs read arrays too, and the two-field envelope did.
-    fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<Envelope<'a>, A::Error> {
-        let method: Option<Option<Text<'a>>> = Some(seq.next_element()?.flatten());
-        let params = self.params(method.as_ref(), |seed| match seed {
-            Some(seed) => Ok(seq.next_element_seed(seed)?.flatten()),
-            None => Ok(seq
-                .next_element::<Option<Vec<&'a RawValue>>>()?
-                .flatten()
-                .map(Params::Raw)),
-        })?;
-        Ok(Envelope {
-            method: method.flatten().map(|m| m.0),
-            params,
-        })
-    }
-}
-
-/// `p` of a method known beforehand. `None` for `null`.
-struct ParamsSeed<'m, 'a> {
-    method: &'m str,
-    outcome: &'m Cell<Option<Early<'a>>>,
-}
-
-impl<'a> DeserializeSeed<'a> for ParamsSeed<'_, 'a> {
-    type Value = Option<Params<'a>>;
-    fn deserialize<D: Deserializer<'a>>(self, d: D) -> Result<Option<Params<'a>>, D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
-impl<'a> Visitor<'a> for ParamsSeed<'_, 'a> {
-    type Value = Option<Params<'a>>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an array of parameters")
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Option<Params<'a>>, E> {
-        Ok(None)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Option<Params<'a>>, E> {
-        Ok(None)
-    }
-
-    fn visit_some<D: Deserializer<'a>>(self, d: D) -> Result<Option<Params<'a>>, D::Error> {
-        match self.method {
-            "critical_error" | "protocol_error" => {
-                <Vec<&'a RawValue>>::deserialize(d).map(|raw| Some(Params::Raw(raw)))
-            }
-            "series_loading" | "symbol_resolved" | "timescale_update" | "du"
-            | "series_completed" | "series_timeframe" | "symbol_error" | "series_error" => {
-                d.deserialize_seq(self)
-            }
-            _ => d
-                .deserialize_seq(SkipParams)
-                .map(|()| Some(Params::Skipped)),
+impl<'a> Params<'_, 'a> {
+    fn bad(&self, detail: String) -> ServerError {
+        ServerError::BadParameters {
+            method: self.method.to_string(),
+            detail,
         }
     }
 
-    fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<Option<Params<'a>>, A::Error> {
-        let mut p = PositionalParams {
-            seq: &mut seq,
-            method: self.method,
-            outcome: self.outcome,
-            next: 0,
-        };
-        let message = match self.method {
-            "series_loading" => ServerMessage::SeriesLoading {
-                session: p.text()?,
-                series_id: p.text()?,
-                turnaround: p.text()?,
-            },
-            "symbol_resolved" => ServerMessage::SymbolResolved {
-                session: p.text()?,
-                symbol_id: p.text()?,
-                info: p.value("missing symbol info")?,
-            },
-            "timescale_update" | "du" => {
-                let session = p.text()?;
-                let map: BTreeMap<Text<'a>, SeriesPayload<'a>> = p.value("missing series map")?;
-                let series = series_of(map).map_err(|detail| p.fail(detail))?;
-                let message = if self.method == "du" {
-                    ServerMessage::DataUpdate { session, series }
-                } else {
-                    ServerMessage::TimescaleUpdate { session, series }
-                };
-                // The rest of the packet is not read: after the series map comes the tick-mark
-                // element (a third of a 300-bar answer's text, all numbers) and the envelope's
-                // `t` and `t_ms`, none of which chartgate uses. Stopping is an error to serde;
-                // `decode` takes the message from `outcome` instead.
-                self.outcome.set(Some(Early::Finished(message)));
-                return Err(de::Error::custom("message complete"));
-            }
-            "series_completed" => ServerMessage::SeriesCompleted {
-                session: p.text()?,
-                series_id: p.text()?,
-                status: p.text()?,
-                turnaround: p.text()?,
-            },
-            "series_timeframe" => ServerMessage::SeriesTimeframe {
-                session: p.text()?,
-                series_id: p.text()?,
-                turnaround: p.text()?,
-            },
-            "symbol_error" => ServerMessage::SymbolError {
-                session: p.text()?,
-                symbol_id: p.text()?,
-                reason: p.text()?,
-            },
-            "series_error" => ServerMessage::SeriesError {
-                session: p.text()?,
-                series_id: p.text()?,
-                turnaround: p.text()?,
-                reason: p.text()?,
-            },
-            _ => {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                return Ok(Some(Params::Skipped));
-            }
-        };
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Some(Params::Message(message)))
-    }
-}
-
-/// Reads the parameters of a known method one after the other, naming the one at fault.
-struct PositionalParams<'s, 'm, 'a, A> {
-    seq: &'s mut A,
-    method: &'m str,
-    outcome: &'m Cell<Option<Early<'a>>>,
-    next: usize,
-}
-
-impl<'a, A: SeqAccess<'a>> PositionalParams<'_, '_, 'a, A> {
-    /// Records why the parameters are bad and gives the error that stops reading.
-    fn fail(&self, detail: String) -> A::Error {
-        let error = de::Error::custom(&detail);
-        self.outcome
-            .set(Some(Early::Failed(ServerError::BadParameters {
-                method: self.method.to_string(),
-                detail,
-            })));
-        error
+    /// Parameter `i`, read as a `T`; `missing` names it when the feed left it out.
+    fn value<T: Deserialize<'a>>(&self, i: usize, missing: &str) -> Result<T, ServerError> {
+        let raw = self
+            .raw
+            .get(i)
+            .ok_or_else(|| self.bad(missing.to_string()))?;
+        T::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+            .map_err(|e| self.bad(format!("parameter {i}: {e}")))
     }
 
-    fn text(&mut self) -> Result<Cow<'a, str>, A::Error> {
-        let i = self.next;
-        self.next += 1;
-        match self.seq.next_element::<Text<'a>>() {
-            Ok(Some(text)) => Ok(text.0),
-            Ok(None) => Err(self.fail(format!("missing parameter {i}"))),
-            Err(e) => Err(self.fail(format!("parameter {i}: {e}"))),
-        }
+    /// Parameter `i`, a string, borrowed from the packet when it has no escapes.
+    fn text(&self, i: usize) -> Result<Cow<'a, str>, ServerError> {
+        self.value::<Text<'a>>(i, &format!("missing parameter {i}"))
+            .map(|t| t.0)
     }
 
-    fn value<T: Deserialize<'a>>(&mut self, missing: &str) -> Result<T, A::Error> {
-        self.next += 1;
-        match self.seq.next_element::<T>() {
-            Ok(Some(value)) => Ok(value),
-            Ok(None) => Err(self.fail(missing.to_string())),
-            Err(e) => Err(self.fail(e.to_string())),
-        }
-    }
-}
-
-/// The parameters of a method this module does not read: checked to be an array, not kept.
-struct SkipParams;
-
-impl<'a> Visitor<'a> for SkipParams {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an array of parameters")
-    }
-    fn visit_seq<A: SeqAccess<'a>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(())
+    /// Parameters `from..` as text: strings as they read, anything else as its JSON.
+    fn texts(&self, from: usize) -> Vec<String> {
+        self.raw
+            .iter()
+            .skip(from)
+            .map(|raw| match serde_json::from_str::<Value>(raw.get()) {
+                Ok(Value::String(text)) => text,
+                _ => raw.get().to_string(),
+            })
+            .collect()
     }
 }
 
 impl<'a> ServerMessage<'a> {
     /// Decodes one JSON packet. A series update (`timescale_update`, `du`) written the feed's way
-    /// is read by the fast path in `protocol/series_scan.rs`; anything else in one serde pass over
-    /// the text when `m` comes before `p` (as the feed always writes it). Either way a series
-    /// update is read only up to the end of its series map: what follows is neither parsed nor
-    /// checked.
+    /// is read by the fast path in `series_scan.rs`, only up to the end of its series map; any
+    /// other packet, and a series update written otherwise, by serde (see [`Envelope`]).
     pub fn decode(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
         if let Some(message) = super::series_scan::series_update(payload) {
             return Ok(message);
@@ -623,127 +360,64 @@ impl<'a> ServerMessage<'a> {
 
     /// [`ServerMessage::decode`] without the fast path for series updates.
     pub(super) fn decode_with_serde(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
-        let outcome = Cell::new(None);
-        let mut de = serde_json::Deserializer::from_str(payload);
-        let read = EnvelopeSeed { outcome: &outcome }
-            .deserialize(&mut de)
-            .and_then(|env| de.end().map(|()| env));
-        let env = match read {
-            Ok(env) => env,
-            Err(e) => {
-                return Err(match outcome.take() {
-                    Some(Early::Finished(message)) => return Ok(message),
-                    // Parameters of the wrong shape, in a packet that is JSON throughout (a
-                    // syntax error anywhere, even after them, makes it not JSON).
-                    Some(Early::Failed(bad))
-                        if e.classify() == serde_json::error::Category::Data
-                            && serde_json::from_str::<IgnoredAny>(payload).is_ok() =>
-                    {
-                        bad
-                    }
-                    _ => ServerError::NotJson(
-                        serde_json::from_str::<IgnoredAny>(payload)
-                            .err()
-                            .unwrap_or(e)
-                            .to_string(),
-                    ),
-                });
-            }
-        };
-        let Some(method) = env.method else {
+        let envelope: Envelope<'a> =
+            serde_json::from_str(payload).map_err(|e| ServerError::NotJson(e.to_string()))?;
+        let Some(Text(method)) = envelope.m else {
             let hello: Hello =
                 serde_json::from_str(payload).map_err(|e| ServerError::NotJson(e.to_string()))?;
             return Ok(ServerMessage::Hello(hello));
         };
-        match env.params {
-            Params::Message(message) => Ok(message),
-            Params::Skipped => Ok(ServerMessage::Other { name: method }),
-            Params::Raw(p) => Self::from_raw_params(method, &p),
-        }
-    }
-
-    /// The two-pass path: parameters captured as raw values, then read one by one.
-    fn from_raw_params(
-        method: Cow<'a, str>,
-        p: &[&'a RawValue],
-    ) -> Result<ServerMessage<'a>, ServerError> {
-        let bad = |detail: String| ServerError::BadParameters {
-            method: method.to_string(),
-            detail,
-        };
-        let s = |i: usize| -> Result<Cow<'a, str>, ServerError> {
-            let raw = p
-                .get(i)
-                .ok_or_else(|| bad(format!("missing parameter {i}")))?;
-            Text::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
-                .map(|t| t.0)
-                .map_err(|e| bad(format!("parameter {i}: {e}")))
-        };
-        let texts = |from: usize| -> Vec<String> {
-            p.iter()
-                .skip(from)
-                .map(|raw| match serde_json::from_str::<Value>(raw.get()) {
-                    Ok(Value::String(text)) => text,
-                    _ => raw.get().to_string(),
-                })
-                .collect()
+        let raw = envelope.p.unwrap_or_default();
+        let p = Params {
+            method: &method,
+            raw: &raw,
         };
         Ok(match method.as_ref() {
             "series_loading" => ServerMessage::SeriesLoading {
-                session: s(0)?,
-                series_id: s(1)?,
-                turnaround: s(2)?,
+                session: p.text(0)?,
+                series_id: p.text(1)?,
+                turnaround: p.text(2)?,
             },
-            "symbol_resolved" => {
-                let raw = p.get(2).ok_or_else(|| bad("missing symbol info".into()))?;
-                let info = serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
-                ServerMessage::SymbolResolved {
-                    session: s(0)?,
-                    symbol_id: s(1)?,
-                    info,
-                }
-            }
+            "symbol_resolved" => ServerMessage::SymbolResolved {
+                session: p.text(0)?,
+                symbol_id: p.text(1)?,
+                info: p.value(2, "missing symbol info")?,
+            },
             "timescale_update" | "du" => {
-                let raw = p.get(1).ok_or_else(|| bad("missing series map".into()))?;
+                let session = p.text(0)?;
                 let map: BTreeMap<Text<'a>, SeriesPayload<'a>> =
-                    serde_json::from_str(raw.get()).map_err(|e| bad(e.to_string()))?;
-                let series = series_of(map).map_err(bad)?;
+                    p.value(1, "missing series map")?;
+                let series = series_of(map).map_err(|detail| p.bad(detail))?;
                 if method == "du" {
-                    ServerMessage::DataUpdate {
-                        session: s(0)?,
-                        series,
-                    }
+                    ServerMessage::DataUpdate { session, series }
                 } else {
-                    ServerMessage::TimescaleUpdate {
-                        session: s(0)?,
-                        series,
-                    }
+                    ServerMessage::TimescaleUpdate { session, series }
                 }
             }
             "series_completed" => ServerMessage::SeriesCompleted {
-                session: s(0)?,
-                series_id: s(1)?,
-                status: s(2)?,
-                turnaround: s(3)?,
+                session: p.text(0)?,
+                series_id: p.text(1)?,
+                status: p.text(2)?,
+                turnaround: p.text(3)?,
             },
             "series_timeframe" => ServerMessage::SeriesTimeframe {
-                session: s(0)?,
-                series_id: s(1)?,
-                turnaround: s(2)?,
+                session: p.text(0)?,
+                series_id: p.text(1)?,
+                turnaround: p.text(2)?,
             },
             "symbol_error" => ServerMessage::SymbolError {
-                session: s(0)?,
-                symbol_id: s(1)?,
-                reason: s(2)?,
+                session: p.text(0)?,
+                symbol_id: p.text(1)?,
+                reason: p.text(2)?,
             },
             "series_error" => ServerMessage::SeriesError {
-                session: s(0)?,
-                series_id: s(1)?,
-                turnaround: s(2)?,
-                reason: s(3)?,
+                session: p.text(0)?,
+                series_id: p.text(1)?,
+                turnaround: p.text(2)?,
+                reason: p.text(3)?,
             },
             "critical_error" => {
-                let mut all = texts(0);
+                let mut all = p.texts(0);
                 let session = match all.first() {
                     Some(first) if first.starts_with("cs_") => Some(Cow::Owned(all.remove(0))),
                     _ => None,
@@ -760,7 +434,7 @@ impl<'a> ServerMessage<'a> {
                 }
             }
             "protocol_error" => ServerMessage::ProtocolError {
-                reason: texts(0).join(": "),
+                reason: p.texts(0).join(": "),
             },
             _ => ServerMessage::Other { name: method },
         })

@@ -243,7 +243,7 @@ fn p_first(json: &str) -> Option<String> {
 }
 
 #[test]
-fn the_one_pass_and_two_pass_paths_decode_every_captured_packet_alike() {
+fn every_captured_packet_decodes_alike_with_its_parameters_first() {
     let mut compared = 0;
     for message in received() {
         for packet in decode_message(&message).unwrap() {
@@ -304,7 +304,7 @@ fn a_series_update_is_read_up_to_the_end_of_its_series_map() {
 }
 
 #[test]
-fn bad_parameters_and_bad_json_are_told_apart_in_both_orders() {
+fn bad_parameters_and_bad_json_are_told_apart_in_either_key_order() {
     use chartgate_protocol::ServerError;
     #[derive(Debug, PartialEq)]
     enum Kind {
@@ -342,7 +342,7 @@ fn bad_parameters_and_bad_json_are_told_apart_in_both_orders() {
         (
             r#"{"m":"du","p":["cs",{"sds_1":{"s":[{"i":"x","v":[1,2,3,4,5]}]}}]}"#,
             r#"{"p":["cs",{"sds_1":{"s":[{"i":"x","v":[1,2,3,4,5]}]}}],"m":"du"}"#,
-            Kind::Bad("du", "invalid type"),
+            Kind::Bad("du", "parameter 1: invalid type"),
         ),
         (
             r#"{"m":"symbol_resolved","p":["cs","sym",[]]}"#,
@@ -352,7 +352,7 @@ fn bad_parameters_and_bad_json_are_told_apart_in_both_orders() {
         (
             r#"{"m":"symbol_resolved","p":["cs","sym",{"pricescale":"x"}]}"#,
             r#"{"p":["cs","sym",{"pricescale":"x"}],"m":"symbol_resolved"}"#,
-            Kind::Bad("symbol_resolved", "invalid type"),
+            Kind::Bad("symbol_resolved", "parameter 2: invalid type"),
         ),
         (
             r#"{"m":"series_completed"}"#,
@@ -406,10 +406,10 @@ fn bad_parameters_and_bad_json_are_told_apart_in_both_orders() {
             Kind::Ok,
         ),
     ];
-    for (one_pass, two_pass, expected) in cases {
+    for (m_first, p_first, expected) in cases {
         let (a, b) = (
-            ServerMessage::decode(one_pass),
-            ServerMessage::decode(two_pass),
+            ServerMessage::decode(m_first),
+            ServerMessage::decode(p_first),
         );
         let kind = |r: &Result<ServerMessage<'_>, ServerError>| match r {
             Ok(_) => Kind::Ok,
@@ -419,15 +419,15 @@ fn bad_parameters_and_bad_json_are_told_apart_in_both_orders() {
                     Kind::Bad(m, d) => (*m, *d),
                     _ => ("?", "?"),
                 };
-                assert!(detail.starts_with(d), "{detail:?} for {one_pass}");
+                assert!(detail.starts_with(d), "{detail:?} for {m_first}");
                 assert_eq!(method, m);
                 Kind::Bad(m, d)
             }
         };
-        assert_eq!(&kind(&a), expected, "{one_pass}: {a:?}");
-        assert_eq!(&kind(&b), expected, "{two_pass}: {b:?}");
+        assert_eq!(&kind(&a), expected, "{m_first}: {a:?}");
+        assert_eq!(&kind(&b), expected, "{p_first}: {b:?}");
         if let (Ok(a), Ok(b)) = (&a, &b) {
-            assert_eq!(a, b, "{one_pass}");
+            assert_eq!(a, b, "{m_first}");
         }
         if let (
             Err(ServerError::BadParameters { detail: a, .. }),
@@ -435,7 +435,7 @@ fn bad_parameters_and_bad_json_are_told_apart_in_both_orders() {
         ) = (&a, &b)
             && !a.contains(" at line ")
         {
-            assert_eq!(a, b, "{one_pass}");
+            assert_eq!(a, b, "{m_first}");
         }
     }
 }
