@@ -1,9 +1,10 @@
 //! Messages the feed sends, decoded by borrowing from the message text.
 //!
-//! The 118 KB `timescale_update` of a 300-bar chart is the hot path: its bars are read straight into
-//! [`IndexedBar`]s through a typed visitor (no `serde_json::Value`), and study entries that share
-//! the message are skipped without being built. Everything this module does not use is kept as
-//! [`ServerMessage::Other`] so callers can ignore it.
+//! Two readers, one answer: a series update written the feed's way (the bulk of every chart
+//! answer) is read by the fast path in `series_scan.rs`; everything else by one serde path, a
+//! typed envelope whose parameters are read by position, bars straight into [`IndexedBar`]s
+//! through a typed visitor (no `serde_json::Value`). Everything this module does not use is kept
+//! as [`ServerMessage::Other`] so callers can ignore it.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
