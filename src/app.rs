@@ -109,23 +109,33 @@ fn host_port(url: &str) -> Option<String> {
     Some(format!("{host}:{port}"))
 }
 
-/// A running service.
-pub struct Application {
-    port: u16,
-    server: actix_web::dev::Server,
+/// chartgate's parts, started and ready to be mounted on an actix-web `App`: the embedded
+/// simulator (in `embedded` mode), the pool and manager actors, the cache and the formula source.
+/// [`Application`] serves it on a listener; a test of another app can mount it in actix's test
+/// server instead:
+///
+/// ```no_run
+/// # async fn example() -> std::io::Result<()> {
+/// use actix_web::{App, test};
+///
+/// let chartgate = chartgate::Chartgate::start(chartgate::config::Settings::default()).await?;
+/// let app = test::init_service(App::new().configure(chartgate.routes())).await;
+/// let request = test::TestRequest::get().uri("/api/formulas").to_request();
+/// let formulas: serde_json::Value = test::call_and_read_body_json(&app, request).await;
+/// # Ok(()) }
+/// ```
+pub struct Chartgate {
+    state: web::Data<AppState>,
     simulator: Option<Simulator>,
     pool: Addr<Pool>,
     manager: Addr<Manager>,
     shutdown: watch::Sender<bool>,
-    settings: Arc<Settings>,
 }
 
-impl Application {
-    /// Builds everything and starts serving on `listener`, inside the current actix system.
-    pub async fn build(
-        mut settings: Settings,
-        listener: TcpListener,
-    ) -> std::io::Result<Application> {
+impl Chartgate {
+    /// Starts every part inside the current actix system (`#[actix_web::main]`,
+    /// `#[actix_web::test]`). The actors are started once here, not per HTTP worker.
+    pub async fn start(mut settings: Settings) -> std::io::Result<Chartgate> {
         let simulator = match settings.upstream.mode {
             UpstreamMode::Embedded => {
                 let sim_listener = TcpListener::bind(("127.0.0.1", 0))?;
@@ -189,26 +199,26 @@ impl Application {
             metrics,
             shutdown: shutdown_rx,
         });
-        let port = listener.local_addr()?.port();
-        let server = HttpServer::new(move || App::new().configure(configure(state.clone())))
-            .listen(listener)?
-            .disable_signals()
-            .tcp_nodelay(true)
-            .shutdown_timeout(10)
-            .run();
-        Ok(Application {
-            port,
-            server,
+        Ok(Chartgate {
+            state,
             simulator,
             pool,
             manager,
             shutdown,
-            settings,
         })
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
+    /// Registers every route (the API, the stream, the demo page, health and metrics) on an
+    /// `App`; call it once per `App` (`HttpServer` and `actix_test::start` call their factory
+    /// once per worker).
+    pub fn routes(&self) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
+        let state = self.state.clone();
+        move |cfg| configure(state.clone())(cfg)
+    }
+
+    /// The settings in force, with embedded mode's simulator addresses filled in.
+    pub fn settings(&self) -> &Settings {
+        &self.state.settings
     }
 
     /// The embedded simulator, in `embedded` mode.
@@ -220,32 +230,78 @@ impl Application {
         &self.manager
     }
 
+    /// Tells open streams that the service is going away: each ends with a `stream-error` the
+    /// client can resume from.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Closes the upstream connections and stops the embedded simulator.
+    pub async fn stop(self) {
+        self.begin_shutdown();
+        let closed = self.pool.send(CloseAll).await.unwrap_or(0);
+        log::info!("shutdown: closed {closed} upstream connections");
+        if let Some(sim) = self.simulator {
+            sim.stop().await;
+        }
+    }
+}
+
+/// A running service: [`Chartgate`] served by an `HttpServer` on an already-bound listener.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    chartgate: Chartgate,
+}
+
+impl Application {
+    /// Builds everything and starts serving on `listener`, inside the current actix system.
+    pub async fn build(settings: Settings, listener: TcpListener) -> std::io::Result<Application> {
+        let chartgate = Chartgate::start(settings).await?;
+        let port = listener.local_addr()?.port();
+        let routes = chartgate.routes();
+        let server = HttpServer::new(move || App::new().configure(routes.clone()))
+            .listen(listener)?
+            .disable_signals()
+            .tcp_nodelay(true)
+            .shutdown_timeout(10)
+            .run();
+        Ok(Application {
+            port,
+            server,
+            chartgate,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The embedded simulator, in `embedded` mode.
+    pub fn simulator(&self) -> Option<&Simulator> {
+        self.chartgate.simulator()
+    }
+
+    pub fn manager(&self) -> &Addr<Manager> {
+        self.chartgate.manager()
+    }
+
     pub fn settings(&self) -> &Settings {
-        &self.settings
+        self.chartgate.settings()
     }
 
     /// A handle that stops the service gracefully (what Ctrl-C and SIGTERM do).
     pub fn stopper(&self) -> Stopper {
         Stopper {
-            shutdown: self.shutdown.clone(),
+            shutdown: self.chartgate.shutdown.clone(),
             server: self.server.handle(),
         }
     }
 
     /// Serves until stopped, then closes upstream connections and the simulator.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Application {
-            server,
-            simulator,
-            pool,
-            ..
-        } = self;
-        let result = server.await;
-        let closed = pool.send(CloseAll).await.unwrap_or(0);
-        log::info!("shutdown: closed {closed} upstream connections");
-        if let Some(sim) = simulator {
-            sim.stop().await;
-        }
+        let result = self.server.await;
+        self.chartgate.stop().await;
         result
     }
 }

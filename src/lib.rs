@@ -31,3 +31,5 @@ pub mod manager;
 pub mod ready_chart;
 pub mod upstream;
 pub mod watch;
+
+pub use app::{Application, Chartgate};
