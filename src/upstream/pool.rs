@@ -161,6 +161,17 @@ impl Pool {
         match command {
             Command::Open { conn } => self.open_connection(conn, ctx),
             Command::Dispatch { fetch, conn } => {
+                if self
+                    .requesters
+                    .get(&fetch)
+                    .is_some_and(|r| r.reply.is_closed())
+                {
+                    // Gone, its notice not yet handled (requesters often leave together): the
+                    // fetch goes no further than the connection's slot, which it gives back.
+                    self.requesters.remove(&fetch);
+                    self.feed(Event::RequesterGone { fetch }, ctx);
+                    return;
+                }
                 if let (Some(r), Some(c)) = (self.requesters.get(&fetch), self.conns.get(&conn)) {
                     c.addr.do_send(StartFetch {
                         fetch,
