@@ -518,7 +518,7 @@ impl PoolPolicy {
 
     fn fetch_wanted(&mut self, fetch: FetchId) {
         // A queue of at least one, so a pool with no connection yet can still open one.
-        if self.queued >= self.config.max_queue && self.least_loaded_ready().is_none() {
+        if self.queued >= self.config.max_queue.max(1) && self.least_loaded_ready().is_none() {
             self.answer(fetch, Err(FetchError::QueueFull));
             return;
         }
@@ -627,11 +627,11 @@ impl PoolPolicy {
                 ConnState::Draining => {}
             }
         }
-        let mut need = self.queued.saturating_sub(free).div_ceil(slots);
+        let mut need = self.queued.saturating_sub(free).div_ceil(slots) + self.replacements;
         if self.keep_warm && usable == 0 {
+            // Warm means at least one; a replacement counted above already is that one.
             need = need.max(1);
         }
-        need += self.replacements;
         if self.health.cautious() {
             if connecting > 0 {
                 return;
@@ -756,8 +756,9 @@ impl PoolPolicy {
             // Lost, or rotated out: replace it even if no fetch is waiting.
             self.replacements += 1;
         }
-        self.rotate_step();
+        // The replacement opens first, so that the next rotation waits for it to be ready.
         self.pump();
+        self.rotate_step();
     }
 
     fn conns_stale(&mut self, stale: Vec<(ConnId, Duration)>) {
@@ -781,10 +782,10 @@ impl PoolPolicy {
     }
 
     fn fetch_done(&mut self, conn: ConnId, fetch: FetchId, result: FetchResult) {
-        if !self
+        if self
             .fetches
             .get(&fetch)
-            .is_some_and(|f| f.conn == Some(conn))
+            .is_none_or(|f| f.conn != Some(conn))
         {
             // A late answer from a connection the fetch was taken away from.
             return;
@@ -985,5 +986,7 @@ impl PoolPolicy {
         if in_flight == 0 {
             self.emit(Command::Shutdown { conn });
         }
+        // Its slots are gone: waiting fetches may need another connection.
+        self.ensure_connections();
     }
 }
