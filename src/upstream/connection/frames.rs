@@ -109,92 +109,117 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
+    fn first(s: &'static str) -> Frame {
+        Frame::Continuation(Item::FirstText(text(s)))
+    }
+
+    fn more(s: &'static str) -> Frame {
+        Frame::Continuation(Item::Continue(text(s)))
+    }
+
+    fn last(s: &'static str) -> Frame {
+        Frame::Continuation(Item::Last(text(s)))
+    }
+
+    /// What a reader with `cap` makes of `frames`, one outcome per frame.
+    fn reads(cap: usize, frames: Vec<Frame>) -> Vec<Incoming> {
+        let mut reader = FrameReader::new(cap);
+        frames.into_iter().map(|f| reader.read(f)).collect()
+    }
+
     #[test]
     fn a_single_text_frame_is_a_message() {
-        let mut r = FrameReader::new(100);
         assert_eq!(
-            r.read(Frame::Text(text("~m~2~m~hi"))),
-            Incoming::Text(text("~m~2~m~hi"))
+            reads(100, vec![Frame::Text(text("~m~2~m~hi"))]),
+            vec![Incoming::Text(text("~m~2~m~hi"))]
         );
     }
 
     #[test]
     fn continuation_frames_are_reassembled() {
-        let mut r = FrameReader::new(100);
+        use Incoming::Nothing;
+        let frames = vec![
+            first("~m~5"),
+            more("~m~he"),
+            // A control frame may come between continuations.
+            Frame::Ping(text("p")),
+            last("llo"),
+            // The next message starts afresh: a stray last frame is nothing.
+            last("stray"),
+        ];
         assert_eq!(
-            r.read(Frame::Continuation(Item::FirstText(text("~m~5")))),
-            Incoming::Nothing
-        );
-        assert_eq!(
-            r.read(Frame::Continuation(Item::Continue(text("~m~he")))),
-            Incoming::Nothing
-        );
-        // A control frame may come between continuations.
-        assert_eq!(r.read(Frame::Ping(text("p"))), Incoming::Ping(text("p")));
-        assert_eq!(
-            r.read(Frame::Continuation(Item::Last(text("llo")))),
-            Incoming::Text(text("~m~5~m~hello"))
-        );
-        // The next message starts afresh.
-        assert_eq!(
-            r.read(Frame::Continuation(Item::Last(text("stray")))),
-            Incoming::Nothing
+            reads(100, frames),
+            vec![
+                Nothing,
+                Nothing,
+                Incoming::Ping(text("p")),
+                Incoming::Text(text("~m~5~m~hello")),
+                Nothing
+            ]
         );
     }
 
     #[test]
     fn a_message_up_to_the_cap_passes_and_one_beyond_it_is_refused() {
-        let mut r = FrameReader::new(10);
-        r.read(Frame::Continuation(Item::FirstText(text("12345"))));
+        use Incoming::Nothing;
+        let frames = vec![
+            first("12345"),
+            last("67890"),
+            first("12345"),
+            more("678901"),
+            // What was assembled is dropped: its last frame gives nothing.
+            last("x"),
+        ];
         assert_eq!(
-            r.read(Frame::Continuation(Item::Last(text("67890")))),
-            Incoming::Text(text("1234567890"))
+            reads(10, frames),
+            vec![
+                Nothing,
+                Incoming::Text(text("1234567890")),
+                Nothing,
+                Incoming::TooLarge { cap: 10 },
+                Nothing
+            ]
         );
-        r.read(Frame::Continuation(Item::FirstText(text("12345"))));
         assert_eq!(
-            r.read(Frame::Continuation(Item::Continue(text("678901")))),
-            Incoming::TooLarge { cap: 10 }
-        );
-        // What was assembled is dropped: its last frame gives nothing.
-        assert_eq!(
-            r.read(Frame::Continuation(Item::Last(text("x")))),
-            Incoming::Nothing
-        );
-        let mut r = FrameReader::new(3);
-        assert_eq!(
-            r.read(Frame::Continuation(Item::FirstText(text("1234")))),
-            Incoming::TooLarge { cap: 3 }
+            reads(3, vec![first("1234")]),
+            vec![Incoming::TooLarge { cap: 3 }]
         );
     }
 
     #[test]
     fn binary_messages_are_dropped_whole() {
-        let mut r = FrameReader::new(100);
-        assert_eq!(r.read(Frame::Binary(text("b"))), Incoming::Nothing);
-        r.read(Frame::Continuation(Item::FirstText(text("abc"))));
-        // A binary message abandons the text one; its continuations give nothing.
-        r.read(Frame::Continuation(Item::FirstBinary(text("b1"))));
-        assert_eq!(
-            r.read(Frame::Continuation(Item::Last(text("b2")))),
-            Incoming::Nothing
+        // A binary message abandons a text one under way; its continuations give nothing.
+        let frames = vec![
+            Frame::Binary(text("b")),
+            first("abc"),
+            Frame::Continuation(Item::FirstBinary(text("b1"))),
+            last("b2"),
+        ];
+        assert!(
+            reads(100, frames)
+                .iter()
+                .all(|outcome| *outcome == Incoming::Nothing)
         );
     }
 
     #[test]
     fn close_says_why() {
-        let mut r = FrameReader::new(100);
-        assert_eq!(
-            r.read(Frame::Close(None)),
-            Incoming::Closed("closed by upstream".into())
-        );
         let reason = CloseReason {
             code: CloseCode::Away,
             description: None,
         };
+        let frames = vec![
+            Frame::Close(None),
+            Frame::Close(Some(reason)),
+            Frame::Pong(text("")),
+        ];
         assert_eq!(
-            r.read(Frame::Close(Some(reason))),
-            Incoming::Closed("closed by upstream (Away)".into())
+            reads(100, frames),
+            vec![
+                Incoming::Closed("closed by upstream".into()),
+                Incoming::Closed("closed by upstream (Away)".into()),
+                Incoming::Nothing
+            ]
         );
-        assert_eq!(r.read(Frame::Pong(text(""))), Incoming::Nothing);
     }
 }

@@ -22,6 +22,13 @@ fn config() -> Config {
     }
 }
 
+/// [`config`] with a schedule of `max_attempts` reconnect attempts.
+fn giving_up_after(max_attempts: u32) -> Config {
+    let mut config = config();
+    config.backoff.max_attempts = max_attempts;
+    config
+}
+
 fn chart() -> FetchResult {
     Ok(ReadyChart::prepared(Chart {
         symbol: "NSE:TCS".parse().expect("a valid symbol"),
@@ -136,56 +143,42 @@ impl Rig {
     }
 }
 
+/// What each command matching `$pattern` says, as `$out`.
+macro_rules! pick {
+    ($cmds:expr, $pattern:pat => $out:expr) => {
+        $cmds
+            .iter()
+            .filter_map(|c| match c {
+                $pattern => Some($out),
+                _ => None,
+            })
+            .collect()
+    };
+}
+
 fn opened(cmds: &[Command]) -> Vec<ConnId> {
-    cmds.iter()
-        .filter_map(|c| match c {
-            Command::Open { conn } => Some(*conn),
-            _ => None,
-        })
-        .collect()
+    pick!(cmds, Command::Open { conn } => *conn)
 }
 
 fn dispatched(cmds: &[Command]) -> Vec<(FetchId, ConnId)> {
-    cmds.iter()
-        .filter_map(|c| match c {
-            Command::Dispatch { fetch, conn } => Some((*fetch, *conn)),
-            _ => None,
-        })
-        .collect()
+    pick!(cmds, Command::Dispatch { fetch, conn } => (*fetch, *conn))
 }
 
 /// Answers as (fetch, `ok` or the error's code).
 fn answered(cmds: &[Command]) -> Vec<(FetchId, &'static str)> {
-    cmds.iter()
-        .filter_map(|c| match c {
-            Command::Answer { fetch, result } => Some((
-                *fetch,
-                match result {
-                    Ok(_) => "ok",
-                    Err(e) => e.code(),
-                },
-            )),
-            _ => None,
-        })
-        .collect()
+    pick!(cmds, Command::Answer { fetch, result } => (*fetch, result.as_ref().map_or_else(FetchError::code, |_| "ok")))
 }
 
 fn shut(cmds: &[Command]) -> Vec<ConnId> {
-    cmds.iter()
-        .filter_map(|c| match c {
-            Command::Shutdown { conn } => Some(*conn),
-            _ => None,
-        })
-        .collect()
+    pick!(cmds, Command::Shutdown { conn } => *conn)
 }
 
 fn cancelled(cmds: &[Command]) -> Vec<(FetchId, ConnId)> {
-    cmds.iter()
-        .filter_map(|c| match c {
-            Command::CancelFetch { fetch, conn } => Some((*fetch, *conn)),
-            _ => None,
-        })
-        .collect()
+    pick!(cmds, Command::CancelFetch { fetch, conn } => (*fetch, *conn))
+}
+
+fn notices(cmds: &[Command]) -> Vec<&Notice> {
+    pick!(cmds, Command::Notice(n) => n)
 }
 
 fn scheduled(cmds: &[Command], timer: Timer) -> Option<Instant> {
@@ -193,15 +186,6 @@ fn scheduled(cmds: &[Command], timer: Timer) -> Option<Instant> {
         Command::Schedule { timer: t, at } if *t == timer => Some(*at),
         _ => None,
     })
-}
-
-fn notices(cmds: &[Command]) -> Vec<&Notice> {
-    cmds.iter()
-        .filter_map(|c| match c {
-            Command::Notice(n) => Some(n),
-            _ => None,
-        })
-        .collect()
 }
 
 fn requests_token(cmds: &[Command]) -> bool {
@@ -558,13 +542,7 @@ fn a_backoff_with_nothing_left_to_do_ends_the_episode_quietly() {
 
 #[test]
 fn down_fails_fast_and_a_new_fetch_probes_with_one_connection() {
-    let mut rig = Rig::with_token(Config {
-        backoff: Backoff {
-            max_attempts: 0,
-            ..config().backoff
-        },
-        ..config()
-    });
+    let mut rig = Rig::with_token(giving_up_after(0));
     let (first, _) = rig.want();
     let cmds = rig.ended(1, refused());
     assert_eq!(answered(&cmds), vec![(first, "upstream_unavailable")]);
@@ -624,13 +602,7 @@ fn probing_after_the_full_schedule_fails_fast_too() {
 
 #[test]
 fn keep_warm_ends_down_with_a_probe_and_keeps_a_connection_open() {
-    let mut rig = Rig::with_token(Config {
-        backoff: Backoff {
-            max_attempts: 0,
-            ..config().backoff
-        },
-        ..config()
-    });
+    let mut rig = Rig::with_token(giving_up_after(0));
     rig.want();
     rig.ended(1, refused());
     assert!(rig.health().is_down());
@@ -647,11 +619,7 @@ fn keep_warm_ends_down_with_a_probe_and_keeps_a_connection_open() {
 fn a_feed_that_refuses_more_connections_than_it_serves_teaches_the_cap() {
     let mut rig = Rig::with_token(Config {
         slots: 1,
-        backoff: Backoff {
-            max_attempts: 1,
-            ..config().backoff
-        },
-        ..config()
+        ..giving_up_after(1)
     });
     let fetches = rig.want_n(4);
     rig.ready(1);
