@@ -7,19 +7,21 @@
 //! slowly (its producer waiting to hand over an event) would stop driving a fetch that other
 //! streams are waiting for too. Here each fetch runs on its own task and every waiter holds a
 //! share of it, so no waiter can hold up another. A fetch is still cancelled when its last waiter
-//! goes away: the waiters together hold its [`Wanted`], and the pool drops fetches nobody wants.
+//! goes away: the shared future then drops, and with it the task that waits on the pool's reply,
+//! and the pool drops a fetch whose reply channel has no receiver left.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use actix::Addr;
 use actix_web::http::StatusCode;
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
+use futures_util::future::{BoxFuture, Shared, WeakShared};
+use tokio::task::AbortHandle;
 
 use crate::cache::{Cache, ChartKey};
 use crate::ready_chart::ReadyChart;
-use crate::upstream::{FetchChart, FetchError, Pool, Wanted};
+use crate::upstream::{FetchChart, FetchError, Pool};
 
 /// Why one chart could not be had, as clients see it (`errors` entries, chart-data answers).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,21 +93,58 @@ impl Served {
 
 type Loaded = Result<Arc<ReadyChart>, ChartFailure>;
 
+/// A fetch's outcome as its waiters share it. Each waiter holds a clone; when the last one is
+/// dropped the fetch's task is aborted (see [`AbortOnDrop`]).
+type Flight = Shared<BoxFuture<'static, Loaded>>;
+
 /// What a caller that missed the cache gets from [`ChartService::join_or_start`].
 enum Joined {
     /// A fetch finished between the caller's look in the cache and now: its chart.
     Cached(Arc<ReadyChart>),
-    /// A fetch to wait for, and the waiter's share of wanting it.
-    Flight(Shared<BoxFuture<'static, Loaded>>, Arc<Wanted>),
+    /// A fetch to wait for.
+    Flight(Flight),
 }
 
 /// A fetch in flight, shared by everyone waiting for the same chart.
 struct InFlight {
     /// Tells this fetch from a later one for the same key.
     id: u64,
-    result: Shared<BoxFuture<'static, Loaded>>,
-    /// The waiters' shared interest; dead once the last of them went away.
-    wanted: Weak<Wanted>,
+    /// Weak, so that the registry does not keep a fetch wanted: dead once every waiter left.
+    result: WeakShared<BoxFuture<'static, Loaded>>,
+}
+
+/// Aborts a fetch's task when the shared future that owns this is dropped, i.e. when its last
+/// waiter goes away. The task's `send` to the pool goes with it, which tells the pool.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A flight's entry in the registry, removed when the fetch's task ends: after its chart is
+/// cached, or when it is aborted.
+struct FlightEntry {
+    registry: Arc<Mutex<Flights>>,
+    key: ChartKey,
+    id: u64,
+}
+
+impl Drop for FlightEntry {
+    fn drop(&mut self) {
+        let mut flights = self
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if flights
+            .by_key
+            .get(&self.key)
+            .is_some_and(|f| f.id == self.id)
+        {
+            flights.by_key.remove(&self.key);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -146,15 +185,10 @@ impl ChartService {
         }
         match self.join_or_start(key) {
             Joined::Cached(hit) => Lookup::Ready(self.served.count(Ok((hit, true)))),
-            Joined::Flight(result, wanted) => {
+            Joined::Flight(result) => {
                 let served = self.served.clone();
                 Lookup::Fetch(
-                    async move {
-                        // `wanted` keeps the fetch wanted for as long as this caller waits.
-                        let _wanted = wanted;
-                        served.count(result.await.map(|chart| (chart, false)))
-                    }
-                    .boxed(),
+                    async move { served.count(result.await.map(|chart| (chart, false))) }.boxed(),
                 )
             }
         }
@@ -175,9 +209,9 @@ impl ChartService {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(flight) = flights.by_key.get(&key)
-            && let Some(wanted) = flight.wanted.upgrade()
+            && let Some(result) = flight.result.upgrade()
         {
-            return Joined::Flight(flight.result.clone(), wanted);
+            return Joined::Flight(result);
         }
         // A fetch caches its chart before it leaves `flights` (under this lock), so a caller
         // that missed both the cache and the flight looks once more here instead of fetching
@@ -187,41 +221,37 @@ impl ChartService {
         }
         flights.next_id += 1;
         let id = flights.next_id;
-        let (request, wanted) =
-            FetchChart::cancellable(key.symbol.clone(), key.resolution, key.bars);
-        let wanted = Arc::new(wanted);
-        let (pool, cache, registry) = (self.pool.clone(), self.cache.clone(), self.flights.clone());
-        let task_key = key.clone();
+        let request = FetchChart::new(key.symbol.clone(), key.resolution, key.bars);
+        let entry = FlightEntry {
+            registry: self.flights.clone(),
+            key: key.clone(),
+            id,
+        };
+        let (pool, cache) = (self.pool.clone(), self.cache.clone());
         let task = actix_web::rt::spawn(async move {
             let loaded = match pool.send(request).await {
                 Ok(Ok(chart)) => {
-                    cache.insert_chart(task_key.clone(), chart.clone());
+                    cache.insert_chart(entry.key.clone(), chart.clone());
                     Ok(chart)
                 }
                 Ok(Err(e)) => Err(ChartFailure::from(&e)),
                 Err(_) => Err(unavailable()),
             };
             // Only now, with the chart cached, may a new caller miss this flight.
-            let mut flights = registry
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if flights.by_key.get(&task_key).is_some_and(|f| f.id == id) {
-                flights.by_key.remove(&task_key);
-            }
+            drop(entry);
             loaded
         });
-        let result = task
-            .map(|joined| joined.unwrap_or_else(|_| Err(unavailable())))
+        let abort = AbortOnDrop(task.abort_handle());
+        let result: Flight = task
+            .map(move |joined| {
+                drop(abort);
+                joined.unwrap_or_else(|_| Err(unavailable()))
+            })
             .boxed()
             .shared();
-        flights.by_key.insert(
-            key,
-            InFlight {
-                id,
-                result: result.clone(),
-                wanted: Arc::downgrade(&wanted),
-            },
-        );
-        Joined::Flight(result, wanted)
+        if let Some(weak) = result.downgrade() {
+            flights.by_key.insert(key, InFlight { id, result: weak });
+        }
+        Joined::Flight(result)
     }
 }

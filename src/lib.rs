@@ -8,8 +8,8 @@
 //!   construction.
 //! - [`client`]: outgoing awc clients with TLS (rustls, ring, webpki roots), set up one way.
 //! - [`upstream`]: the actor core's feed side: one actor per WebSocket connection, the pool actor
-//!   that owns them (lazy opening, queueing, retry, backoff, token rotation), and the token
-//!   provider.
+//!   that owns them and carries out what its pure policy core decides (lazy opening, queueing,
+//!   retry, backoff, token rotation), and the token provider.
 //! - [`manager`]: the lease manager actor: refcounted leases, the idle timer that closes the pool,
 //!   the periodic health check.
 //! - [`watch`]: the `chartgate watch` client: reads the chart stream over SSE, resumes it with

@@ -1,8 +1,15 @@
-//! The pool and its connections against the simulator over real loopback sockets.
+//! The pool actor and its connections against the simulator over real loopback sockets.
 //!
-//! These tests run on real time with short durations (tens to hundreds of milliseconds, and the
-//! one-second minimum of `stale_after_secs`): with paused time the runtime would jump its clock
-//! whenever it waits for the simulator's socket, firing request timeouts mid-fetch.
+//! The pool's decisions (backoff schedule, down and probe, learned cap, queue bound, rotation
+//! order, requester-gone at every stage) are unit-tested in `src/upstream/pool/policy/tests.rs`
+//! with instants set by hand. These tests prove the wiring end to end: that the actor carries the
+//! decisions out against a real feed, that the connection speaks the protocol, and that what the
+//! feed does (drops, stalls, refusals, short-lived tokens) reaches the policy as the right event.
+//!
+//! They run on real time with short durations: with paused time the runtime would jump its clock
+//! whenever it waits for the simulator's socket, firing request timeouts mid-fetch. Nothing here
+//! asserts how long something took; waits have deadlines only so that a bug fails instead of
+//! hanging.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -241,14 +248,8 @@ async fn a_stalled_connection_is_replaced_after_stale_after_secs() {
     assert_expected(&first, &run(&pool, first.clone()).await.unwrap());
     // This one goes to the stalled connection, waits for the stale check, and is retried on the
     // replacement (which answers once before stalling in turn).
-    let started = std::time::Instant::now();
     let second = fetch("NSE:INFY", Resolution::Week, 120);
     assert_expected(&second, &run(&pool, second.clone()).await.unwrap());
-    let waited = started.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
-        "{waited:?}"
-    );
     assert_eq!(sim.stats().connections_total, 2);
     let stats = pool.send(GetPoolStats).await.unwrap();
     assert_eq!(
@@ -270,27 +271,20 @@ async fn rejected_upgrades_back_off_then_go_down_then_recover() {
     );
     let req = fetch("NSE:TCS", Resolution::Day, 10);
 
-    // First attempt, then three reconnect attempts after ~50, ~100, ~200 ms (±20 % jitter).
-    let started = std::time::Instant::now();
+    // The first attempt, then three reconnect attempts on the backoff timer; then down.
     let err = run(&pool, req.clone()).await.unwrap_err();
-    let took = started.elapsed();
     assert!(matches!(err, FetchError::Unavailable(_)), "{err:?}");
     assert_eq!(err.code(), "upstream_unavailable");
     assert_eq!(sim.stats().handshakes_rejected, 4);
-    assert!(
-        took >= Duration::from_millis(280) && took < Duration::from_secs(3),
-        "{took:?}"
-    );
     let stats = pool.send(GetPoolStats).await.unwrap();
     assert!(stats.down);
     assert_eq!(stats.reconnect_attempts, 3);
 
-    // Down: a new fetch tries one connection and fails fast when it is refused.
-    let started = std::time::Instant::now();
+    // Down: a new fetch tries one connection, and fails when it is refused, without a backoff.
     let err = run(&pool, req.clone()).await.unwrap_err();
     assert!(matches!(err, FetchError::Unavailable(_)));
-    assert!(started.elapsed() < Duration::from_millis(250));
     assert_eq!(sim.stats().handshakes_rejected, 5);
+    assert!(pool.send(GetPoolStats).await.unwrap().down);
 
     // The feed is back: the next fetch starts a new episode and succeeds.
     sim.set_faults(Faults::default());
@@ -318,10 +312,28 @@ async fn token_rotation_under_load_fails_nothing() {
             s.upstream.session_sign = Secret::new("sign-rotation");
         }),
     );
-    let started = std::time::Instant::now();
+    // Load until the feed has issued a second token and a replacement connection (id 4 on) is
+    // carrying fetches, with a deadline only against a hang.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut round = 0;
     let mut total = 0;
-    while started.elapsed() < Duration::from_millis(2_600) {
+    loop {
+        let rotated = sim.stats().tokens_issued >= 2
+            && pool
+                .send(GetPoolStats)
+                .await
+                .unwrap()
+                .connections
+                .iter()
+                .any(|c| c.id > 3 && c.served > 0);
+        if rotated && total >= 40 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rotation: {:?}",
+            sim.stats()
+        );
         let requests = batch(20, round * 20);
         let results = join_all(requests.iter().cloned().map(|r| run(&pool, r))).await;
         for (req, result) in requests.iter().zip(&results) {
@@ -341,18 +353,13 @@ async fn token_rotation_under_load_fails_nothing() {
         "connections were replaced: {stats:?}"
     );
     // The first token's connections (1 to 3) are gone.
-    let mut pool_stats = pool.send(GetPoolStats).await.unwrap();
-    for _ in 0..100 {
-        if pool_stats.connections.iter().all(|c| c.id > 3) {
-            break;
-        }
-        actix::clock::sleep(Duration::from_millis(20)).await;
-        pool_stats = pool.send(GetPoolStats).await.unwrap();
-    }
-    assert!(
-        pool_stats.connections.iter().all(|c| c.id > 3),
-        "{pool_stats:?}"
-    );
+    wait_for_pool(
+        &pool,
+        Duration::from_secs(10),
+        "connections of the first token still open",
+        |s| s.connections.iter().all(|c| c.id > 3),
+    )
+    .await;
     sim.stop().await;
 }
 
@@ -385,11 +392,9 @@ async fn unknown_symbols_and_timeouts_fail_only_their_own_fetch() {
         latency_ms: 600,
         ..Faults::default()
     });
-    let started = std::time::Instant::now();
     let err = run(&pool, good.clone()).await.unwrap_err();
     assert_eq!(err, FetchError::Timeout);
     assert_eq!(err.code(), "upstream_timeout");
-    assert!(started.elapsed() < Duration::from_millis(550));
     sim.set_faults(Faults::default());
     assert_expected(&good, &run(&pool, good.clone()).await.unwrap());
     assert_eq!(sim.stats().connections_total, 1);
@@ -397,62 +402,33 @@ async fn unknown_symbols_and_timeouts_fail_only_their_own_fetch() {
 }
 
 #[actix_web::test]
-async fn a_full_queue_refuses_at_once() {
-    let sim = start_sim(|s| s.faults.latency_ms = 100).await;
+async fn a_requester_that_goes_away_cancels_its_fetch_queued_or_in_flight() {
+    // One slot and a feed slower than the test: one fetch in flight, three queued behind it.
+    let sim = start_sim(|s| s.faults.latency_ms = 10_000).await;
     let pool = start_pool(
         &sim,
         settings(|s| {
             s.pool.max_connections = 1;
             s.pool.requests_per_connection = 1;
-            s.pool.max_queue = 5;
+            s.upstream.request_timeout_ms = 30_000;
         }),
     );
-    let requests = batch(8, 0);
-    let results = join_all(requests.iter().cloned().map(|r| run(&pool, r))).await;
-    let refused = results
-        .iter()
-        .filter(|r| matches!(r, Err(FetchError::QueueFull)))
-        .count();
-    assert_eq!(refused, 3);
-    for (req, result) in requests.iter().zip(&results).take(5) {
-        assert_expected(req, result.as_ref().unwrap());
-    }
-    sim.stop().await;
-}
-
-#[actix_web::test]
-async fn fetches_nobody_waits_for_are_dropped_queued_or_in_flight() {
-    // One slot and a slow feed: one fetch in flight, three queued behind it.
-    let sim = start_sim(|s| s.faults.latency_ms = 3_000).await;
-    let pool = start_pool(
-        &sim,
-        settings(|s| {
-            s.pool.max_connections = 1;
-            s.pool.requests_per_connection = 1;
-        }),
-    );
-    let mut wanted = Vec::new();
-    let mut answers = Vec::new();
-    for req in batch(4, 0) {
-        let (req, still_wanted) = FetchChart::cancellable(req.symbol, req.resolution, req.bars);
-        wanted.push(still_wanted);
-        answers.push(pool.send(req));
-    }
-    let waiting = actix_web::rt::spawn(join_all(answers));
+    // `send` hands the message over at once; the futures hold the reply channels.
+    let waiting: Vec<_> = batch(4, 0).into_iter().map(|r| pool.send(r)).collect();
     wait_for_pool(
         &pool,
-        Duration::from_secs(2),
+        Duration::from_secs(5),
         "never saw 1 in flight, 3 queued",
         |s| s.in_flight == 1 && s.queued == 3,
     )
     .await;
 
-    // Every requester goes away: within the pool's one-second sweep nothing is left, long
-    // before the feed would have answered, and the queued fetches never reach the feed.
-    drop(wanted);
+    // Every requester goes away: nothing is left, the fetch in flight was aborted rather than
+    // answered, and the queued ones never reached the feed.
+    drop(waiting);
     let stats = wait_for_pool(
         &pool,
-        Duration::from_millis(1_800),
+        Duration::from_secs(5),
         "abandoned fetches still held",
         |s| s.in_flight == 0 && s.queued == 0,
     )
@@ -463,7 +439,12 @@ async fn fetches_nobody_waits_for_are_dropped_queued_or_in_flight() {
         1,
         "only the dispatched fetch reached the feed"
     );
-    waiting.abort();
+
+    // Its slot is free again: the next fetch goes out on the same connection.
+    sim.set_faults(Faults::default());
+    let req = fetch("NSE:TCS", Resolution::Day, 20);
+    assert_expected(&req, &run(&pool, req.clone()).await.unwrap());
+    assert_eq!(sim.stats().connections_total, 1);
     sim.stop().await;
 }
 
@@ -542,61 +523,6 @@ async fn a_resolution_the_feed_refuses_is_a_series_error_for_that_fetch_only() {
     assert!(err.to_string().contains("invalid resolution"), "{err}");
     let chart = outcomes[1].1.clone().unwrap();
     assert_eq!(chart.bars, *expected_bars("NSE:TCS", "1D", 25));
-    sim.stop().await;
-}
-
-#[actix_web::test]
-async fn the_token_claim_caps_the_pool() {
-    // The token page's JWT says max_connections = 2.
-    let sim = start_sim(|s| s.faults.max_connections = 2).await;
-    let pool = start_pool(
-        &sim,
-        settings(|s| {
-            s.pool.max_connections = 5;
-            s.pool.requests_per_connection = 2;
-            s.upstream.session_id = Secret::new("sid-claim");
-            s.upstream.session_sign = Secret::new("sign-claim");
-        }),
-    );
-    let requests = batch(40, 11);
-    let results = join_all(requests.iter().cloned().map(|r| run(&pool, r))).await;
-    for (req, result) in requests.iter().zip(&results) {
-        assert_expected(req, result.as_ref().expect("every fetch succeeds"));
-    }
-    let stats = sim.stats();
-    assert_eq!(stats.connections_total, 2, "{stats:?}");
-    assert_eq!(stats.handshakes_rejected, 0);
-    sim.stop().await;
-}
-
-#[actix_web::test]
-async fn refused_sessions_back_off_and_the_pool_keeps_what_works() {
-    // One connection per token: further ones get "max sessions rate exceeded" and a close.
-    let sim = start_sim(|s| {
-        s.faults.max_connections = 1;
-        s.faults.latency_ms = 30;
-    })
-    .await;
-    let pool = start_pool(
-        &sim,
-        settings(|s| {
-            s.pool.max_connections = 3;
-            s.pool.requests_per_connection = 2;
-            s.manager.reconnect_backoff_ms = 20;
-            s.manager.max_reconnect_attempts = 2;
-        }),
-    );
-    let requests = batch(20, 5);
-    let results = join_all(requests.iter().cloned().map(|r| run(&pool, r))).await;
-    for (req, result) in requests.iter().zip(&results) {
-        assert_expected(req, result.as_ref().expect("every fetch succeeds"));
-    }
-    let stats = sim.stats();
-    assert!(stats.handshakes_rejected >= 2, "{stats:?}");
-    assert!(stats.handshakes_rejected <= 6, "backed off: {stats:?}");
-    let pool_stats = pool.send(GetPoolStats).await.unwrap();
-    assert_eq!(pool_stats.open_connections, 1);
-    assert!(!pool_stats.down);
     sim.stop().await;
 }
 

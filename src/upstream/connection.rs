@@ -7,7 +7,10 @@
 //! said anything, so the pool can tell a quiet connection from a live one.
 //!
 //! It decides no policy: it reports `ready`, each fetch's outcome and its own end to the pool, which
-//! retries, replaces and backs off.
+//! retries, replaces and backs off. Turning WebSocket frames into whole messages (continuation
+//! frames, the size cap) is [`frames`]'s; this module does what the messages say.
+
+mod frames;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -20,10 +23,11 @@ use actix::io::{SinkWrite, WriteHandler};
 use actix::prelude::*;
 use awc::error::{WsClientError, WsProtocolError};
 use awc::ws::{self, Frame};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{Sink, StreamExt};
 use rand::Rng;
 
+use self::frames::{FrameReader, Incoming, with_read_buffer};
 use super::FetchError;
 use crate::config::{Secret, Settings};
 use crate::domain::{BarCount, Chart, ChartMetadata, Resolution, Symbol};
@@ -113,6 +117,19 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// What a `protocol_error` from the feed means: "max sessions rate" asks to slow down, one
+    /// about the auth token asks for a new token, anything else ends just this connection.
+    pub fn from_protocol_error(reason: String) -> Self {
+        let lower = reason.to_ascii_lowercase();
+        if lower.contains("max sessions rate") {
+            EndReason::RateLimited(reason)
+        } else if lower.contains("auth") || lower.contains("token") {
+            EndReason::AuthRejected(reason)
+        } else {
+            EndReason::Protocol(reason)
+        }
+    }
+
     /// Whether the connection failed before becoming usable (counts as a failed attempt).
     pub fn is_connect_failure(&self) -> bool {
         matches!(
@@ -212,20 +229,6 @@ pub struct Shutdown;
 
 type WsSink = Pin<Box<dyn Sink<ws::Message, Error = WsProtocolError>>>;
 
-/// Bytes the connection's read buffer starts with (and grows by, at least, once shared).
-/// awc starts it at 8 KiB and grows it 8 KiB at a time, so a 29 KB series answer was read in four
-/// or more calls, its start copied into a bigger buffer at each; with this it is read in one.
-const READ_BUFFER: usize = 64 * 1024;
-
-/// `framed` with a [`READ_BUFFER`]-sized read buffer, holding whatever was already read.
-fn with_read_buffer<T, U>(framed: actix_codec::Framed<T, U>) -> actix_codec::Framed<T, U> {
-    let mut parts = framed.into_parts();
-    let mut read_buf = BytesMut::with_capacity(READ_BUFFER.max(parts.read_buf.len()));
-    read_buf.extend_from_slice(&parts.read_buf);
-    parts.read_buf = read_buf;
-    actix_codec::Framed::from_parts(parts)
-}
-
 /// One fetch on this connection.
 struct FetchState {
     fetch: u64,
@@ -260,8 +263,8 @@ pub struct Connection {
     sink: Option<SinkWrite<ws::Message, WsSink>>,
     /// Fetches by chart session id.
     sessions: HashMap<String, FetchState>,
-    /// A text message arriving in continuation frames, capped at `upstream.max_frame_bytes`.
-    partial: Option<BytesMut>,
+    /// Frames to messages, capped at `upstream.max_frame_bytes`.
+    frames: FrameReader,
     /// Set once; reported in `stopped()`.
     end: Option<EndReason>,
 }
@@ -275,6 +278,7 @@ impl Connection {
         events: ConnectionEvents,
         shared: Arc<ConnShared>,
     ) -> Self {
+        let frames = FrameReader::new(settings.upstream.max_frame_bytes);
         Connection {
             id,
             url: self::feed_url(feed_url),
@@ -286,7 +290,7 @@ impl Connection {
             state: State::Connecting,
             sink: None,
             sessions: HashMap::new(),
-            partial: None,
+            frames,
             end: None,
         }
     }
@@ -466,62 +470,28 @@ impl Connection {
                 );
             }
             ServerMessage::ProtocolError { reason } => {
-                let lower = reason.to_ascii_lowercase();
-                let end = if lower.contains("max sessions rate") {
-                    EndReason::RateLimited(reason)
-                } else if lower.contains("auth") || lower.contains("token") {
-                    EndReason::AuthRejected(reason)
-                } else {
-                    EndReason::Protocol(reason)
-                };
-                self.fail(end, ctx);
+                self.fail(EndReason::from_protocol_error(reason), ctx);
             }
             _ => {}
         }
     }
 
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
-        let cap = self.settings.upstream.max_frame_bytes;
-        match frame {
-            Frame::Text(bytes) => self.on_bytes(&bytes, ctx),
-            Frame::Binary(_) => {
-                log::debug!("pool: connection {} ignored a binary frame", self.id);
-            }
-            Frame::Continuation(item) => match item {
-                actix_http::ws::Item::FirstText(b) => {
-                    let mut buf = BytesMut::with_capacity(b.len().min(cap));
-                    buf.extend_from_slice(&b);
-                    self.partial = Some(buf);
-                }
-                actix_http::ws::Item::FirstBinary(_) => self.partial = None,
-                actix_http::ws::Item::Continue(b) | actix_http::ws::Item::Last(b) => {
-                    if let Some(buf) = self.partial.as_mut() {
-                        if buf.len() + b.len() > cap {
-                            self.partial = None;
-                            self.fail(
-                                EndReason::Lost(format!(
-                                    "message larger than upstream.max_frame_bytes ({cap})"
-                                )),
-                                ctx,
-                            );
-                            return;
-                        }
-                        buf.extend_from_slice(&b);
-                    }
-                }
-            },
-            Frame::Ping(p) => {
+        match self.frames.read(frame) {
+            Incoming::Text(bytes) => self.on_bytes(&bytes, ctx),
+            Incoming::Ping(p) => {
                 if let Some(sink) = self.sink.as_mut() {
                     let _ = sink.write(ws::Message::Pong(p));
                 }
             }
-            Frame::Pong(_) => {}
-            Frame::Close(reason) => {
-                let why = reason
-                    .map(|r| format!("closed by upstream ({:?})", r.code))
-                    .unwrap_or_else(|| "closed by upstream".into());
-                self.fail(EndReason::Lost(why), ctx);
-            }
+            Incoming::Closed(why) => self.fail(EndReason::Lost(why), ctx),
+            Incoming::TooLarge { cap } => self.fail(
+                EndReason::Lost(format!(
+                    "message larger than upstream.max_frame_bytes ({cap})"
+                )),
+                ctx,
+            ),
+            Incoming::Nothing => {}
         }
     }
 
@@ -610,13 +580,6 @@ impl StreamHandler<Result<Frame, WsProtocolError>> for Connection {
     fn handle(&mut self, item: Result<Frame, WsProtocolError>, ctx: &mut Context<Self>) {
         self.shared.touch();
         match item {
-            Ok(Frame::Continuation(actix_http::ws::Item::Last(b))) => {
-                self.on_frame(Frame::Continuation(actix_http::ws::Item::Continue(b)), ctx);
-                if let Some(buf) = self.partial.take() {
-                    let bytes = buf.freeze();
-                    self.on_bytes(&bytes, ctx);
-                }
-            }
             Ok(frame) => self.on_frame(frame, ctx),
             Err(e) => self.fail(EndReason::Lost(format!("websocket error: {e}")), ctx),
         }
@@ -743,6 +706,19 @@ mod tests {
             feed_url("wss://h/ws?type=chart&from=chart"),
             "wss://h/ws?type=chart&from=chart"
         );
+    }
+
+    #[test]
+    fn protocol_errors_are_told_apart() {
+        let of = |s: &str| EndReason::from_protocol_error(s.to_string());
+        assert!(matches!(
+            of("Max Sessions Rate exceeded"),
+            EndReason::RateLimited(_)
+        ));
+        assert!(matches!(of("bad auth token"), EndReason::AuthRejected(_)));
+        assert!(matches!(of("wrong data"), EndReason::Protocol(_)));
+        assert!(of("bad auth token").is_connect_failure());
+        assert!(!of("wrong data").is_connect_failure());
     }
 
     #[test]

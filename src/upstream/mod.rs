@@ -4,18 +4,21 @@
 //! - [`connection`]: one actor per WebSocket. Handshake, auth, heartbeat echo, one chart session
 //!   per fetch, per-fetch timeouts. It reports to the pool and never decides policy.
 //! - [`pool`]: the actor the rest of the crate talks to ([`FetchChart`], [`KeepWarm`],
-//!   [`CloseAll`], [`GetPoolStats`]). Lazy opening, least-loaded dispatch, a bounded FIFO queue,
-//!   retry-once, stale detection, reconnect backoff, token rotation.
+//!   [`CloseAll`], [`GetPoolStats`]). It owns the connections, timers and token fetches and
+//!   carries out what its policy core decides: lazy opening, least-loaded dispatch, a bounded FIFO
+//!   queue, retry-once, stale replacement, reconnect backoff, token rotation.
+//! - [`backoff`]: the reconnect schedule (exponential, jittered, bounded).
 //! - [`token`]: where the JWT comes from (fixed, fetched with session cookies, or anonymous).
 //!
 //! The public messages and error type live here so that callers (the HTTP layer, the manager)
 //! depend on this module's surface rather than on the actors' internals.
 
+pub mod backoff;
 pub mod connection;
 pub mod pool;
 pub mod token;
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -51,60 +54,25 @@ impl UpstreamTarget {
 /// the pool never leaves it hanging (queue overflow, `down`, timeouts and lost connections all
 /// answer with an error). A chart comes ready to serve, its default JSON written on the
 /// connection's thread ([`ReadyChart::prepared`]).
+///
+/// Dropping the future of `pool.send(FetchChart)` says the answer is no longer wanted: the pool
+/// watches the reply channel, so a queued fetch leaves the queue and one in flight is aborted
+/// upstream (its chart session deleted) as soon as its requester goes away.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Arc<ReadyChart>, FetchError>")]
 pub struct FetchChart {
     pub symbol: Symbol,
     pub resolution: Resolution,
     pub bars: BarCount,
-    /// Whether the requester still wants the answer; see [`Wanted`].
-    pub interest: Interest,
 }
 
 impl FetchChart {
-    /// A fetch wanted until it is answered.
     pub fn new(symbol: Symbol, resolution: Resolution, bars: BarCount) -> Self {
         FetchChart {
             symbol,
             resolution,
             bars,
-            interest: Interest::default(),
         }
-    }
-
-    /// A fetch the pool drops (dequeues, or aborts upstream) once the returned [`Wanted`] is
-    /// dropped: a requester that goes away stops costing the feed anything.
-    pub fn cancellable(symbol: Symbol, resolution: Resolution, bars: BarCount) -> (Self, Wanted) {
-        let wanted = Arc::new(());
-        let interest = Interest(Some(Arc::downgrade(&wanted)));
-        (
-            FetchChart {
-                symbol,
-                resolution,
-                bars,
-                interest,
-            },
-            Wanted { _alive: wanted },
-        )
-    }
-}
-
-/// Held by whoever waits for a fetch made with [`FetchChart::cancellable`]; dropping it says the
-/// answer is no longer wanted. An actix `send` future cannot say this itself: the pool's reply
-/// channel stays open inside the actor whether or not anyone still awaits it.
-#[derive(Debug)]
-pub struct Wanted {
-    /// Only its drop matters: it ends the weak side's life.
-    _alive: Arc<()>,
-}
-
-/// The pool's side of [`Wanted`]. The default is wanted forever.
-#[derive(Debug, Clone, Default)]
-pub struct Interest(Option<Weak<()>>);
-
-impl Interest {
-    pub fn still_wanted(&self) -> bool {
-        self.0.as_ref().is_none_or(|w| w.strong_count() > 0)
     }
 }
 
