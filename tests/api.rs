@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use awc::http::Method;
+use futures_util::StreamExt;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
@@ -905,45 +906,122 @@ async fn fifty_concurrent_streams_fetch_each_chart_once() {
 // ------------------------------------------------------------------------------------------------
 // 7. A client that goes away
 
+/// `/api/connections/stats`' `pool.inFlight` and `pool.queued`.
+async fn pool_load(app: &TestApp) -> (u64, u64, Value) {
+    let stats = app.conn_stats().await;
+    let n = |k: &str| stats["pool"][k].as_u64().unwrap_or(u64::MAX);
+    (n("inFlight"), n("queued"), stats)
+}
+
+/// Polls `/api/connections/stats` until `done` holds for the pool's (inFlight, queued); the
+/// deadline only keeps a broken build from hanging.
+async fn wait_pool_load(app: &TestApp, what: &str, done: impl Fn(u64, u64) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (in_flight, queued, stats) = pool_load(app).await;
+        if done(in_flight, queued) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A stream whose client goes away cancels the fetches only it was waiting for, queued and in
+/// flight, while another client's fetches, queued behind them, go on. Nothing else can make the
+/// abandoned work go away here: the idle timeout and the request timeout are far longer than the
+/// test, and the feed would answer the abandoned stream's charts only after an hour. So the
+/// pool's load returns to zero only if the abandoned fetches were cancelled, the other stream
+/// completes only because they gave way, and the feed serves exactly that stream's charts.
 #[actix_web::test]
-async fn a_client_that_disconnects_releases_its_lease_and_connections() {
+async fn a_client_that_disconnects_cancels_only_the_work_it_was_waiting_for() {
+    const HOUR_MS: u64 = 3_600_000;
     let app = spawn_app(|s| {
-        s.simulator.faults.latency_ms = 300;
-        s.simulator.faults.series_concurrency = 1;
+        s.simulator.faults.latency_ms = HOUR_MS;
         s.pool.max_connections = 1;
+        s.pool.requests_per_connection = 10;
         s.stream.keep_alive_secs = 1;
-        s.manager.idle_timeout_secs = 1;
+        s.manager.idle_timeout_secs = 3_600;
+        s.upstream.request_timeout_ms = HOUR_MS;
     })
     .await;
-    let resp = app
+    // The abandoned stream: 40 charts, 10 in flight on the one connection, 30 queued.
+    let abandoned: Vec<String> = (1..=20).map(|n| format!("NSE:GONE{n:02}")).collect();
+    let mut gone = app
         .get(&format!(
-            "{STREAM}?formula=breakouts&resolutions=1D,1W&bars=30"
+            "{STREAM}?symbols={}&resolutions=1D,1W&bars=30",
+            abandoned.join(",")
         ))
         .send()
         .await
         .expect("open the stream");
-    let s = common::app::read_response(resp, |e| e.event == "formula-results").await;
-    assert_eq!(s.names(), ["formula-results"]);
-    // Dropped, but the server notices only at its next write (a keep-alive, 1 s): it still counts
-    // in /metrics (other tests' streams may count too).
+    assert_eq!(gone.status(), 200);
+    // Its first event, read while the response is kept open.
+    let mut head = Vec::new();
+    while !String::from_utf8_lossy(&head).contains("\"type\":\"formula-results\"") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), gone.next())
+            .await
+            .expect("the first event in time")
+            .expect("the stream goes on")
+            .expect("a chunk");
+        head.extend_from_slice(&chunk);
+    }
+    wait_pool_load(
+        &app,
+        "the abandoned stream's fetches reach the pool",
+        |f, q| (f, q) == (10, 30),
+    )
+    .await;
+    let stats = app.conn_stats().await;
+    assert_eq!(stats["refCount"], 1, "the stream holds a lease: {stats}");
+
+    // The other stream shares no chart with it; its two fetches queue behind the 30.
+    let other = actix_web::rt::spawn(read_stream(app.get(&format!(
+        "{STREAM}?symbols=NSE:KEPT1,NSE:KEPT2&resolutions=1D&bars=30"
+    ))));
+    wait_pool_load(&app, "the other stream's fetches are queued", |f, q| {
+        (f, q) == (10, 32)
+    })
+    .await;
+    // From now on the feed answers at once: any fetch it is sent from here is served.
+    app.sim.set_faults(Faults::default()).await;
+    assert_eq!(app.sim.stats().await.series_served, 0);
     let metrics = app.metrics().await;
     let open = metrics
         .lines()
         .find_map(|l| l.strip_prefix("chartgate_sse_streams_open "))
         .and_then(|v| v.trim().parse::<f64>().ok());
-    assert!(open.is_some_and(|n| n >= 1.0), "streams open: {open:?}");
-    let stats = app.conn_stats().await;
-    assert_eq!(stats["refCount"], 1, "the stream holds a lease: {stats}");
-    // The stream is dropped; keep-alives (1 s) let the server notice.
-    app.wait_ref_count(0, Duration::from_secs(3)).await;
-    // Then the idle timer (1 s) closes the upstream connections.
-    app.sim
-        .wait_connections_open(0, Duration::from_secs(3))
-        .await;
-    let served = app.sim.stats().await.series_served;
-    assert!(
-        served < 40,
-        "the abandoned stream's work was cancelled ({served} series served)"
+    assert!(open.is_some_and(|n| n >= 2.0), "streams open: {open:?}");
+
+    // The first client goes away. The server notices at its next write (a keep-alive): its
+    // lease is released and its fetches leave the pool, queued and in flight alike, while the
+    // other stream's two take their place.
+    drop(gone);
+    app.wait_ref_count(1, Duration::from_secs(5)).await;
+    wait_pool_load(&app, "the abandoned fetches were cancelled", |f, q| {
+        q == 0 && f <= 2
+    })
+    .await;
+    let other = other.await.expect("the other stream's reader");
+    assert_eq!(other.names().last(), Some(&"complete"), "{}", other.text());
+    let complete = &other.data_of("complete")[0]["data"];
+    assert_eq!(
+        (&complete["successfulCharts"], &complete["failedCharts"]),
+        (&json!(2), &json!(0)),
+        "the other stream's fetches were not cancelled: {complete}"
+    );
+    wait_pool_load(&app, "nothing left in the pool", |f, q| (f, q) == (0, 0)).await;
+    app.wait_ref_count(0, Duration::from_secs(5)).await;
+    let sim = app.sim.stats().await;
+    assert_eq!(
+        sim.series_served, 2,
+        "the feed served the other stream's charts and none of the abandoned ones: {sim:?}"
+    );
+    // The connection is still open: the idle timer played no part.
+    assert_eq!(
+        (sim.connections_open, sim.connections_total),
+        (1, 1),
+        "{sim:?}"
     );
 }
 
