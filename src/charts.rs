@@ -17,7 +17,7 @@ use actix_web::http::StatusCode;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 
-use crate::cache::{Cache, ChartKey};
+use crate::cache::{Cache, ChartKey, Missed};
 use crate::ready_chart::ReadyChart;
 use crate::upstream::{FetchChart, FetchError, Pool, Wanted};
 
@@ -177,14 +177,17 @@ impl ChartService {
         if let Some(flight) = flights.by_key.get(&key)
             && let Some(wanted) = flight.wanted.upgrade()
         {
+            self.cache.count_missed(Missed::Joined);
             return Joined::Flight(flight.result.clone(), wanted);
         }
         // A fetch caches its chart before it leaves `flights` (under this lock), so a caller
         // that missed both the cache and the flight looks once more here instead of fetching
         // the same chart again.
         if let Some(hit) = self.cache.peek_chart(&key) {
+            self.cache.count_missed(Missed::Hit);
             return Joined::Cached(hit);
         }
+        self.cache.count_missed(Missed::Fetched);
         flights.next_id += 1;
         let id = flights.next_id;
         let (request, wanted) =
