@@ -17,6 +17,7 @@
 //!   the periodic health check.
 //! - [`simulator`]: a faithful fake of the chart feed and of MarketInOut's Web API, with fault
 //!   injection, so chartgate runs and is tested with no credentials.
+//! - [`log_duration`]: durations as log lines print them (`38 ms`, `2.4 s`).
 //! - [`watch`]: the `chartgate watch` client: reads the chart stream over SSE, resumes it with
 //!   `Last-Event-ID` after a drop, and shows progress and a summary (or JSON lines).
 
@@ -33,6 +34,7 @@ pub mod formulas;
 pub mod hash;
 pub mod http;
 pub mod jwt;
+pub mod log_duration;
 pub mod manager;
 pub mod protocol;
 pub mod ready_chart;

@@ -36,6 +36,7 @@ use crate::charts::{ChartOutcome, ChartService, Lookup};
 use crate::config::StreamSettings;
 use crate::domain::{BarsFormat, Resolution};
 use crate::formulas::{FormulaResult, FormulaSource, Stock};
+use crate::log_duration::LogDuration;
 use crate::manager::LeaseGuard;
 
 /// What a stream needs from the application.
@@ -502,17 +503,30 @@ impl Producer {
             None => format!("{} symbols", self.list.stocks.len()),
         };
         log::info!(
-            "stream: {name} done: {} charts ({} ok, {} failed, {} cached) in {:.1} s{}",
-            counts.total(),
-            counts.ok,
-            counts.failed,
-            counts.cached,
-            total_time as f64 / 1000.0,
-            if self.resumed { ", resumed" } else { "" },
+            "{}",
+            done_line(
+                &name,
+                counts,
+                Duration::from_millis(total_time),
+                self.resumed
+            )
         );
         let kind = "complete";
         Event::json(kind, &self.id.done().to_string(), &Envelope { kind, data })
     }
+}
+
+/// The log line of a stream that completed.
+fn done_line(name: &str, counts: &Counts, took: Duration, resumed: bool) -> String {
+    format!(
+        "stream: {name} done: {} charts ({} ok, {} failed, {} cached) in {}{}",
+        counts.total(),
+        counts.ok,
+        counts.failed,
+        counts.cached,
+        LogDuration(took),
+        if resumed { ", resumed" } else { "" },
+    )
 }
 
 #[derive(Serialize)]
@@ -703,6 +717,28 @@ mod tests {
             gate: Arc::default(),
             sent: false,
         }
+    }
+
+    #[test]
+    fn the_done_line_gives_sub_second_streams_in_ms() {
+        let counts = Counts {
+            ok: 196,
+            failed: 4,
+            cached: 120,
+        };
+        assert_eq!(
+            done_line(
+                "formula breakouts",
+                &counts,
+                Duration::from_millis(38),
+                false
+            ),
+            "stream: formula breakouts done: 200 charts (196 ok, 4 failed, 120 cached) in 38 ms"
+        );
+        assert_eq!(
+            done_line("2 symbols", &counts, Duration::from_millis(2_400), true),
+            "stream: 2 symbols done: 200 charts (196 ok, 4 failed, 120 cached) in 2.4 s, resumed"
+        );
     }
 
     #[test]
