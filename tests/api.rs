@@ -49,8 +49,8 @@ fn assert_wire_format(s: &StreamRead, retry_ms: u64) {
     assert_eq!(header("cache-control").as_deref(), Some("no-cache"));
     assert_eq!(header("x-accel-buffering").as_deref(), Some("no"));
     assert!(
-        header("content-encoding").is_none_or(|v| v == "identity"),
-        "the stream is never compressed: {:?}",
+        header("content-encoding").is_none(),
+        "the stream is never compressed, and says no content coding: {:?}",
         s.headers
     );
     assert!(!s.raw.contains(&b'\r'), "lines end in LF only");
@@ -63,6 +63,7 @@ fn assert_wire_format(s: &StreamRead, retry_ms: u64) {
     );
     assert_eq!(s.retry, Some(Duration::from_millis(retry_ms)));
     assert!(text.ends_with("\n\n"), "the last event is terminated");
+    assert_blocks(&text, retry_ms);
     let mut data_blocks = 0;
     for block in text.split("\n\n").filter(|b| !b.is_empty()) {
         let lines: Vec<&str> = block.lines().collect();
@@ -83,6 +84,134 @@ fn assert_wire_format(s: &StreamRead, retry_ms: u64) {
         );
     }
     assert_eq!(data_blocks, s.events.len());
+}
+
+/// Every block of a stream is an event (an `event:`, an `id:` and one `data:` line) or a
+/// comment: clients that report a block with no data as an empty event (httpx-sse does for a
+/// lone `retry:`) then see exactly the events sent. `retry:` is a line of the first block only.
+fn assert_blocks(text: &str, retry_ms: u64) {
+    let blocks: Vec<&str> = text.split("\n\n").filter(|b| !b.is_empty()).collect();
+    let first_event = blocks
+        .iter()
+        .position(|b| !b.starts_with(':'))
+        .expect("an event");
+    for (n, block) in blocks.iter().enumerate() {
+        let lines: Vec<&str> = block.split('\n').collect();
+        if lines.iter().all(|l| l.starts_with(':')) {
+            continue;
+        }
+        let fields: Vec<&str> = lines
+            .iter()
+            .map(|l| l.split_once(':').map_or(*l, |(field, _)| field))
+            .collect();
+        let mut want = vec!["event", "id", "data"];
+        if n == first_event {
+            want.insert(0, "retry");
+            assert_eq!(lines[0], format!("retry: {retry_ms}"), "{block:.200}");
+        }
+        assert_eq!(fields, want, "block {n}: {block:.200}");
+    }
+}
+
+/// A response as the bytes on the wire: the head, and the body with its chunked framing
+/// removed. Sent on a plain socket so nothing (no client's decompression) stands in between.
+async fn raw_get(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .expect("connect");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    socket.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut raw))
+        .await
+        .expect("the response ended in time")
+        .expect("read the response");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let mut rest = &raw[split + 4..];
+    if !head.contains("transfer-encoding: chunked") {
+        return (head, rest.to_vec());
+    }
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size line");
+        let size_text = String::from_utf8_lossy(&rest[..line_end]);
+        let size = usize::from_str_radix(size_text.trim(), 16).expect("a chunk size");
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return (head, body);
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// The stream on the wire: no content coding even when the client offers gzip and br; the first
+/// block is `retry:` with the first event; every other block an event or a keep-alive comment;
+/// the same for a resumed stream, whose first event is a batch.
+#[actix_web::test]
+async fn the_stream_on_the_wire_is_uncompressed_and_every_block_an_event() {
+    let app = spawn_app(|s| {
+        s.stream.batch_size = 1;
+        s.stream.keep_alive_secs = 1;
+        s.simulator.faults.latency_ms = 1_200;
+    })
+    .await;
+    let retry_ms = app.settings.stream.retry_ms;
+    let path = format!("{STREAM}?symbols=NSE:TCS,NSE:INFY&resolutions=1D&bars=5");
+    let offers = [("Accept-Encoding", "gzip, br")];
+    let (head, body) = raw_get(&app, &path, &offers).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(!head.contains("content-encoding"), "{head}");
+    let text = String::from_utf8(body).expect("an uncompressed UTF-8 body");
+    assert!(
+        text.starts_with(&format!("retry: {retry_ms}\nevent: formula-results\nid: ")),
+        "{text:.300}"
+    );
+    let first = text.split("\n\n").next().unwrap_or_default();
+    assert!(
+        first.contains("\ndata: {\"type\":\"formula-results\""),
+        "{first:.300}"
+    );
+    assert_blocks(&text, retry_ms);
+    assert!(text.contains("\n\n: keep-alive\n\n"), "{text:.2000}");
+
+    // Resumed after the first batch: no formula-results; retry comes with the first event.
+    let first_batch_id = text
+        .split("\n\n")
+        .find(|b| b.contains("event: chart-batch"))
+        .and_then(|b| b.lines().find_map(|l| l.strip_prefix("id: ")))
+        .expect("a batch id")
+        .to_string();
+    let (head, body) = raw_get(
+        &app,
+        &path,
+        &[
+            ("Accept-Encoding", "gzip, br"),
+            ("Last-Event-ID", &first_batch_id),
+        ],
+    )
+    .await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    let text = String::from_utf8(body).expect("an uncompressed UTF-8 body");
+    assert!(
+        text.starts_with(&format!("retry: {retry_ms}\nevent: chart-batch\nid: ")),
+        "{text:.300}"
+    );
+    assert_blocks(&text, retry_ms);
+    assert!(!text.contains("formula-results"), "{text:.300}");
 }
 
 /// A chart as the API returns it equals what the simulator serves for that request.

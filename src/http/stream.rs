@@ -2,8 +2,9 @@
 //! as each group of `stream.batch_size` stocks finishes (in whatever order groups finish), then
 //! `complete`.
 //!
-//! Every chart of the stream is requested at once (the pool bounds concurrency). `retry:` and
-//! `formula-results` are made by the handler and leave with the response head. The rest comes
+//! Every chart of the stream is requested at once (the pool bounds concurrency). `formula-results`,
+//! with the `retry:` line in its block, is made by the handler and leaves with the response head;
+//! a resumed stream, which sends no `formula-results`, puts `retry:` in its first event. The rest comes
 //! from a `Producer` that the response body ([`super::sse::EventStream`]) pulls one event at a
 //! time, as the connection takes them: a slow reader holds at most the one event being written,
 //! and slows only its own stream (the fetches themselves run on their own tasks, see
@@ -129,11 +130,14 @@ pub async fn open(
         Some(id) if id.list == list_key => (id, true),
         _ => (StreamId::new(request_key, list_key), false),
     };
-    let mut first = vec![Event::retry(Duration::from_millis(deps.settings.retry_ms))];
-    if !resumed {
-        first.push(formula_results(&list, &request, id.to_string()));
-    }
-    let producer = Producer::new(deps, request, list, id, resumed, lease);
+    let retry = Duration::from_millis(deps.settings.retry_ms);
+    let first = if resumed {
+        Vec::new()
+    } else {
+        vec![formula_results(&list, &request, id.to_string()).with_retry(retry)]
+    };
+    let mut producer = Producer::new(deps, request, list, id, resumed, lease);
+    producer.retry = resumed.then_some(retry);
     Ok(EventStream::new(first, producer.into_events()).into_response())
 }
 
@@ -292,6 +296,8 @@ struct Producer {
     loaded: usize,
     /// `complete` or `stream-error` has been produced.
     ended: bool,
+    /// The `retry:` still to be sent, in the next event (not a comment): a resumed stream's.
+    retry: Option<Duration>,
     /// Held for the stream's life; dropping it releases the lease.
     _lease: LeaseGuard,
     _open: OpenStream,
@@ -392,6 +398,7 @@ impl Producer {
             counts,
             loaded: total_charts - remaining,
             ended: false,
+            retry: None,
             _lease: lease,
             _open: OpenStream::new(),
             started: Instant::now(),
@@ -409,8 +416,19 @@ impl Producer {
     }
 
     /// The next event: a finished batch, a keep-alive, `complete`, or `stream-error` on shutdown;
-    /// `None` after the last.
+    /// `None` after the last. The first that is not a comment carries the pending `retry:`.
     async fn next_event(&mut self) -> Option<Event> {
+        let event = self.next_block().await?;
+        Some(match self.retry {
+            Some(retry) if !event.is_comment() => {
+                self.retry = None;
+                event.with_retry(retry)
+            }
+            _ => event,
+        })
+    }
+
+    async fn next_block(&mut self) -> Option<Event> {
         if self.ended {
             return None;
         }
