@@ -737,6 +737,61 @@ async fn bad_requests_get_json_errors_with_the_right_status_and_code() {
             400,
             "too_many_symbols",
         ),
+        // Empty entries in lists, as text and in arrays.
+        get(&s("symbols=NSE:TCS,,NSE:INFY"), 400, "invalid_symbol"),
+        get(&s("symbols=NSE:TCS,"), 400, "invalid_symbol"),
+        get(&s("symbols=,NSE:TCS"), 400, "invalid_symbol"),
+        get(
+            &s("symbols=NSE:TCS&resolutions=1D,,1W"),
+            400,
+            "invalid_resolution",
+        ),
+        get(
+            &s("symbols=NSE:TCS&resolutions=1D,%20"),
+            400,
+            "invalid_resolution",
+        ),
+        post_json(
+            STREAM,
+            r#"{"symbols":"NSE:TCS,,NSE:INFY"}"#,
+            400,
+            "invalid_symbol",
+        ),
+        post_json(
+            STREAM,
+            r#"{"symbols":["NSE:TCS",""]}"#,
+            400,
+            "invalid_symbol",
+        ),
+        post_json(
+            STREAM,
+            r#"{"symbols":["NSE:TCS"],"resolutions":["1D"," "]}"#,
+            400,
+            "invalid_resolution",
+        ),
+        post_json(
+            STREAM,
+            r#"{"formulaId":"breakouts","resolutions":"1D,,1W"}"#,
+            400,
+            "invalid_resolution",
+        ),
+        // Unknown parameters.
+        get(
+            &s("symbols=NSE:TCS&barsformat=columns"),
+            400,
+            "unknown_parameter",
+        ),
+        get(&s("formula=breakouts&live=true"), 400, "unknown_parameter"),
+        get(
+            "/api/chart-data?symbol=NSE:TCS&bar=5",
+            400,
+            "unknown_parameter",
+        ),
+        get(
+            "/api/formula-results?formula=breakouts&resolutions=1D",
+            400,
+            "unknown_parameter",
+        ),
         // Resolutions, bars, format.
         get(
             &s("symbols=NSE:TCS&resolutions=2H"),
@@ -928,6 +983,73 @@ async fn bad_requests_get_json_errors_with_the_right_status_and_code() {
         .stream(&format!("{STREAM}?symbols=NSE:TCS&resolutions=1D&bars=5"))
         .await;
     assert_eq!(s.names().last(), Some(&"complete"), "still serving streams");
+}
+
+/// The refusals of empty list entries and unknown parameters say which one and what to do;
+/// `access_token` (the API token, SPEC 3) and `_` (a cache-buster) are taken on every route.
+#[actix_web::test]
+async fn empty_entries_and_unknown_parameters_are_named() {
+    let app = spawn_app(|_| {}).await;
+    let message = |body: &Value| body["error"].as_str().unwrap_or_default().to_string();
+    let (status, body) = app
+        .get_json(&format!("{STREAM}?symbols=NSE:TCS,,NSE:INFY"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        message(&body).contains("symbols") && message(&body).contains("entry 2 of 3"),
+        "{body}"
+    );
+    let resp = app
+        .post(STREAM)
+        .send_json(&json!({"symbols": ["NSE:TCS"], "resolutions": ["1D", ""]}))
+        .await
+        .expect("POST");
+    let (status, body) = response_json(resp).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        message(&body).contains("resolutions") && message(&body).contains("entry 2 of 2"),
+        "{body}"
+    );
+
+    let (status, body) = app
+        .get_json(&format!("{STREAM}?symbols=NSE:TCS&barsformat=columns"))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let text = message(&body);
+    assert!(text.contains("barsformat"), "names the parameter: {body}");
+    for known in [
+        "formula",
+        "symbols",
+        "resolutions",
+        "bars",
+        "barsFormat",
+        "lastEventId",
+    ] {
+        assert!(text.contains(known), "lists {known}: {body}");
+    }
+    let (status, body) = app
+        .get_json("/api/chart-data?symbol=NSE:TCS&resolutions=1D")
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        message(&body).contains("resolutions") && message(&body).contains("resolution,"),
+        "{body}"
+    );
+
+    let s = app
+        .stream(&format!(
+            "{STREAM}?symbols=NSE:TCS&resolutions=1D&bars=5&access_token=unused&_=1700000000"
+        ))
+        .await;
+    assert_eq!(s.names().last(), Some(&"complete"), "{}", s.text());
+    let (status, body) = app
+        .get_json("/api/chart-data?symbol=NSE:TCS&bars=5&_=1&access_token=unused")
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .get_json("/api/formula-results?formula=breakouts&_=1")
+        .await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[actix_web::test]
