@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use chartgate::config::{DEMO_FORMULAS, Faults, FormulaDef, Secret};
 use chartgate::simulator::expected_bars;
+use chartgate::watch::sse::SseEvent;
 
 use common::app::{
     StreamRead, TestApp, client, read_stream, read_stream_until, response_json, send_json,
@@ -640,6 +641,95 @@ async fn a_dropped_stream_resumes_from_its_last_event_id() {
         assert_eq!(batch_indices(&s).len(), total_batches, "{id}");
         assert_eq!(outcomes(&s.data_of("chart-batch")), all_charts);
     }
+}
+
+/// `complete` of a resumed stream describes the whole stream: every chart of it, the batches
+/// sent on the earlier connection included, and the time spent on both connections.
+#[actix_web::test]
+async fn a_resumed_stream_completes_with_the_whole_streams_figures() {
+    let app = spawn_app(|s| s.stream.batch_size = 4).await;
+    // 3 batches of 4 stocks; the two unknown symbols (in the first and last batch) fail.
+    let symbols: Vec<String> = (1..=12)
+        .map(|n| match n {
+            2 => "NSE:INVALIDONE".to_string(),
+            11 => "NSE:INVALIDTWO".to_string(),
+            n => format!("NSE:WHOLE{n:02}"),
+        })
+        .collect();
+    let path = format!(
+        "{STREAM}?symbols={}&resolutions=1D,1W&bars=10",
+        symbols.join(",")
+    );
+    let full = app.stream(&path).await;
+    let whole = &full.data_of("complete")[0]["data"];
+    assert_eq!(
+        (
+            &whole["totalCharts"],
+            &whole["successfulCharts"],
+            &whole["failedCharts"],
+            &whole["cachedCharts"]
+        ),
+        (&json!(24), &json!(20), &json!(4), &json!(0)),
+        "{whole}"
+    );
+    // Resumed after its first two batches (by the id of the second batch event): the rest now
+    // comes from the cache, except the failed charts, which are never cached.
+    let batches: Vec<&SseEvent> = full
+        .events
+        .iter()
+        .filter(|e| e.event == "chart-batch")
+        .collect();
+    let second_id = batches[1].id.clone().expect("an id");
+    let sent: Vec<u64> = batch_indices(&full)[..2].to_vec();
+    let left = (1..=3u64)
+        .find(|i| !sent.contains(i))
+        .expect("a batch left");
+    let left_ok: usize = full
+        .data_of("chart-batch")
+        .iter()
+        .filter(|b| b["data"]["batchIndex"] == left)
+        .filter_map(|b| b["data"]["chartData"].as_object().cloned())
+        .flat_map(|by_symbol| by_symbol.into_iter())
+        .map(|(_, by_resolution)| by_resolution.as_object().map_or(0, |r| r.len()))
+        .sum();
+    let rest = read_stream(
+        app.get(&path)
+            .insert_header(("Last-Event-ID", second_id.as_str())),
+    )
+    .await;
+    assert_eq!(rest.names(), ["chart-batch", "complete"], "{}", rest.text());
+    let c = &rest.data_of("complete")[0]["data"];
+    assert_eq!(
+        (
+            &c["totalCharts"],
+            &c["successfulCharts"],
+            &c["failedCharts"],
+            &c["cachedCharts"]
+        ),
+        (&json!(24), &json!(20), &json!(4), &json!(left_ok)),
+        "the whole stream's figures: {c}"
+    );
+    let total_time = c["totalTime"].as_f64().expect("totalTime");
+    let avg = c["avgTimePerChart"].as_f64().expect("avgTimePerChart");
+    assert!((avg * 24.0 - total_time).abs() < 0.5, "{c}");
+
+    // An id whose figures do not fit its batches (edited, or of another stream) cannot
+    // continue this one: the stream starts over rather than report impossible figures.
+    let mut parts: Vec<&str> = second_id.split('.').collect();
+    assert_eq!(parts.len(), 7, "{second_id}");
+    parts[3] = "ff";
+    let forged = parts.join(".");
+    let again = read_stream(
+        app.get(&path)
+            .insert_header(("Last-Event-ID", forged.as_str())),
+    )
+    .await;
+    assert_eq!(again.names().first(), Some(&"formula-results"), "{forged}");
+    assert_eq!(
+        again.data_of("formula-results")[0]["data"]["resumed"],
+        false
+    );
+    assert_eq!(again.data_of("complete")[0]["data"]["totalCharts"], 24);
 }
 
 // ------------------------------------------------------------------------------------------------

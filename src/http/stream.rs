@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use super::error::ApiError;
 use super::params::{StreamRequest, SymbolSource};
 use super::sse::{Event, EventBuilder, EventStream};
-use super::stream_id::{Progress, StreamId, list_hash, request_hash};
+use super::stream_id::{Progress, Sent, StreamId, list_hash, request_hash};
 use crate::cache::ChartKey;
 use crate::charts::{ChartOutcome, ChartService, Lookup};
 use crate::config::StreamSettings;
@@ -127,7 +127,7 @@ pub async fn open(
     let list = stock_list(&deps, &request, previous.as_ref()).await?;
     let list_key = list_hash_of(&list.stocks);
     let (id, resumed) = match previous {
-        Some(id) if id.list == list_key => (id, true),
+        Some(id) if id.list == list_key && fits(&id, &list, &request, &deps.settings) => (id, true),
         _ => (StreamId::new(request_key, list_key), false),
     };
     let retry = Duration::from_millis(deps.settings.retry_ms);
@@ -139,6 +139,25 @@ pub async fn open(
     let mut producer = Producer::new(deps, request, list, id, resumed, lease);
     producer.retry = resumed.then_some(retry);
     Ok(EventStream::new(first, producer.into_events()).into_response())
+}
+
+/// Whether the figures an id carries for the batches it marks as sent are possible for this
+/// stream: every marked batch is one of its batches, their charts are `ok + failed`, and no more
+/// came from the cache than succeeded. An id that fails this was not made by this stream (or was
+/// edited), and the stream starts over rather than report figures that cannot be true.
+fn fits(
+    id: &StreamId,
+    list: &StockList,
+    request: &StreamRequest,
+    settings: &StreamSettings,
+) -> bool {
+    let batch_size = settings.batch_size.max(1);
+    let stocks = list.stocks.len();
+    let charts_in = |b: usize| batch_size.min(stocks - b * batch_size) * request.resolutions.len();
+    let sent = &id.sent;
+    id.delivered_charts(stocks.div_ceil(batch_size), charts_in)
+        .is_some_and(|charts| sent.ok.checked_add(sent.failed) == Some(charts))
+        && sent.cached <= sent.ok
 }
 
 /// The first event of a new stream: the stock list, before any chart work.
@@ -215,11 +234,12 @@ impl Batch {
         self.fetches.is_empty()
     }
 
-    /// Polls the batch's fetches if its gate says they may have finished; records outcomes.
+    /// Polls the batch's fetches if its gate says they may have finished; records outcomes
+    /// (counted when the batch is sent).
     /// Every fetch still running is left registered with the gate, so the stream is woken once
     /// when all of them have finished rather than once per chart: with a thousand streams waiting
     /// for the same charts, waking each connection per chart costs more than sending the charts.
-    fn poll_fetches(&mut self, cx: &mut Context<'_>, counts: &mut Counts) {
+    fn poll_fetches(&mut self, cx: &mut Context<'_>) {
         self.gate.task.register(cx.waker());
         if self.fetches.is_empty() || !self.gate.fired() {
             return;
@@ -234,7 +254,6 @@ impl Batch {
             match self.fetches[i].1.as_mut().poll(&mut gate_cx) {
                 Poll::Ready(outcome) => {
                     let (slot, _) = self.fetches.swap_remove(i);
-                    counts.add(&outcome);
                     self.outcomes[slot] = Some(outcome);
                 }
                 Poll::Pending => i += 1,
@@ -291,6 +310,9 @@ struct Producer {
     resumed: bool,
     /// Batches not yet sent (resumed streams skip those already received).
     batches: Vec<Batch>,
+    /// The charts of the batches sent on earlier connections, and the time spent on them.
+    before: Sent,
+    /// The charts of the batches sent on this connection.
     counts: Counts,
     /// Charts finished, those of batches received before a resume included.
     loaded: usize,
@@ -342,11 +364,11 @@ impl Producer {
         resumed: bool,
         lease: LeaseGuard,
     ) -> Producer {
+        let id_sent = id.sent;
         let per_stock = request.resolutions.len();
         let total_charts = list.stocks.len() * per_stock;
         let batch_size = deps.settings.batch_size.max(1);
         let total_batches = list.stocks.len().div_ceil(batch_size);
-        let mut counts = Counts::default();
         let mut remaining = 0;
         let batches: Vec<Batch> = (0..total_batches)
             .filter(|b| !id.has(*b))
@@ -363,10 +385,7 @@ impl Producer {
                             bars: request.bars,
                         };
                         match deps.charts.lookup(key) {
-                            Lookup::Ready(outcome) => {
-                                counts.add(&outcome);
-                                outcomes.push(Some(outcome));
-                            }
+                            Lookup::Ready(outcome) => outcomes.push(Some(outcome)),
                             Lookup::Fetch(fetch) => {
                                 fetches.push((outcomes.len(), fetch));
                                 outcomes.push(None);
@@ -395,7 +414,8 @@ impl Producer {
             id,
             resumed,
             batches,
-            counts,
+            before: id_sent,
+            counts: Counts::default(),
             loaded: total_charts - remaining,
             ended: false,
             retry: None,
@@ -462,7 +482,7 @@ impl Producer {
     fn poll_fetches(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut any = false;
         for batch in self.batches.iter_mut().filter(|b| !b.sent) {
-            batch.poll_fetches(cx, &mut self.counts);
+            batch.poll_fetches(cx);
             any |= batch.complete();
         }
         if any { Poll::Ready(()) } else { Poll::Pending }
@@ -479,7 +499,11 @@ impl Producer {
         let batch = self.batches.iter_mut().find(|b| !b.sent && b.complete())?;
         batch.sent = true;
         self.loaded += batch.outcomes.len();
+        for outcome in batch.outcomes.iter().flatten() {
+            self.counts.add(outcome);
+        }
         self.id.mark(batch.index);
+        self.id.sent = Self::whole(&self.before, &self.counts, self.started).0;
         let info = BatchInfo {
             index: batch.index,
             total_batches,
@@ -500,10 +524,31 @@ impl Producer {
         Some(event)
     }
 
-    /// The `complete` event, and the stream's log line.
+    /// The whole stream's figures so far: the batches sent before a resume, and on this
+    /// connection; the time is the sum of the time spent on each connection until its last
+    /// batch (the time the client was away is not the stream's).
+    fn whole(before: &Sent, now: &Counts, started: Instant) -> (Sent, Counts) {
+        let counts = Counts {
+            ok: before.ok + now.ok,
+            failed: before.failed + now.failed,
+            cached: before.cached + now.cached,
+        };
+        let elapsed_ms = before.elapsed_ms + started.elapsed().as_millis() as u64;
+        let sent = Sent {
+            ok: counts.ok,
+            failed: counts.failed,
+            cached: counts.cached,
+            elapsed_ms,
+        };
+        (sent, counts)
+    }
+
+    /// The `complete` event, and the stream's log line: both about the whole stream, the
+    /// batches sent before a resume included.
     fn complete(&self) -> Event {
-        let counts = &self.counts;
-        let total_time = self.started.elapsed().as_millis() as u64;
+        let (sent, counts) = Self::whole(&self.before, &self.counts, self.started);
+        let counts = &counts;
+        let total_time = sent.elapsed_ms;
         let data = CompleteData {
             total_charts: counts.total(),
             successful_charts: counts.ok,
@@ -771,17 +816,15 @@ mod tests {
         let mut batch = batch(fetches);
         let (wakes, waker) = Wakes::task();
         let mut cx = Context::from_waker(&waker);
-        let mut counts = Counts::default();
-        batch.poll_fetches(&mut cx, &mut counts);
+        batch.poll_fetches(&mut cx);
         assert!(!batch.complete());
         for (n, tx) in senders.into_iter().enumerate() {
             assert_eq!(wakes.count(), 0, "woken after {n} of 4 charts");
             tx.send(failed(n)).unwrap();
         }
         assert_eq!(wakes.count(), 1, "woken once, when the last chart came in");
-        batch.poll_fetches(&mut cx, &mut counts);
+        batch.poll_fetches(&mut cx);
         assert!(batch.complete());
-        assert_eq!(counts.failed, 4);
         let messages: Vec<String> = batch
             .outcomes
             .iter()
@@ -808,11 +851,10 @@ mod tests {
         let mut batch = batch(vec![(0, fetch)]);
         let (wakes, waker) = Wakes::task();
         let mut cx = Context::from_waker(&waker);
-        let mut counts = Counts::default();
-        batch.poll_fetches(&mut cx, &mut counts);
+        batch.poll_fetches(&mut cx);
         assert!(!batch.complete());
         assert_eq!(wakes.count(), 1, "asked to be polled again");
-        batch.poll_fetches(&mut cx, &mut counts);
+        batch.poll_fetches(&mut cx);
         assert!(batch.complete());
     }
 }
