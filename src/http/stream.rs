@@ -2,16 +2,16 @@
 //! as each group of `stream.batch_size` stocks finishes (in whatever order groups finish), then
 //! `complete`.
 //!
-//! Every chart of the stream is requested at once (the pool bounds concurrency). `formula-results`,
-//! with the `retry:` line in its block, is made by the handler and leaves with the response head;
-//! a resumed stream, which sends no `formula-results`, puts `retry:` in its first event. The rest comes
-//! from a `Producer` that the response body ([`super::sse::EventStream`]) pulls one event at a
-//! time, as the connection takes them: a slow reader holds at most the one event being written,
-//! and slows only its own stream (the fetches themselves run on their own tasks, see
-//! [`crate::charts`]). When the client goes away actix-web drops the body and with it the
-//! producer: fetches only it was waiting for are cancelled and its lease is released. A
-//! keep-alive comment after `stream.keep_alive_secs` of silence is what lets a dead connection be
-//! noticed at all.
+//! Every chart of the stream is requested at once (the pool bounds concurrency).
+//! `formula-results`, with the `retry:` line in its block, is made by the handler and leaves with
+//! the response head; a resumed stream, which sends no `formula-results`, puts `retry:` in its
+//! first event. The rest comes from a `Producer` that the response body
+//! ([`super::sse::EventStream`]) pulls one event at a time, as the connection takes them: a slow
+//! reader holds at most the one event being written, and slows only its own stream (the fetches
+//! themselves run on their own tasks, see [`crate::charts`]). When the client goes away actix-web
+//! drops the body and with it the producer: fetches only it was waiting for are cancelled and its
+//! lease is released. A keep-alive comment after `stream.keep_alive_secs` of silence is what lets
+//! a dead connection be noticed at all.
 //!
 //! Pulling rather than a producer task and a channel keeps an open stream small: an idle stream
 //! is its connection, this state and the fetches it waits for.
