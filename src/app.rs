@@ -76,7 +76,14 @@ fn describe_metrics() {
     );
     describe_gauge!("chartgate_leases", "live leases (refCount)");
     describe_counter!("chartgate_cache_hits_total", "chart cache hits");
-    describe_counter!("chartgate_cache_misses_total", "chart cache misses");
+    describe_counter!(
+        "chartgate_cache_joined_total",
+        "chart cache misses that joined a fetch already in flight"
+    );
+    describe_counter!(
+        "chartgate_cache_misses_total",
+        "chart cache misses that started a fetch"
+    );
     describe_histogram!(
         "chartgate_chart_fetch_seconds",
         Unit::Seconds,
@@ -85,6 +92,7 @@ fn describe_metrics() {
     for name in [
         "chartgate_upstream_reconnects_total",
         "chartgate_cache_hits_total",
+        "chartgate_cache_joined_total",
         "chartgate_cache_misses_total",
     ] {
         metrics::counter!(name).increment(0);

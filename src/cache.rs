@@ -26,13 +26,27 @@ pub struct ChartKey {
     pub bars: BarCount,
 }
 
-/// Counters for `/api/connections/stats`.
+/// Counters for `/api/connections/stats`. Every chart lookup is one of `hits`, `joined` or
+/// `misses`, so `misses` is the number of fetches made from the feed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct CacheStats {
     pub entries: u64,
     pub bytes: u64,
     pub hits: u64,
+    /// Lookups that missed the cache but joined a fetch of the same chart already in flight.
+    pub joined: u64,
     pub misses: u64,
+}
+
+/// How a chart lookup that missed the cache was served, as the single flight decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// A fetch of the same chart was in flight, and the caller waits for it.
+    Joined,
+    /// A fetch finished between the look in the cache and now: its chart is cached after all.
+    Hit,
+    /// A new fetch was started.
+    Fetched,
 }
 
 /// Charts and formula results, shared by every request.
@@ -42,6 +56,7 @@ pub struct Cache {
     charts: moka::sync::Cache<ChartKey, Arc<ReadyChart>>,
     formulas: moka::future::Cache<String, Arc<FormulaResult>>,
     hits: Tally,
+    joined: Tally,
     misses: Tally,
 }
 
@@ -89,18 +104,28 @@ impl Cache {
             charts,
             formulas,
             hits: Tally::new("chartgate_cache_hits_total"),
+            joined: Tally::new("chartgate_cache_joined_total"),
             misses: Tally::new("chartgate_cache_misses_total"),
         }
     }
 
-    /// The cached chart for `key`, counted as a hit or a miss.
+    /// The cached chart for `key`, counted as a hit. A lookup that finds nothing is counted by
+    /// [`Cache::count_missed`] once the caller knows whether it joined a fetch or started one.
     pub fn cached_chart(&self, key: &ChartKey) -> Option<Arc<ReadyChart>> {
         let hit = self.charts.get(key);
-        match hit {
-            Some(_) => self.hits.add(),
-            None => self.misses.add(),
+        if hit.is_some() {
+            self.hits.add();
         }
         hit
+    }
+
+    /// Counts a lookup that [`Cache::cached_chart`] did not find.
+    pub fn count_missed(&self, how: Missed) {
+        match how {
+            Missed::Joined => self.joined.add(),
+            Missed::Hit => self.hits.add(),
+            Missed::Fetched => self.misses.add(),
+        }
     }
 
     /// The cached chart without counting a hit or a miss (a second look by the same caller).
@@ -137,6 +162,7 @@ impl Cache {
             entries: self.charts.entry_count() + self.formulas.entry_count(),
             bytes: self.charts.weighted_size(),
             hits: self.hits.get(),
+            joined: self.joined.get(),
             misses: self.misses.get(),
         }
     }
@@ -148,7 +174,7 @@ mod tests {
     use crate::domain::{Bar, Chart, ChartMetadata};
 
     #[actix_rt::test]
-    async fn charts_are_counted_as_hits_and_misses() {
+    async fn charts_are_counted_as_hits_joins_and_misses() {
         let cache = Cache::new(&CacheSettings::default());
         let key = ChartKey {
             symbol: "NSE:TCS".parse().unwrap(),
@@ -156,6 +182,9 @@ mod tests {
             bars: BarCount::default(),
         };
         assert!(cache.cached_chart(&key).is_none());
+        cache.count_missed(Missed::Fetched);
+        assert!(cache.cached_chart(&key).is_none());
+        cache.count_missed(Missed::Joined);
         let bar = Bar {
             time: 1,
             open: 1.0,
@@ -174,7 +203,10 @@ mod tests {
         let hit = cache.cached_chart(&key).unwrap();
         assert_eq!(hit.chart.bars.len(), 2);
         let stats = cache.stats().await;
-        assert_eq!((stats.entries, stats.hits, stats.misses), (1, 1, 1));
+        assert_eq!(
+            (stats.entries, stats.hits, stats.joined, stats.misses),
+            (1, 1, 1, 1)
+        );
         assert!(stats.bytes > 0);
     }
 }

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared, WeakShared};
 use tokio::task::AbortHandle;
 
-use crate::cache::{Cache, ChartKey};
+use crate::cache::{Cache, ChartKey, Missed};
 use crate::ready_chart::ReadyChart;
 use crate::upstream::{FetchChart, FetchError, Pool};
 
@@ -211,14 +211,17 @@ impl ChartService {
         if let Some(flight) = flights.by_key.get(&key)
             && let Some(result) = flight.result.upgrade()
         {
+            self.cache.count_missed(Missed::Joined);
             return Joined::Flight(result);
         }
         // A fetch caches its chart before it leaves `flights` (under this lock), so a caller
         // that missed both the cache and the flight looks once more here instead of fetching
         // the same chart again.
         if let Some(hit) = self.cache.peek_chart(&key) {
+            self.cache.count_missed(Missed::Hit);
             return Joined::Cached(hit);
         }
+        self.cache.count_missed(Missed::Fetched);
         flights.next_id += 1;
         let id = flights.next_id;
         let request = FetchChart::new(key.symbol.clone(), key.resolution, key.bars);

@@ -12,6 +12,7 @@
 //!   retry, backoff, token rotation), and the token provider.
 //! - [`manager`]: the lease manager actor: refcounted leases, the idle timer that closes the pool,
 //!   the periodic health check.
+//! - [`log_duration`]: durations as log lines print them (`38 ms`, `2.4 s`).
 //! - [`watch`]: the `chartgate watch` client: reads the chart stream over SSE, resumes it with
 //!   `Last-Event-ID` after a drop, and shows progress and a summary (or JSON lines).
 
@@ -27,6 +28,7 @@ pub mod domain;
 pub mod formulas;
 pub mod hash;
 pub mod http;
+pub mod log_duration;
 pub mod manager;
 pub mod ready_chart;
 pub mod upstream;

@@ -20,6 +20,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::log_duration::LogDuration;
 use crate::upstream::{CloseAll, GetPoolStats, KeepWarm, Pool, PoolStats};
 
 /// Take a lease. An explicit lease lasts until released, force-cleanup or `lease_ttl_secs`
@@ -171,8 +172,8 @@ impl Manager {
         let ttl = self.ttl();
         ctx.run_later(ttl, move |act, ctx| {
             log::info!(
-                "manager: lease expired (not renewed for {} s)",
-                ttl.as_secs()
+                "manager: lease expired (not renewed for {})",
+                LogDuration(ttl)
             );
             act.release(&lease_id, ctx);
         })
@@ -229,8 +230,11 @@ impl Manager {
             self.close_pool("last lease released", ctx);
             return;
         }
-        log::info!("manager: last lease released, closing connections in {secs} s");
         let after = Duration::from_secs(secs);
+        log::info!(
+            "manager: last lease released, closing connections in {}",
+            LogDuration(after)
+        );
         let handle = ctx.run_later(after, |act, ctx| {
             act.idle = None;
             act.close_pool("idle timeout", ctx);

@@ -222,11 +222,11 @@ fn complete(id: &str) -> String {
     event(id, "complete", complete_data())
 }
 
-/// The whole happy stream, with a keep-alive comment between events.
+/// The whole happy stream as the server sends it (`retry:` in the first event's block), with a
+/// keep-alive comment between events.
 fn happy_stream() -> Vec<Part> {
     vec![
-        text("retry: 10\n\n"),
-        text(formula_results("s1-1")),
+        text(format!("retry: 10\n{}", formula_results("s1-1"))),
         text(": keep-alive\n\n"),
         text(batch1("s1-2")),
         text(batch2("s1-3")),
@@ -828,7 +828,7 @@ fn parse_chunks(chunks: &[&[u8]]) -> (Vec<SseEvent>, SseParser) {
     (events, parser)
 }
 
-const STREAM: &str = "retry: 2000\n\n\
+const STREAM: &str = "retry: 2000\n\
 id: 1\nevent: formula-results\ndata: {\"a\":\"é→\"}\n\n\
 : keep-alive\n\n\
 id: 2\nevent: chart-batch\ndata: line one\ndata:line two\ndata:  indented\ndata\n\n\
@@ -898,8 +898,10 @@ fn sse_id_rules() {
 
 #[test]
 fn sse_retry_must_be_digits() {
-    let (_, parser) = parse_chunks(&[b"retry: 10\n\nretry: 5s\n\nretry:\n\n"]);
+    // A block of `retry:` alone (as servers often send first) sets it and dispatches nothing.
+    let (events, parser) = parse_chunks(&[b"retry: 10\n\nretry: 5s\n\nretry:\n\n"]);
     assert_eq!(parser.retry(), Some(Duration::from_millis(10)));
+    assert!(events.is_empty());
 }
 
 #[test]

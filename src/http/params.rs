@@ -1,5 +1,10 @@
 //! Request parameters, parsed at the boundary into domain types: a stream request (query string
 //! or JSON body) and a chart request. Every refusal names the parameter and what it accepts.
+//!
+//! Nothing is skipped silently: an empty entry in a list (`1D,,1W`, `["NSE:TCS", ""]`) and a query
+//! parameter the route does not take (`barsformat`) are refused, so a client learns of its typo
+//! instead of getting something else than it asked for. Every route also takes `access_token`
+//! (the API token may come in the query, SPEC 3) and `_`, the cache-buster some HTTP clients add.
 
 use serde::Deserialize;
 
@@ -25,6 +30,27 @@ impl Query {
             })
     }
 
+    /// Refuses a parameter that is not in `known` (nor one every route takes), naming it and
+    /// listing those the route takes.
+    pub fn only(&self, known: &[&str]) -> Result<&Self, ApiError> {
+        let unknown = self
+            .pairs
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .find(|k| !known.contains(k) && !EVERY_ROUTE.contains(k));
+        match unknown {
+            None => Ok(self),
+            Some(name) => Err(ApiError::bad_request(
+                "unknown_parameter",
+                format!(
+                    "unknown parameter {:?}; this route takes {} (and access_token)",
+                    truncate_for_message(name),
+                    known.join(", ")
+                ),
+            )),
+        }
+    }
+
     /// The value of `name`, if given once; an error if given more than once.
     pub fn get(&self, name: &str) -> Result<Option<&str>, ApiError> {
         let mut values = self
@@ -42,6 +68,23 @@ impl Query {
         Ok(first)
     }
 }
+
+/// Query parameters every route takes besides its own: the API token, and `_`, which jQuery's
+/// `cache: false` and others add with a timestamp to defeat caches.
+const EVERY_ROUTE: [&str; 2] = ["access_token", "_"];
+
+/// The query parameters of the stream.
+const STREAM_PARAMS: [&str; 6] = [
+    "formula",
+    "symbols",
+    "resolutions",
+    "bars",
+    "barsFormat",
+    "lastEventId",
+];
+
+/// The query parameters of `/api/chart-data`.
+const CHART_PARAMS: [&str; 4] = ["symbol", "resolution", "bars", "barsFormat"];
 
 /// Where a stream's symbols come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,11 +113,47 @@ pub enum ListParam {
 }
 
 impl ListParam {
-    fn joined(self) -> String {
+    /// The list as one comma-separated string; an empty string in an array is refused (in a
+    /// string, an empty entry is found when the list is parsed).
+    fn joined(self, name: &str) -> Result<String, ApiError> {
         match self {
-            ListParam::One(s) => s,
-            ListParam::Many(items) => items.join(","),
+            ListParam::One(s) => Ok(s),
+            ListParam::Many(items) => {
+                if let Some(n) = items.iter().position(|i| i.trim().is_empty()) {
+                    return Err(empty_entry(name, n, items.len()));
+                }
+                Ok(items.join(","))
+            }
         }
+    }
+}
+
+/// The refusal of an empty entry (0-based `index`) in list `name` of `count` entries.
+fn empty_entry(name: &str, index: usize, count: usize) -> ApiError {
+    let code = if name == "resolutions" {
+        "invalid_resolution"
+    } else {
+        "invalid_symbol"
+    };
+    ApiError::bad_request(
+        code,
+        format!(
+            "{name} has an empty entry (entry {} of {count}); remove it or the extra comma",
+            index + 1
+        ),
+    )
+}
+
+/// The trimmed entries of a comma-separated list: `None` when there are none at all, an error
+/// naming the first empty one otherwise.
+fn entries<'a>(list: &'a str, name: &str) -> Result<Option<Vec<&'a str>>, ApiError> {
+    let items: Vec<&str> = list.split(',').map(str::trim).collect();
+    if items.iter().all(|s| s.is_empty()) {
+        return Ok(None);
+    }
+    match items.iter().position(|s| s.is_empty()) {
+        Some(n) => Err(empty_entry(name, n, items.len())),
+        None => Ok(Some(items)),
     }
 }
 
@@ -102,6 +181,7 @@ const DEFAULT_RESOLUTIONS: &str = "1W,1D";
 
 impl StreamRequest {
     pub fn from_query(query: &Query, max_symbols: usize) -> Result<Self, ApiError> {
+        let query = query.only(&STREAM_PARAMS)?;
         Self::build(
             query.get("formula")?,
             query.get("symbols")?,
@@ -114,8 +194,11 @@ impl StreamRequest {
     }
 
     pub fn from_body(body: StreamBody, max_symbols: usize) -> Result<Self, ApiError> {
-        let symbols = body.symbols.map(ListParam::joined);
-        let resolutions = body.resolutions.map(ListParam::joined);
+        let symbols = body.symbols.map(|l| l.joined("symbols")).transpose()?;
+        let resolutions = body
+            .resolutions
+            .map(|l| l.joined("resolutions"))
+            .transpose()?;
         let bars = body.bars_count.map(|b| match b {
             NumberParam::Number(n) => n.to_string(),
             NumberParam::Text(t) => t,
@@ -172,19 +255,15 @@ impl StreamRequest {
     }
 }
 
-/// A comma-separated symbol list: trimmed, empty items skipped, duplicates dropped (first wins).
+/// A comma-separated symbol list: trimmed, duplicates dropped (first wins); an empty entry is
+/// refused.
 pub fn parse_symbols(list: &str, max: usize) -> Result<Vec<Symbol>, ApiError> {
-    let items: Vec<&str> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    if items.is_empty() {
+    let Some(items) = entries(list, "symbols")? else {
         return Err(ApiError::bad_request(
             "missing_parameter",
             "symbols is empty",
         ));
-    }
+    };
     if items.len() > max {
         return Err(ApiError::bad_request(
             "too_many_symbols",
@@ -204,20 +283,20 @@ pub fn parse_symbols(list: &str, max: usize) -> Result<Vec<Symbol>, ApiError> {
     Ok(symbols)
 }
 
-/// A comma-separated resolution list, duplicates dropped.
+/// A comma-separated resolution list, duplicates dropped; an empty entry is refused.
 pub fn parse_resolutions(list: &str) -> Result<Vec<Resolution>, ApiError> {
-    let mut out: Vec<Resolution> = Vec::new();
-    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let resolution: Resolution = item.parse()?;
-        if !out.contains(&resolution) {
-            out.push(resolution);
-        }
-    }
-    if out.is_empty() {
+    let Some(items) = entries(list, "resolutions")? else {
         return Err(ApiError::bad_request(
             "invalid_resolution",
             "resolutions is empty",
         ));
+    };
+    let mut out: Vec<Resolution> = Vec::with_capacity(items.len());
+    for item in items {
+        let resolution: Resolution = item.parse()?;
+        if !out.contains(&resolution) {
+            out.push(resolution);
+        }
     }
     Ok(out)
 }
@@ -233,6 +312,7 @@ pub struct ChartRequest {
 
 impl ChartRequest {
     pub fn from_query(query: &Query) -> Result<Self, ApiError> {
+        let query = query.only(&CHART_PARAMS)?;
         let symbol = query.get("symbol")?.ok_or_else(|| {
             ApiError::bad_request("missing_parameter", "give symbol=<EXCHANGE:TICKER>")
         })?;
@@ -259,7 +339,7 @@ impl ChartRequest {
 
 /// The `formula` parameter of `/api/formula-results`.
 pub fn formula_param(query: &Query) -> Result<String, ApiError> {
-    match query.get("formula")?.map(str::trim) {
+    match query.only(&["formula"])?.get("formula")?.map(str::trim) {
         Some(id) if !id.is_empty() => Ok(truncate_for_message(id)),
         _ => Err(ApiError::bad_request(
             "missing_parameter",
@@ -278,7 +358,7 @@ mod tests {
 
     #[test]
     fn defaults_and_conversions() {
-        let r = stream("symbols=tcs.ns,%20NSE:INFY,,TCS.NS").unwrap();
+        let r = stream("symbols=tcs.ns,%20NSE:INFY,TCS.NS&_=17&access_token=t").unwrap();
         assert_eq!(
             r.source,
             SymbolSource::Symbols(vec![
@@ -308,6 +388,26 @@ mod tests {
             code("symbols=NSE:TCS&barsFormat=csv"),
             "invalid_bars_format"
         );
+        assert_eq!(code("symbols=NSE:TCS,,NSE:INFY"), "invalid_symbol");
+        assert_eq!(
+            code("symbols=NSE:TCS&resolutions=1D,"),
+            "invalid_resolution"
+        );
+        assert_eq!(code("symbols=,%20,"), "missing_parameter");
+        assert_eq!(code("symbols=NSE:TCS&bar=5"), "unknown_parameter");
+        let message = stream("symbols=NSE:TCS&resolutions=1D,,1W")
+            .unwrap_err()
+            .message;
+        assert_eq!(
+            message,
+            "resolutions has an empty entry (entry 2 of 3); remove it or the extra comma"
+        );
+        let message = stream("formula=a&barsformat=columns").unwrap_err().message;
+        assert_eq!(
+            message,
+            "unknown parameter \"barsformat\"; this route takes formula, symbols, resolutions, \
+             bars, barsFormat, lastEventId (and access_token)"
+        );
     }
 
     #[test]
@@ -317,6 +417,18 @@ mod tests {
                 .unwrap();
         let r = StreamRequest::from_body(body, 10).unwrap();
         assert_eq!(r.bars.get(), 10);
+        for (json, code) in [
+            (r#"{"symbols":["NSE:TCS"," "]}"#, "invalid_symbol"),
+            (r#"{"symbols":"NSE:TCS,,NSE:INFY"}"#, "invalid_symbol"),
+            (
+                r#"{"formulaId":"a","resolutions":["","1D"]}"#,
+                "invalid_resolution",
+            ),
+        ] {
+            let body: StreamBody = serde_json::from_str(json).unwrap();
+            let err = StreamRequest::from_body(body, 10).unwrap_err();
+            assert_eq!(err.code, code, "{json}");
+        }
         assert!(serde_json::from_str::<StreamBody>(r#"{"formula":"x"}"#).is_err());
     }
 }

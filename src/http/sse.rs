@@ -10,6 +10,9 @@
 //!
 //! Every event's data is one line of JSON (serde_json and the chart writer escape line breaks), so
 //! there is nothing to split: each event is `event:`, `id:`, one `data:` line and a blank line.
+//! `retry:` is a line of the stream's first event, not a block of its own: a block with no data
+//! dispatches nothing in a browser, but some SSE clients (httpx-sse, for one) report it as an
+//! empty event.
 //!
 //! The body also yields its worker thread after [`YIELD_AFTER_BYTES`]: actix-http keeps polling a
 //! body for as long as the socket takes bytes, and on loopback one fast reader of cached batches
@@ -23,7 +26,7 @@ use std::time::Duration;
 
 use actix_web::HttpResponse;
 use actix_web::body::{BodySize, MessageBody};
-use actix_web::http::header::{CacheControl, CacheDirective, ContentEncoding, ContentType};
+use actix_web::http::header::{CacheControl, CacheDirective, ContentType};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::Stream;
 use serde::Serialize;
@@ -52,11 +55,13 @@ impl Event {
         }
     }
 
-    /// `retry: <ms>`: how long a browser waits before reconnecting.
-    pub fn retry(retry: Duration) -> Event {
-        Event {
-            parts: vec![Bytes::from(format!("retry: {}\n\n", retry.as_millis()))],
-        }
+    /// The event with a `retry: <ms>` line first (how long a client waits before reconnecting),
+    /// for the first event of a stream. Only for events: in a comment's block it would make a
+    /// block with no data.
+    pub fn with_retry(mut self, retry: Duration) -> Event {
+        let line = Bytes::from(format!("retry: {}\n", retry.as_millis()));
+        self.parts.insert(0, line);
+        self
     }
 
     /// An event whose data is `payload` serialised as JSON.
@@ -66,6 +71,11 @@ impl Event {
             event.text("{}");
         }
         event.finish()
+    }
+
+    /// Whether this is a comment (a keep-alive), which no client reports as an event.
+    pub fn is_comment(&self) -> bool {
+        self.parts.first().is_some_and(|p| p.starts_with(b":"))
     }
 
     /// How many bytes the event takes on the wire (before HTTP chunk framing).
@@ -145,8 +155,8 @@ impl EventBuilder {
     }
 }
 
-/// The response body: events already known when the response starts (`retry:` and, for a new
-/// stream, `formula-results`, so they leave with the response head), then the events of `rest`,
+/// The response body: events already known when the response starts (for a new stream,
+/// `formula-results`, so it leaves with the response head), then the events of `rest`,
 /// pulled one at a time as the connection takes them. Dropping the body (the client went away)
 /// drops `rest` and whatever work it holds.
 pub struct EventStream {
@@ -166,11 +176,12 @@ impl EventStream {
         }
     }
 
-    /// `200 text/event-stream` with the headers of SPEC 3.1; never compressed.
+    /// `200 text/event-stream` with the headers of SPEC 3.1. Never compressed: no `Compress`
+    /// middleware wraps the API (it would buffer the stream), and no `Content-Encoding` is sent,
+    /// since "identity" is not a content coding to name.
     pub fn into_response(self) -> HttpResponse {
         HttpResponse::Ok()
             .insert_header(ContentType(actix_web::mime::TEXT_EVENT_STREAM))
-            .insert_header(ContentEncoding::Identity)
             .insert_header(CacheControl(vec![CacheDirective::NoCache]))
             .insert_header(("X-Accel-Buffering", "no"))
             .body(self)
@@ -242,9 +253,12 @@ mod tests {
     #[test]
     fn comments_retry_and_json_events() {
         assert_eq!(text(&Event::comment("keep-alive")), ": keep-alive\n\n");
+        assert!(Event::comment("keep-alive").is_comment());
+        let first = Event::json("formula-results", "x.00", &serde_json::json!({"a": 1}));
+        assert!(!first.is_comment());
         assert_eq!(
-            text(&Event::retry(Duration::from_millis(2000))),
-            "retry: 2000\n\n"
+            text(&first.with_retry(Duration::from_millis(2000))),
+            "retry: 2000\nevent: formula-results\nid: x.00\ndata: {\"a\":1}\n\n"
         );
         assert_eq!(
             text(&Event::json(
@@ -274,13 +288,19 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
         let rest = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
         let mut body = EventStream::new(
-            vec![Event::retry(Duration::from_secs(1)), Event::comment("one")],
+            vec![
+                Event::json("e", "i", &1).with_retry(Duration::from_secs(1)),
+                Event::comment("one"),
+            ],
             rest,
         );
         poll_fn(|cx| {
             assert_eq!(
                 drain(&mut body, cx),
-                ("retry: 1000\n\n: one\n\n".len(), false)
+                (
+                    "retry: 1000\nevent: e\nid: i\ndata: 1\n\n: one\n\n".len(),
+                    false
+                )
             );
             Poll::Ready(())
         })

@@ -2,15 +2,16 @@
 //! as each group of `stream.batch_size` stocks finishes (in whatever order groups finish), then
 //! `complete`.
 //!
-//! Every chart of the stream is requested at once (the pool bounds concurrency). `retry:` and
-//! `formula-results` are made by the handler and leave with the response head. The rest comes
-//! from a `Producer` that the response body ([`super::sse::EventStream`]) pulls one event at a
-//! time, as the connection takes them: a slow reader holds at most the one event being written,
-//! and slows only its own stream (the fetches themselves run on their own tasks, see
-//! [`crate::charts`]). When the client goes away actix-web drops the body and with it the
-//! producer: fetches only it was waiting for are cancelled and its lease is released. A
-//! keep-alive comment after `stream.keep_alive_secs` of silence is what lets a dead connection be
-//! noticed at all.
+//! Every chart of the stream is requested at once (the pool bounds concurrency).
+//! `formula-results`, with the `retry:` line in its block, is made by the handler and leaves with
+//! the response head; a resumed stream, which sends no `formula-results`, puts `retry:` in its
+//! first event. The rest comes from a `Producer` that the response body
+//! ([`super::sse::EventStream`]) pulls one event at a time, as the connection takes them: a slow
+//! reader holds at most the one event being written, and slows only its own stream (the fetches
+//! themselves run on their own tasks, see [`crate::charts`]). When the client goes away actix-web
+//! drops the body and with it the producer: fetches only it was waiting for are cancelled and its
+//! lease is released. A keep-alive comment after `stream.keep_alive_secs` of silence is what lets
+//! a dead connection be noticed at all.
 //!
 //! Pulling rather than a producer task and a channel keeps an open stream small: an idle stream
 //! is its connection, this state and the fetches it waits for.
@@ -31,12 +32,13 @@ use tokio::time::Instant;
 use super::error::ApiError;
 use super::params::{StreamRequest, SymbolSource};
 use super::sse::{Event, EventBuilder, EventStream};
-use super::stream_id::{Progress, StreamId, list_hash, request_hash};
+use super::stream_id::{Progress, Sent, StreamId, list_hash, request_hash};
 use crate::cache::ChartKey;
 use crate::charts::{ChartOutcome, ChartService, Lookup};
 use crate::config::StreamSettings;
 use crate::domain::{BarsFormat, Resolution};
 use crate::formulas::{FormulaResult, FormulaSource, Stock};
+use crate::log_duration::LogDuration;
 use crate::manager::LeaseGuard;
 
 /// What a stream needs from the application.
@@ -126,15 +128,37 @@ pub async fn open(
     let list = stock_list(&deps, &request, previous.as_ref()).await?;
     let list_key = list_hash_of(&list.stocks);
     let (id, resumed) = match previous {
-        Some(id) if id.list == list_key => (id, true),
+        Some(id) if id.list == list_key && fits(&id, &list, &request, &deps.settings) => (id, true),
         _ => (StreamId::new(request_key, list_key), false),
     };
-    let mut first = vec![Event::retry(Duration::from_millis(deps.settings.retry_ms))];
-    if !resumed {
-        first.push(formula_results(&list, &request, id.to_string()));
-    }
-    let producer = Producer::new(deps, request, list, id, resumed, lease);
+    let retry = Duration::from_millis(deps.settings.retry_ms);
+    let first = if resumed {
+        Vec::new()
+    } else {
+        vec![formula_results(&list, &request, id.to_string()).with_retry(retry)]
+    };
+    let mut producer = Producer::new(deps, request, list, id, resumed, lease);
+    producer.retry = resumed.then_some(retry);
     Ok(EventStream::new(first, producer.into_events()).into_response())
+}
+
+/// Whether the figures an id carries for the batches it marks as sent are possible for this
+/// stream: every marked batch is one of its batches, their charts are `ok + failed`, and no more
+/// came from the cache than succeeded. An id that fails this was not made by this stream (or was
+/// edited), and the stream starts over rather than report figures that cannot be true.
+fn fits(
+    id: &StreamId,
+    list: &StockList,
+    request: &StreamRequest,
+    settings: &StreamSettings,
+) -> bool {
+    let batch_size = settings.batch_size.max(1);
+    let stocks = list.stocks.len();
+    let charts_in = |b: usize| batch_size.min(stocks - b * batch_size) * request.resolutions.len();
+    let sent = &id.sent;
+    id.delivered_charts(stocks.div_ceil(batch_size), charts_in)
+        .is_some_and(|charts| sent.ok.checked_add(sent.failed) == Some(charts))
+        && sent.cached <= sent.ok
 }
 
 /// The first event of a new stream: the stock list, before any chart work.
@@ -205,11 +229,12 @@ impl Batch {
         self.fetches.is_empty()
     }
 
-    /// Polls the batch's fetches if its gate says they may have finished; records outcomes.
+    /// Polls the batch's fetches if its gate says they may have finished; records outcomes
+    /// (counted when the batch is sent).
     /// Every fetch still running is left registered with the gate, so the stream is woken once
     /// when all of them have finished rather than once per chart: with a thousand streams waiting
     /// for the same charts, waking each connection per chart costs more than sending the charts.
-    fn poll_fetches(&mut self, cx: &mut Context<'_>, counts: &mut Counts) {
+    fn poll_fetches(&mut self, cx: &mut Context<'_>) {
         self.gate.task.register(cx.waker());
         if self.fetches.is_empty() || !self.gate.fired() {
             return;
@@ -224,7 +249,6 @@ impl Batch {
             match self.fetches[i].1.as_mut().poll(&mut gate_cx) {
                 Poll::Ready(outcome) => {
                     let (slot, _) = self.fetches.swap_remove(i);
-                    counts.add(&outcome);
                     self.outcomes[slot] = Some(outcome);
                 }
                 Poll::Pending => i += 1,
@@ -281,11 +305,16 @@ struct Producer {
     resumed: bool,
     /// Batches not yet sent (resumed streams skip those already received).
     batches: Vec<Batch>,
+    /// The charts of the batches sent on earlier connections, and the time spent on them.
+    before: Sent,
+    /// The charts of the batches sent on this connection.
     counts: Counts,
     /// Charts finished, those of batches received before a resume included.
     loaded: usize,
     /// `complete` or `stream-error` has been produced.
     ended: bool,
+    /// The `retry:` still to be sent, in the next event (not a comment): a resumed stream's.
+    retry: Option<Duration>,
     /// Held for the stream's life; dropping it releases the lease.
     _lease: LeaseGuard,
     _open: OpenStream,
@@ -330,11 +359,11 @@ impl Producer {
         resumed: bool,
         lease: LeaseGuard,
     ) -> Producer {
+        let id_sent = id.sent;
         let per_stock = request.resolutions.len();
         let total_charts = list.stocks.len() * per_stock;
         let batch_size = deps.settings.batch_size.max(1);
         let total_batches = list.stocks.len().div_ceil(batch_size);
-        let mut counts = Counts::default();
         let mut remaining = 0;
         let batches: Vec<Batch> = (0..total_batches)
             .filter(|b| !id.has(*b))
@@ -351,10 +380,7 @@ impl Producer {
                             bars: request.bars,
                         };
                         match deps.charts.lookup(key) {
-                            Lookup::Ready(outcome) => {
-                                counts.add(&outcome);
-                                outcomes.push(Some(outcome));
-                            }
+                            Lookup::Ready(outcome) => outcomes.push(Some(outcome)),
                             Lookup::Fetch(fetch) => {
                                 fetches.push((outcomes.len(), fetch));
                                 outcomes.push(None);
@@ -383,9 +409,11 @@ impl Producer {
             id,
             resumed,
             batches,
-            counts,
+            before: id_sent,
+            counts: Counts::default(),
             loaded: total_charts - remaining,
             ended: false,
+            retry: None,
             _lease: lease,
             _open: OpenStream::new(),
             started: Instant::now(),
@@ -403,8 +431,19 @@ impl Producer {
     }
 
     /// The next event: a finished batch, a keep-alive, `complete`, or `stream-error` on shutdown;
-    /// `None` after the last.
+    /// `None` after the last. The first that is not a comment carries the pending `retry:`.
     async fn next_event(&mut self) -> Option<Event> {
+        let event = self.next_block().await?;
+        Some(match self.retry {
+            Some(retry) if !event.is_comment() => {
+                self.retry = None;
+                event.with_retry(retry)
+            }
+            _ => event,
+        })
+    }
+
+    async fn next_block(&mut self) -> Option<Event> {
         if self.ended {
             return None;
         }
@@ -438,7 +477,7 @@ impl Producer {
     fn poll_fetches(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut any = false;
         for batch in self.batches.iter_mut().filter(|b| !b.sent) {
-            batch.poll_fetches(cx, &mut self.counts);
+            batch.poll_fetches(cx);
             any |= batch.complete();
         }
         if any { Poll::Ready(()) } else { Poll::Pending }
@@ -455,7 +494,11 @@ impl Producer {
         let batch = self.batches.iter_mut().find(|b| !b.sent && b.complete())?;
         batch.sent = true;
         self.loaded += batch.outcomes.len();
+        for outcome in batch.outcomes.iter().flatten() {
+            self.counts.add(outcome);
+        }
         self.id.mark(batch.index);
+        self.id.sent = Self::whole(&self.before, &self.counts, self.started).0;
         let info = BatchInfo {
             index: batch.index,
             total_batches,
@@ -476,10 +519,31 @@ impl Producer {
         Some(event)
     }
 
-    /// The `complete` event, and the stream's log line.
+    /// The whole stream's figures so far: the batches sent before a resume, and on this
+    /// connection; the time is the sum of the time spent on each connection until its last
+    /// batch (the time the client was away is not the stream's).
+    fn whole(before: &Sent, now: &Counts, started: Instant) -> (Sent, Counts) {
+        let counts = Counts {
+            ok: before.ok + now.ok,
+            failed: before.failed + now.failed,
+            cached: before.cached + now.cached,
+        };
+        let elapsed_ms = before.elapsed_ms + started.elapsed().as_millis() as u64;
+        let sent = Sent {
+            ok: counts.ok,
+            failed: counts.failed,
+            cached: counts.cached,
+            elapsed_ms,
+        };
+        (sent, counts)
+    }
+
+    /// The `complete` event, and the stream's log line: both about the whole stream, the
+    /// batches sent before a resume included.
     fn complete(&self) -> Event {
-        let counts = &self.counts;
-        let total_time = self.started.elapsed().as_millis() as u64;
+        let (sent, counts) = Self::whole(&self.before, &self.counts, self.started);
+        let counts = &counts;
+        let total_time = sent.elapsed_ms;
         let data = CompleteData {
             total_charts: counts.total(),
             successful_charts: counts.ok,
@@ -497,17 +561,30 @@ impl Producer {
             None => format!("{} symbols", self.list.stocks.len()),
         };
         log::info!(
-            "stream: {name} done: {} charts ({} ok, {} failed, {} cached) in {:.1} s{}",
-            counts.total(),
-            counts.ok,
-            counts.failed,
-            counts.cached,
-            total_time as f64 / 1000.0,
-            if self.resumed { ", resumed" } else { "" },
+            "{}",
+            done_line(
+                &name,
+                counts,
+                Duration::from_millis(total_time),
+                self.resumed
+            )
         );
         let kind = "complete";
         Event::json(kind, &self.id.done().to_string(), &Envelope { kind, data })
     }
+}
+
+/// The log line of a stream that completed.
+fn done_line(name: &str, counts: &Counts, took: Duration, resumed: bool) -> String {
+    format!(
+        "stream: {name} done: {} charts ({} ok, {} failed, {} cached) in {}{}",
+        counts.total(),
+        counts.ok,
+        counts.failed,
+        counts.cached,
+        LogDuration(took),
+        if resumed { ", resumed" } else { "" },
+    )
 }
 
 #[derive(Serialize)]
@@ -701,6 +778,28 @@ mod tests {
     }
 
     #[test]
+    fn the_done_line_gives_sub_second_streams_in_ms() {
+        let counts = Counts {
+            ok: 196,
+            failed: 4,
+            cached: 120,
+        };
+        assert_eq!(
+            done_line(
+                "formula breakouts",
+                &counts,
+                Duration::from_millis(38),
+                false
+            ),
+            "stream: formula breakouts done: 200 charts (196 ok, 4 failed, 120 cached) in 38 ms"
+        );
+        assert_eq!(
+            done_line("2 symbols", &counts, Duration::from_millis(2_400), true),
+            "stream: 2 symbols done: 200 charts (196 ok, 4 failed, 120 cached) in 2.4 s, resumed"
+        );
+    }
+
+    #[test]
     fn a_batch_wakes_its_stream_once_when_every_fetch_is_in() {
         let (senders, fetches): (Vec<_>, Vec<_>) = (0..4)
             .map(|slot| {
@@ -712,17 +811,15 @@ mod tests {
         let mut batch = batch(fetches);
         let (wakes, waker) = Wakes::task();
         let mut cx = Context::from_waker(&waker);
-        let mut counts = Counts::default();
-        batch.poll_fetches(&mut cx, &mut counts);
+        batch.poll_fetches(&mut cx);
         assert!(!batch.complete());
         for (n, tx) in senders.into_iter().enumerate() {
             assert_eq!(wakes.count(), 0, "woken after {n} of 4 charts");
             tx.send(failed(n)).unwrap();
         }
         assert_eq!(wakes.count(), 1, "woken once, when the last chart came in");
-        batch.poll_fetches(&mut cx, &mut counts);
+        batch.poll_fetches(&mut cx);
         assert!(batch.complete());
-        assert_eq!(counts.failed, 4);
         let messages: Vec<String> = batch
             .outcomes
             .iter()
@@ -749,11 +846,10 @@ mod tests {
         let mut batch = batch(vec![(0, fetch)]);
         let (wakes, waker) = Wakes::task();
         let mut cx = Context::from_waker(&waker);
-        let mut counts = Counts::default();
-        batch.poll_fetches(&mut cx, &mut counts);
+        batch.poll_fetches(&mut cx);
         assert!(!batch.complete());
         assert_eq!(wakes.count(), 1, "asked to be polled again");
-        batch.poll_fetches(&mut cx, &mut counts);
+        batch.poll_fetches(&mut cx);
         assert!(batch.complete());
     }
 }

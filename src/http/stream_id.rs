@@ -1,10 +1,13 @@
 //! SSE event ids that let any instance resume a stream.
 //!
-//! An id is `<request>.<list>.<delivered>`: a stable hash of the request (source, resolutions,
-//! bars, format), a stable hash of the stock list the stream is about, and either the set of
-//! batches already sent (a hex bitmap, since batches go out in whatever order they finish) or
-//! `done`. Resuming needs nothing else: the request comes again in the URL, the list from the
-//! formula cache; if the list hash no longer matches, the stream starts over. Ids are ASCII hex and
+//! An id is `<request>.<list>.<delivered>.<ok>.<failed>.<cached>.<ms>`: a stable hash of the
+//! request (source, resolutions, bars, format), a stable hash of the stock list the stream is
+//! about, the set of batches already sent (a hex bitmap, since batches go out in whatever order
+//! they finish), and what those batches held and took ([`Sent`], in hex), so that the `complete`
+//! of a resumed stream can describe the whole stream. A completed stream's id is
+//! `<request>.<list>.done`. Resuming needs nothing else: the request comes again in the URL, the
+//! list from the formula cache; if the list hash no longer matches, or the figures do not fit the
+//! batches (see [`StreamId::delivered_charts`]), the stream starts over. Ids are ASCII hex and
 //! dots only, so they never hold CR, LF or NUL.
 
 use std::fmt;
@@ -22,11 +25,24 @@ pub enum Progress {
     Done,
 }
 
+/// What the batches already sent held, and how long the stream had been at work when the last
+/// of them went out (summed over the connections it was sent on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub ok: usize,
+    pub failed: usize,
+    /// Of `ok`, the charts that came from the cache.
+    pub cached: usize,
+    pub elapsed_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamId {
     pub request: u64,
     pub list: u64,
     pub progress: Progress,
+    /// Meaningful while `progress` is `Batches`; a `done` id carries none.
+    pub sent: Sent,
 }
 
 impl StreamId {
@@ -35,6 +51,7 @@ impl StreamId {
             request,
             list,
             progress: Progress::Batches(Vec::new()),
+            sent: Sent::default(),
         }
     }
 
@@ -60,22 +77,65 @@ impl StreamId {
     pub fn done(&self) -> StreamId {
         StreamId {
             progress: Progress::Done,
+            sent: Sent::default(),
             ..self.clone()
         }
     }
 
+    /// How many charts the batches marked as sent hold, `charts_in(batch)` being the charts of
+    /// a batch; `None` when a batch past `total_batches` is marked (an id of another stream, or
+    /// made up). A resumable id's `ok + failed` equals this.
+    pub fn delivered_charts(
+        &self,
+        total_batches: usize,
+        charts_in: impl Fn(usize) -> usize,
+    ) -> Option<usize> {
+        let Progress::Batches(bits) = &self.progress else {
+            return None;
+        };
+        let marked = (0..bits.len() * 8).filter(|&b| self.has(b));
+        let mut charts = 0;
+        for batch in marked {
+            if batch >= total_batches {
+                return None;
+            }
+            charts += charts_in(batch);
+        }
+        Some(charts)
+    }
+
     /// Parses an id; anything malformed is `None` (the stream then starts over).
     pub fn parse(raw: &str) -> Option<StreamId> {
-        let mut parts = raw.trim().split('.');
-        let (Some(request), Some(list), Some(progress), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return None;
+        let parts: Vec<&str> = raw.trim().split('.').collect();
+        let (request, list, progress, figures) = match parts.as_slice() {
+            [request, list, "done"] => (request, list, "done", &[][..]),
+            [request, list, progress, figures @ ..]
+                if figures.len() == 4 && *progress != "done" =>
+            {
+                (request, list, *progress, figures)
+            }
+            _ => return None,
         };
         let hex64 = |s: &str| {
             (s.len() == 16)
                 .then(|| u64::from_str_radix(s, 16).ok())
                 .flatten()
+        };
+        let number = |s: &str| {
+            (!s.is_empty() && s.len() <= 16)
+                .then(|| u64::from_str_radix(s, 16).ok())
+                .flatten()
+        };
+        let count = |s: &str| number(s).and_then(|n| usize::try_from(n).ok());
+        let sent = match figures {
+            [] => Sent::default(),
+            [ok, failed, cached, ms] => Sent {
+                ok: count(ok)?,
+                failed: count(failed)?,
+                cached: count(cached)?,
+                elapsed_ms: number(ms)?,
+            },
+            _ => return None,
         };
         let progress = if progress == "done" {
             Progress::Done
@@ -93,6 +153,7 @@ impl StreamId {
             request: hex64(request)?,
             list: hex64(list)?,
             progress,
+            sent,
         })
     }
 }
@@ -101,10 +162,17 @@ impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}.{:016x}.", self.request, self.list)?;
         match &self.progress {
-            Progress::Done => f.write_str("done"),
-            Progress::Batches(bits) if bits.is_empty() => f.write_str("00"),
-            Progress::Batches(bits) => bits.iter().try_for_each(|b| write!(f, "{b:02x}")),
+            Progress::Done => return f.write_str("done"),
+            Progress::Batches(bits) if bits.is_empty() => f.write_str("00")?,
+            Progress::Batches(bits) => bits.iter().try_for_each(|b| write!(f, "{b:02x}"))?,
         }
+        let Sent {
+            ok,
+            failed,
+            cached,
+            elapsed_ms,
+        } = self.sent;
+        write!(f, ".{ok:x}.{failed:x}.{cached:x}.{elapsed_ms:x}")
     }
 }
 
@@ -150,16 +218,46 @@ mod tests {
     #[test]
     fn ids_round_trip() {
         let mut id = StreamId::new(0xdead_beef, 42);
-        assert_eq!(id.to_string(), "00000000deadbeef.000000000000002a.00");
+        assert_eq!(
+            id.to_string(),
+            "00000000deadbeef.000000000000002a.00.0.0.0.0"
+        );
         for i in [0, 3, 9, 17] {
             id.mark(i);
         }
+        id.sent = Sent {
+            ok: 30,
+            failed: 2,
+            cached: 17,
+            elapsed_ms: 2_400,
+        };
+        assert!(id.to_string().ends_with(".1e.2.11.960"), "{id}");
         let parsed = StreamId::parse(&id.to_string()).unwrap();
         assert_eq!(parsed, id);
         assert!(parsed.has(9) && parsed.has(17) && !parsed.has(1) && !parsed.has(100));
         let done = id.done();
         assert_eq!(StreamId::parse(&done.to_string()).unwrap(), done);
-        assert!(done.to_string().ends_with(".done"));
+        assert!(done.to_string().ends_with("2a.done"));
+    }
+
+    #[test]
+    fn the_charts_of_the_batches_sent() {
+        let mut id = StreamId::new(1, 2);
+        assert_eq!(id.delivered_charts(3, |_| 8), Some(0));
+        id.mark(0);
+        id.mark(2);
+        // The last batch is smaller.
+        assert_eq!(
+            id.delivered_charts(3, |b| if b == 2 { 5 } else { 8 }),
+            Some(13)
+        );
+        id.mark(9);
+        assert_eq!(
+            id.delivered_charts(3, |_| 8),
+            None,
+            "a batch it does not have"
+        );
+        assert_eq!(id.done().delivered_charts(3, |_| 8), None);
     }
 
     #[test]
@@ -171,6 +269,13 @@ mod tests {
             "00000000deadbeef.000000000000002a",
             "00000000deadbeef.000000000000002a.0g",
             "00000000deadbeef.000000000000002a.0",
+            "00000000deadbeef.000000000000002a.01",
+            "00000000deadbeef.000000000000002a.01.1.0.0",
+            "00000000deadbeef.000000000000002a.01.1.0.0.1.1",
+            "00000000deadbeef.000000000000002a.01.1.0.x.1",
+            "00000000deadbeef.000000000000002a.01.1..0.1",
+            "00000000deadbeef.000000000000002a.01.1.0.0.11111111111111111",
+            "00000000deadbeef.000000000000002a.done.1.0.0.1",
             "a.b.c.d",
         ] {
             assert_eq!(StreamId::parse(bad), None, "{bad:?}");

@@ -181,6 +181,11 @@ pub enum Timer {
     TokenRefresh,
     /// A connection has been ready for [`PROBATION`].
     Probation(ConnId),
+    /// Slots freed by requesters that left are refilled. A client that goes away drops all its
+    /// fetches at once, but their departures reach the pool one by one; refilling at the next
+    /// tick instead of at the first departure keeps the slot a leaving fetch freed from going to
+    /// another fetch of the same client that has not been seen to leave yet.
+    Refill,
 }
 
 /// Something that happened, for [`PoolPolicy::handle`].
@@ -367,6 +372,8 @@ pub struct PoolPolicy {
     /// size instead of going down. Cleared by a new token or `CloseAll`.
     learned_cap: Option<usize>,
     served_total: u64,
+    /// A [`Timer::Refill`] is pending.
+    refill_pending: bool,
     /// The instant of the event being handled.
     now: Instant,
     /// Commands of the event being handled.
@@ -391,6 +398,7 @@ impl PoolPolicy {
             replacements: 0,
             learned_cap: None,
             served_total: 0,
+            refill_pending: false,
             now,
             out: Vec::new(),
         }
@@ -557,9 +565,15 @@ impl PoolPolicy {
             Some(conn) => {
                 self.emit(Command::CancelFetch { fetch, conn });
                 self.release_slot(conn, fetch);
+                if !self.refill_pending {
+                    self.refill_pending = true;
+                    self.emit(Command::Schedule {
+                        timer: Timer::Refill,
+                        at: self.now,
+                    });
+                }
             }
         }
-        self.pump();
     }
 
     /// `fetch` no longer occupies `conn`; a draining connection with nothing left closes.
@@ -713,6 +727,10 @@ impl PoolPolicy {
             }
             Timer::TokenRefresh => self.request_token(),
             Timer::Probation(conn) => self.prove(conn),
+            Timer::Refill => {
+                self.refill_pending = false;
+                self.pump();
+            }
         }
     }
 
