@@ -25,6 +25,7 @@
 
 pub mod bars;
 pub mod feed;
+mod rng;
 pub mod screen;
 pub mod settings;
 pub mod state;
@@ -65,7 +66,6 @@ impl Simulator {
     ) -> std::io::Result<Simulator> {
         let addr = listener.local_addr()?;
         let state = Arc::new(SimState::new(settings));
-        bars::register_volumeless(state.volumeless.iter());
         let data = web::Data::from(state.clone());
         // Two workers: answers are cached and cheap, and the machine is shared with the service.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));
