@@ -184,9 +184,10 @@ fn compose(
 }
 
 /// Writes `job`'s answer while it waits out its latency, stamped with its due time, so that when
-/// many fall due together the simulator only sends them: the feed's cost of answering should not
-/// land on the machine of the client being measured at the moment it receives. Not while packets
-/// are being corrupted (`malformed_every`): which ones is decided as they are sent.
+/// many fall due together the simulator only sends them. A real feed writes its answers on its
+/// own machines; the simulator usually shares one with its client, and writing a burst of
+/// answers at their due time would take the CPU from the client just as it receives them. Not
+/// while packets are being corrupted (`malformed_every`): which ones is decided as they are sent.
 pub(super) fn prepare(
     state: &SimState,
     job: &Job,

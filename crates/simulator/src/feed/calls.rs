@@ -15,7 +15,7 @@ use log::debug;
 
 use super::Connection;
 use super::answer::Job;
-use super::sessions::SymbolAdded;
+use super::sessions::{SeriesCall, Sessions, SymbolAdded};
 use super::symbols::{symbol_info, symbol_resolved_payload};
 use crate::bars::SimResolution;
 use crate::state::Counters;
@@ -90,17 +90,16 @@ impl Connection {
                 count,
                 ..
             } => {
-                let Some((symbol, res)) = self
-                    .series_target(session, series_id, turnaround, symbol_id, resolution)
-                    .await
-                else {
-                    return;
+                let call = SeriesCall {
+                    session,
+                    series_id,
+                    turnaround,
+                    symbol_id,
                 };
-                let job = self.sessions.create_series(
-                    session, series_id, turnaround, symbol_id, symbol, res, *count,
-                );
-                self.schedule_or_refuse(job, session, series_id, turnaround)
-                    .await;
+                self.series_call(call, resolution, |sessions, symbol, res| {
+                    sessions.create_series(call, symbol, res, *count)
+                })
+                .await;
             }
             ClientMessage::ModifySeries {
                 session,
@@ -110,17 +109,16 @@ impl Connection {
                 resolution,
                 range,
             } => {
-                let Some((symbol, res)) = self
-                    .series_target(session, series_id, turnaround, symbol_id, resolution)
-                    .await
-                else {
-                    return;
+                let call = SeriesCall {
+                    session,
+                    series_id,
+                    turnaround,
+                    symbol_id,
                 };
-                let job = self.sessions.modify_series(
-                    session, series_id, turnaround, symbol_id, symbol, res, range,
-                );
-                self.schedule_or_refuse(job, session, series_id, turnaround)
-                    .await;
+                self.series_call(call, resolution, |sessions, symbol, res| {
+                    sessions.modify_series(call, symbol, res, range)
+                })
+                .await;
             }
             ClientMessage::RequestMoreData {
                 session,
@@ -138,6 +136,22 @@ impl Connection {
             | ClientMessage::SwitchTimezone { .. }
             | ClientMessage::Other { .. } => {}
         }
+    }
+
+    /// `create_series` or `modify_series`: checked ([`Connection::series_target`]), then
+    /// recorded in the sessions by `record`, then scheduled.
+    async fn series_call(
+        &mut self,
+        call: SeriesCall<'_>,
+        resolution: &str,
+        record: impl FnOnce(&mut Sessions, String, SimResolution) -> Result<Job, &'static str>,
+    ) {
+        let Some((symbol, res)) = self.series_target(call, resolution).await else {
+            return;
+        };
+        let job = record(&mut self.sessions, symbol, res);
+        self.schedule_or_refuse(job, call.session, call.series_id, call.turnaround)
+            .await;
     }
 
     /// A series call the sessions took goes to the schedule; one they refused gets
@@ -236,12 +250,15 @@ impl Connection {
     /// (after any owed `symbol_resolved`, in the same message) and gives `None`.
     async fn series_target(
         &mut self,
-        session: &str,
-        series_id: &str,
-        turnaround: &str,
-        symbol_id: &str,
+        call: SeriesCall<'_>,
         resolution: &str,
     ) -> Option<(String, SimResolution)> {
+        let SeriesCall {
+            session,
+            series_id,
+            turnaround,
+            symbol_id,
+        } = call;
         let why = match self.sessions.series_target(session, symbol_id, resolution) {
             Ok(target) => return Some(target),
             Err(why) => why,

@@ -9,14 +9,14 @@
 //! # Layout
 //!
 //! - this file: the route, and the connection task that wires the parts below together;
-//! - [`transport`]: sending, framing, and the send-side faults (drop, stall, malformed);
-//! - [`heartbeat`]: `~h~` heartbeats and the close of clients that stop echoing;
-//! - [`auth`]: `set_auth_token`, the streaming or delayed status, per-token connection slots;
-//! - [`calls`]: the client's calls, decoded, checked and answered or scheduled;
-//! - [`sessions`]: chart sessions, their symbols and series (pure state);
-//! - [`symbols`]: whether a symbol resolves and what `symbol_resolved` says about it;
-//! - [`schedule`]: `series_concurrency` slots and the deadline-ordered queue of `latency_ms`;
-//! - [`answer`]: composing series answers, and writing them ahead of their due time.
+//! - `transport`: sending, framing, and the send-side faults (drop, stall, malformed);
+//! - `heartbeat`: `~h~` heartbeats and the close of clients that stop echoing;
+//! - `auth`: `set_auth_token`, the streaming or delayed status, per-token connection slots;
+//! - `calls`: the client's calls, decoded, checked and answered or scheduled;
+//! - `sessions`: chart sessions, their symbols and series (pure state);
+//! - `symbols`: whether a symbol resolves and what `symbol_resolved` says about it;
+//! - `schedule`: `series_concurrency` slots and the deadline-ordered queue of `latency_ms`;
+//! - `answer`: composing series answers, and writing them ahead of their due time.
 //!
 //! Wire behaviour worth knowing:
 //! - The hello goes first; `~h~N` heartbeats follow every `heartbeat_secs`; a client that has not

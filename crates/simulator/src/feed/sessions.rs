@@ -67,6 +67,16 @@ pub(super) enum SymbolAdded<'a> {
     Resolved(&'a SymbolInfo),
 }
 
+/// The ids a `create_series` or `modify_series` names, which its answer carries back.
+#[derive(Clone, Copy)]
+pub(super) struct SeriesCall<'a> {
+    pub session: &'a str,
+    pub series_id: &'a str,
+    pub turnaround: &'a str,
+    /// The symbol, as `resolve_symbol` named it in this session.
+    pub symbol_id: &'a str,
+}
+
 /// One connection's chart sessions, by id.
 #[derive(Default)]
 pub(super) struct Sessions {
@@ -171,17 +181,19 @@ impl Sessions {
 
     /// `create_series` of `symbol` (checked by [`Sessions::series_target`]): the newest `count`
     /// bars, at most [`MAX_BARS`]. A series created again under the same id replaces the old one.
-    #[allow(clippy::too_many_arguments)]
     pub fn create_series(
         &mut self,
-        session: &str,
-        series_id: &str,
-        turnaround: &str,
-        symbol_id: &str,
+        call: SeriesCall<'_>,
         symbol: String,
         resolution: SimResolution,
         count: u32,
     ) -> Result<Job, &'static str> {
+        let SeriesCall {
+            session,
+            series_id,
+            turnaround,
+            symbol_id,
+        } = call;
         if count == 0 {
             return Err("invalid bar count");
         }
@@ -220,17 +232,19 @@ impl Sessions {
 
     /// `modify_series` to `symbol` (checked by [`Sessions::series_target`]): the timeframe when
     /// symbol and resolution stay, else fresh bars, as many as the series had at first.
-    #[allow(clippy::too_many_arguments)]
     pub fn modify_series(
         &mut self,
-        session: &str,
-        series_id: &str,
-        turnaround: &str,
-        symbol_id: &str,
+        call: SeriesCall<'_>,
         symbol: String,
         resolution: SimResolution,
         range: &str,
     ) -> Result<Job, &'static str> {
+        let SeriesCall {
+            session,
+            series_id,
+            turnaround,
+            symbol_id,
+        } = call;
         let entry = self.series_mut(session, series_id)?;
         let work = if entry.symbol_id == symbol_id && entry.resolution == resolution {
             Work::Timeframe {
@@ -347,22 +361,17 @@ mod tests {
     fn series_calls_are_checked_in_the_feed_order() {
         let mut sessions = with_symbol(false);
         sessions.add_symbol("cs", "bad", "NSE:INVALIDX".into(), None, false);
-        assert_eq!(
-            sessions.series_target("nope", "sym", "1D"),
-            Err("unknown chart session")
-        );
-        assert_eq!(
-            sessions.series_target("cs", "x", "1D"),
-            Err("unknown symbol")
-        );
-        assert_eq!(
-            sessions.series_target("cs", "bad", "1D"),
-            Err("invalid symbol")
-        );
-        assert_eq!(
-            sessions.series_target("cs", "sym", "abc"),
-            Err("invalid resolution")
-        );
+        for (session, symbol_id, resolution, why) in [
+            ("nope", "sym", "1D", "unknown chart session"),
+            ("cs", "x", "1D", "unknown symbol"),
+            ("cs", "bad", "1D", "invalid symbol"),
+            ("cs", "sym", "abc", "invalid resolution"),
+        ] {
+            assert_eq!(
+                sessions.series_target(session, symbol_id, resolution),
+                Err(why)
+            );
+        }
         assert_eq!(
             sessions.series_target("cs", "sym", "D"),
             Ok(("NSE:TCS".into(), SimResolution::Days(1)))
@@ -373,9 +382,13 @@ mod tests {
     fn a_replaced_or_removed_series_is_no_longer_current() {
         let mut sessions = with_symbol(false);
         let day = SimResolution::Days(1);
-        let create = |s: &mut Sessions, count| {
-            s.create_series("cs", "s1", "t", "sym", "NSE:TCS".into(), day, count)
+        let call = SeriesCall {
+            session: "cs",
+            series_id: "s1",
+            turnaround: "t",
+            symbol_id: "sym",
         };
+        let create = |s: &mut Sessions, count| s.create_series(call, "NSE:TCS".into(), day, count);
         assert_eq!(create(&mut sessions, 0).err(), Some("invalid bar count"));
         let first = create(&mut sessions, 9000).ok().unwrap();
         assert!(matches!(
@@ -400,7 +413,7 @@ mod tests {
             }
         ));
         let same = sessions
-            .modify_series("cs", "s1", "t2", "sym", "NSE:TCS".into(), day, "r")
+            .modify_series(call, "NSE:TCS".into(), day, "r")
             .ok()
             .unwrap();
         assert!(matches!(
