@@ -15,7 +15,7 @@ use log::debug;
 
 use super::Connection;
 use super::answer::Job;
-use super::sessions::{SeriesCall, Sessions, SymbolAdded};
+use super::sessions::{SeriesCall, SymbolAdded};
 use super::symbols::{symbol_info, symbol_resolved_payload};
 use crate::bars::SimResolution;
 use crate::state::Counters;
@@ -81,44 +81,8 @@ impl Connection {
                 symbol_id,
                 spec,
             } => self.resolve_symbol(session, symbol_id, spec, later).await,
-            ClientMessage::CreateSeries {
-                session,
-                series_id,
-                turnaround,
-                symbol_id,
-                resolution,
-                count,
-                ..
-            } => {
-                let call = SeriesCall {
-                    session,
-                    series_id,
-                    turnaround,
-                    symbol_id,
-                };
-                self.series_call(call, resolution, |sessions, symbol, res| {
-                    sessions.create_series(call, symbol, res, *count)
-                })
-                .await;
-            }
-            ClientMessage::ModifySeries {
-                session,
-                series_id,
-                turnaround,
-                symbol_id,
-                resolution,
-                range,
-            } => {
-                let call = SeriesCall {
-                    session,
-                    series_id,
-                    turnaround,
-                    symbol_id,
-                };
-                self.series_call(call, resolution, |sessions, symbol, res| {
-                    sessions.modify_series(call, symbol, res, range)
-                })
-                .await;
+            ClientMessage::CreateSeries { .. } | ClientMessage::ModifySeries { .. } => {
+                self.series_call(call).await;
             }
             ClientMessage::RequestMoreData {
                 session,
@@ -138,18 +102,24 @@ impl Connection {
         }
     }
 
-    /// `create_series` or `modify_series`: checked ([`Connection::series_target`]), then
-    /// recorded in the sessions by `record`, then scheduled.
-    async fn series_call(
-        &mut self,
-        call: SeriesCall<'_>,
-        resolution: &str,
-        record: impl FnOnce(&mut Sessions, String, SimResolution) -> Result<Job, &'static str>,
-    ) {
+    /// `create_series` or `modify_series`: checked ([`Connection::series_target`]), recorded
+    /// in the sessions, then scheduled.
+    async fn series_call(&mut self, message: &ClientMessage) {
+        let Some((call, resolution)) = series_call_of(message) else {
+            return;
+        };
         let Some((symbol, res)) = self.series_target(call, resolution).await else {
             return;
         };
-        let job = record(&mut self.sessions, symbol, res);
+        let job = match message {
+            ClientMessage::CreateSeries { count, .. } => {
+                self.sessions.create_series(call, symbol, res, *count)
+            }
+            ClientMessage::ModifySeries { range, .. } => {
+                self.sessions.modify_series(call, symbol, res, range)
+            }
+            _ => return,
+        };
         self.schedule_or_refuse(job, call.session, call.series_id, call.turnaround)
             .await;
     }
@@ -186,18 +156,12 @@ impl Connection {
             &self.state.faults(),
             self.state.bars.is_volumeless(&symbol),
         );
-        let bundled = later.iter().any(|call| match call {
-            Ok(ClientMessage::CreateSeries {
-                session: s,
-                symbol_id: id,
-                ..
-            })
-            | Ok(ClientMessage::ModifySeries {
-                session: s,
-                symbol_id: id,
-                ..
-            }) => s == session && id == symbol_id,
-            _ => false,
+        let bundled = later.iter().any(|later| {
+            later
+                .as_ref()
+                .ok()
+                .and_then(series_call_of)
+                .is_some_and(|(call, _)| call.session == session && call.symbol_id == symbol_id)
         });
         let payload = match self
             .sessions
@@ -253,22 +217,19 @@ impl Connection {
         call: SeriesCall<'_>,
         resolution: &str,
     ) -> Option<(String, SimResolution)> {
-        let SeriesCall {
-            session,
-            series_id,
-            turnaround,
-            symbol_id,
-        } = call;
-        let why = match self.sessions.series_target(session, symbol_id, resolution) {
+        let why = match self
+            .sessions
+            .series_target(call.session, call.symbol_id, resolution)
+        {
             Ok(target) => return Some(target),
             Err(why) => why,
         };
-        let owed = self.take_pending_resolve(session, symbol_id);
+        let owed = self.take_pending_resolve(call.session, call.symbol_id);
         let error = encode_message(
             &ServerMessage::SeriesError {
-                session: session.into(),
-                series_id: series_id.into(),
-                turnaround: turnaround.into(),
+                session: call.session.into(),
+                series_id: call.series_id.into(),
+                turnaround: call.turnaround.into(),
                 reason: why.into(),
             },
             unix_ms(),
@@ -278,5 +239,36 @@ impl Connection {
             None => self.out.send(&[error.as_str()]).await,
         };
         None
+    }
+}
+
+/// The ids a `create_series` or `modify_series` names, and the resolution it asks for.
+fn series_call_of(message: &ClientMessage) -> Option<(SeriesCall<'_>, &str)> {
+    match message {
+        ClientMessage::CreateSeries {
+            session,
+            series_id,
+            turnaround,
+            symbol_id,
+            resolution,
+            ..
+        }
+        | ClientMessage::ModifySeries {
+            session,
+            series_id,
+            turnaround,
+            symbol_id,
+            resolution,
+            ..
+        } => {
+            let call = SeriesCall {
+                session,
+                series_id,
+                turnaround,
+                symbol_id,
+            };
+            Some((call, resolution.as_str()))
+        }
+        _ => None,
     }
 }

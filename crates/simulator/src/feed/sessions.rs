@@ -77,6 +77,21 @@ pub(super) struct SeriesCall<'a> {
     pub symbol_id: &'a str,
 }
 
+impl SeriesCall<'_> {
+    /// The answer owed for this call: `work`, for `symbol`, while the series is in `epoch`.
+    fn job(&self, epoch: u64, symbol: String, work: Work) -> Job {
+        Job {
+            session: self.session.to_string(),
+            series_id: self.series_id.to_string(),
+            epoch,
+            symbol_id: self.symbol_id.to_string(),
+            symbol,
+            turnaround: self.turnaround.to_string(),
+            work,
+        }
+    }
+}
+
 /// One connection's chart sessions, by id.
 #[derive(Default)]
 pub(super) struct Sessions {
@@ -188,12 +203,6 @@ impl Sessions {
         resolution: SimResolution,
         count: u32,
     ) -> Result<Job, &'static str> {
-        let SeriesCall {
-            session,
-            series_id,
-            turnaround,
-            symbol_id,
-        } = call;
         if count == 0 {
             return Err("invalid bar count");
         }
@@ -201,33 +210,25 @@ impl Sessions {
         self.next_epoch += 1;
         let cs = self
             .charts
-            .get_mut(session)
+            .get_mut(call.session)
             .ok_or("unknown chart session")?;
-        if !cs.series.contains_key(series_id) && cs.series.len() >= MAX_SERIES_PER_SESSION {
+        if !cs.series.contains_key(call.series_id) && cs.series.len() >= MAX_SERIES_PER_SESSION {
             return Err("too many series");
         }
         let count = count.min(MAX_BARS);
         cs.series.insert(
-            series_id.to_string(),
+            call.series_id.to_string(),
             SeriesEntry {
                 epoch,
-                symbol_id: symbol_id.to_string(),
+                symbol_id: call.symbol_id.to_string(),
                 symbol: symbol.clone(),
                 resolution,
                 count,
                 older: 0,
-                turnaround: turnaround.to_string(),
+                turnaround: call.turnaround.to_string(),
             },
         );
-        Ok(Job {
-            session: session.to_string(),
-            series_id: series_id.to_string(),
-            epoch,
-            symbol_id: symbol_id.to_string(),
-            symbol,
-            turnaround: turnaround.to_string(),
-            work: Work::Full { resolution, count },
-        })
+        Ok(call.job(epoch, symbol, Work::Full { resolution, count }))
     }
 
     /// `modify_series` to `symbol` (checked by [`Sessions::series_target`]): the timeframe when
@@ -239,21 +240,15 @@ impl Sessions {
         resolution: SimResolution,
         range: &str,
     ) -> Result<Job, &'static str> {
-        let SeriesCall {
-            session,
-            series_id,
-            turnaround,
-            symbol_id,
-        } = call;
-        let entry = self.series_mut(session, series_id)?;
-        let work = if entry.symbol_id == symbol_id && entry.resolution == resolution {
+        let entry = self.series_mut(call.session, call.series_id)?;
+        let work = if entry.symbol_id == call.symbol_id && entry.resolution == resolution {
             Work::Timeframe {
                 first_index: -i64::from(entry.older),
                 last_index: i64::from(entry.count) - 1,
                 range: range.to_string(),
             }
         } else {
-            entry.symbol_id = symbol_id.to_string();
+            entry.symbol_id = call.symbol_id.to_string();
             entry.symbol = symbol.clone();
             entry.resolution = resolution;
             entry.older = 0;
@@ -262,19 +257,12 @@ impl Sessions {
                 count: entry.count,
             }
         };
-        entry.turnaround = turnaround.to_string();
-        Ok(Job {
-            session: session.to_string(),
-            series_id: series_id.to_string(),
-            epoch: entry.epoch,
-            symbol_id: symbol_id.to_string(),
-            symbol,
-            turnaround: turnaround.to_string(),
-            work,
-        })
+        entry.turnaround = call.turnaround.to_string();
+        Ok(call.job(entry.epoch, symbol, work))
     }
 
     /// `request_more_data`: `count` bars older than the series holds, up to [`MAX_BARS`] in all.
+    /// The answer carries the series' symbol and turnaround as they are now.
     pub fn request_more_data(
         &mut self,
         session: &str,
@@ -285,20 +273,19 @@ impl Sessions {
         let loaded = entry.count + entry.older;
         let total = loaded.saturating_add(count).min(MAX_BARS);
         entry.older = total - entry.count;
-        Ok(Job {
-            session: session.to_string(),
-            series_id: series_id.to_string(),
-            epoch: entry.epoch,
-            symbol_id: entry.symbol_id.clone(),
-            symbol: entry.symbol.clone(),
-            turnaround: entry.turnaround.clone(),
-            work: Work::Older {
-                resolution: entry.resolution,
-                base: entry.count,
-                loaded,
-                total,
-            },
-        })
+        let call = SeriesCall {
+            session,
+            series_id,
+            turnaround: &entry.turnaround,
+            symbol_id: &entry.symbol_id,
+        };
+        let work = Work::Older {
+            resolution: entry.resolution,
+            base: entry.count,
+            loaded,
+            total,
+        };
+        Ok(call.job(entry.epoch, entry.symbol.clone(), work))
     }
 
     /// The series is still the one created in `epoch` (not removed, replaced or deleted).
