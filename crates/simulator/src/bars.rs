@@ -10,7 +10,7 @@
 //! (Saturday and Sunday skipped), daily bars at midnight on weekdays, `nD` bars every n days,
 //! weekly bars on Mondays, monthly bars on the first of the month.
 //!
-//! Each simulator keeps its own [`Bars`]: its volumeless symbols and a cache (bounded by bytes) of
+//! Each simulator keeps its own `Bars`: its volumeless symbols and a cache (bounded by bytes) of
 //! the series it has generated with their encoded `s` arrays, so answering a 300-bar series costs
 //! a lookup and a copy, far less than the client's decoding of it.
 
