@@ -10,17 +10,18 @@
 //! (Saturday and Sunday skipped), daily bars at midnight on weekdays, `nD` bars every n days,
 //! weekly bars on Mondays, monthly bars on the first of the month.
 //!
-//! Generated series and their `bars_json` are cached (bounded by size), so answering a 300-bar
-//! series costs a lookup and a copy, far less than the client's decoding of it.
+//! Each simulator keeps its own `Bars`: its volumeless symbols and a cache (bounded by bytes) of
+//! the series it has generated with their encoded `s` arrays, so answering a 300-bar series costs
+//! a lookup and a copy, far less than the client's decoding of it.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::wire::{bars_json, tick_marks_json};
 use chartgate_protocol::Bar;
 
+use crate::rng::SplitMix64;
 use crate::stable_hash;
-use crate::state::SplitMix64;
 
 /// The most bars one series answers with (as the real feed).
 pub const MAX_BARS: u32 = 5000;
@@ -231,131 +232,115 @@ pub(crate) struct CachedSeries {
     pub tick_marks: Arc<str>,
 }
 
-type Key = (String, String, u32, bool);
+impl CachedSeries {
+    fn new(bars: Vec<Bar>) -> CachedSeries {
+        CachedSeries {
+            json: bars_json(&bars, 0).into(),
+            tick_marks: tick_marks_json(&bars, 0).into(),
+            bars: Arc::new(bars),
+        }
+    }
 
-/// A size-bounded cache; the least recently used entries go first.
-#[derive(Default)]
-struct Cache {
-    entries: HashMap<Key, (Arc<CachedSeries>, u64)>,
-    bytes: usize,
-    clock: u64,
+    /// What the entry holds, in bytes, for the cache's bound.
+    fn weight(&self) -> u32 {
+        let bytes = self.bars.len() * std::mem::size_of::<Bar>()
+            + self.json.len()
+            + self.tick_marks.len()
+            + 64;
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
 }
+
+/// (upper-case symbol, resolution, count): `D` and `1D` parse to the same resolution, so they
+/// share an entry.
+type Key = (String, SimResolution, u32);
 
 /// About 64 MB of bars and JSON: every chart of a few hundred symbols at two resolutions.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
-fn entry_bytes(series: &CachedSeries) -> usize {
-    series.bars.len() * std::mem::size_of::<Bar>()
-        + series.json.len()
-        + series.tick_marks.len()
-        + 64
+/// One simulator's bars: which symbols have no volume, and the series it has generated, so
+/// answering a series costs a lookup and a copy, far less than the client's decoding of it.
+///
+/// Owned by the simulator instance (in its state), so two simulators in one process can list
+/// different volumeless symbols and neither keeps the other's series alive.
+pub(crate) struct Bars {
+    /// Symbols whose bars have no volume (index-like), upper-case `EXCHANGE:TICKER`.
+    volumeless: HashSet<String>,
+    /// Bounded by bytes (each entry weighed by its bars and JSON). moka evicts by recency and
+    /// admits by frequency, and a lookup of one key never waits on the generation of another;
+    /// concurrent lookups of one missing key generate it once.
+    cache: moka::sync::Cache<Key, Arc<CachedSeries>>,
 }
 
-fn cache() -> &'static Mutex<Cache> {
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(Cache::default()))
+impl std::fmt::Debug for Bars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bars")
+            .field("volumeless", &self.volumeless)
+            .field("cached_series", &self.cache.entry_count())
+            .finish()
+    }
 }
 
-/// The series for (symbol, resolution, count) with or without volume, from the cache or freshly
-/// generated. `count` is capped at [`MAX_BARS`] and raised to at least 1.
-pub(crate) fn series(
-    symbol: &str,
-    res: SimResolution,
-    count: u32,
-    volumeless: bool,
-) -> Arc<CachedSeries> {
-    let count = count.clamp(1, MAX_BARS);
-    let key: Key = (symbol.to_string(), res.canonical(), count, volumeless);
-    {
-        let mut cache = match cache().lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        cache.clock += 1;
-        let now = cache.clock;
-        if let Some((hit, used)) = cache.entries.get_mut(&key) {
-            *used = now;
-            return hit.clone();
+impl Bars {
+    /// `volumeless` as `simulator.volumeless` lists it (any case, surrounding blanks ignored).
+    pub fn new<'a>(volumeless: impl IntoIterator<Item = &'a String>) -> Bars {
+        Bars {
+            volumeless: volumeless.into_iter().map(|s| normalise(s)).collect(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_BYTES)
+                .weigher(|_, series: &Arc<CachedSeries>| series.weight())
+                .build(),
         }
     }
-    // Generate outside the lock: other connections keep being served meanwhile.
-    let bars = generate(symbol, res, count as usize, volumeless);
-    let json: Arc<str> = bars_json(&bars, 0).into();
-    let tick_marks: Arc<str> = tick_marks_json(&bars, 0).into();
-    let fresh = Arc::new(CachedSeries {
-        bars: Arc::new(bars),
-        json,
-        tick_marks,
-    });
-    let mut cache = match cache().lock() {
-        Ok(c) => c,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    let size = entry_bytes(&fresh);
-    while cache.bytes + size > CACHE_BYTES && !cache.entries.is_empty() {
-        let oldest = cache
-            .entries
-            .iter()
-            .min_by_key(|(_, (_, used))| *used)
-            .map(|(k, _)| k.clone());
-        if let Some(k) = oldest
-            && let Some((gone, _)) = cache.entries.remove(&k)
-        {
-            cache.bytes = cache.bytes.saturating_sub(entry_bytes(&gone));
-        }
+
+    /// Whether `symbol` (upper-case `EXCHANGE:TICKER`) has bars with no volume.
+    pub fn is_volumeless(&self, symbol: &str) -> bool {
+        self.volumeless.contains(symbol)
     }
-    cache.clock += 1;
-    let now = cache.clock;
-    if let Some((previous, _)) = cache.entries.insert(key, (fresh.clone(), now)) {
-        // Another thread generated the same series meanwhile (identical content).
-        cache.bytes = cache.bytes.saturating_sub(entry_bytes(&previous));
-    }
-    cache.bytes += size;
-    fresh
-}
 
-/// Volumeless symbols known to [`expected_bars`]: the default index-like ones plus those of every
-/// simulator started in this process.
-fn volumeless_registry() -> &'static RwLock<HashSet<String>> {
-    static REGISTRY: OnceLock<RwLock<HashSet<String>>> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        RwLock::new(
-            crate::SimulatorSettings::default()
-                .volumeless
-                .into_iter()
-                .collect(),
-        )
-    })
-}
-
-pub(crate) fn register_volumeless<'a>(symbols: impl IntoIterator<Item = &'a String>) {
-    let mut set = match volumeless_registry().write() {
-        Ok(s) => s,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    set.extend(symbols.into_iter().cloned());
-}
-
-fn is_registered_volumeless(symbol: &str) -> bool {
-    match volumeless_registry().read() {
-        Ok(s) => s.contains(symbol),
-        Err(poisoned) => poisoned.into_inner().contains(symbol),
+    /// The series for (symbol, resolution, count), from the cache or freshly generated.
+    /// `symbol` is upper-case `EXCHANGE:TICKER`; `count` is capped at [`MAX_BARS`] and raised to
+    /// at least 1.
+    pub fn series(&self, symbol: &str, res: SimResolution, count: u32) -> Arc<CachedSeries> {
+        let count = count.clamp(1, MAX_BARS);
+        let volumeless = self.is_volumeless(symbol);
+        self.cache.get_with((symbol.to_string(), res, count), || {
+            Arc::new(CachedSeries::new(generate(
+                symbol,
+                res,
+                count as usize,
+                volumeless,
+            )))
+        })
     }
 }
 
-/// The deterministic bars the feed answers for this request (cached; tests compare against it).
+/// A symbol as the feed compares it: trimmed, upper-case.
+fn normalise(symbol: &str) -> String {
+    symbol.trim().to_ascii_uppercase()
+}
+
+/// The deterministic bars a default-configured simulator answers for this request (tests
+/// compare against it). Generated on each call: it shares no cache with any simulator.
 ///
 /// `symbol` is `EXCHANGE:TICKER` as sent in `resolve_symbol` (compared upper-case); `resolution`
 /// is the feed's string (`1D`, `D`, `60`, `188`, `1W`...). An unknown resolution gives no bars.
-/// Whether bars carry volume follows the default `simulator.volumeless` list plus the lists of
-/// the simulators started in this process.
+/// Whether bars carry volume follows the default `simulator.volumeless` list.
 pub fn expected_bars(symbol: &str, resolution: &str, count: u32) -> Arc<Vec<Bar>> {
     let Some(res) = SimResolution::parse(resolution) else {
         return Arc::new(Vec::new());
     };
-    let symbol = symbol.trim().to_ascii_uppercase();
-    let volumeless = is_registered_volumeless(&symbol);
-    series(&symbol, res, count, volumeless).bars.clone()
+    let symbol = normalise(symbol);
+    let volumeless = crate::SimulatorSettings::default()
+        .volumeless
+        .iter()
+        .any(|v| normalise(v) == symbol);
+    Arc::new(generate(
+        &symbol,
+        res,
+        count.clamp(1, MAX_BARS) as usize,
+        volumeless,
+    ))
 }
 
 #[cfg(test)]
@@ -427,11 +412,34 @@ mod tests {
     }
 
     #[test]
-    fn expected_bars_caps_and_caches() {
+    fn expected_bars_caps_and_the_simulator_caches() {
         let a = expected_bars("nse:infy", "1D", 9000);
         assert_eq!(a.len(), MAX_BARS as usize);
-        let b = expected_bars("NSE:INFY", "D", 9000);
-        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a, expected_bars("NSE:INFY", "D", 9000));
         assert!(expected_bars("NSE:INFY", "abc", 10).is_empty());
+
+        let bars = Bars::new(&crate::SimulatorSettings::default().volumeless);
+        let served = bars.series("NSE:INFY", SimResolution::Days(1), 9000);
+        assert_eq!(
+            served.bars, a,
+            "a default simulator serves the expected bars"
+        );
+        let again = bars.series("NSE:INFY", SimResolution::parse("D").unwrap(), MAX_BARS);
+        assert!(
+            Arc::ptr_eq(&served, &again),
+            "D and 1D, 9000 and 5000 share one entry"
+        );
+    }
+
+    #[test]
+    fn the_volumeless_set_belongs_to_each_simulator() {
+        let custom = Bars::new(&[" nse:tcs ".to_string()]);
+        let default = Bars::new(&crate::SimulatorSettings::default().volumeless);
+        let tcs = |bars: &Bars| bars.series("NSE:TCS", SimResolution::Days(1), 3).bars[0].volume;
+        assert!(tcs(&custom).is_none());
+        assert!(tcs(&default).is_some());
+        assert!(expected_bars("NSE:TCS", "1D", 3)[0].volume.is_some());
+        assert!(expected_bars("NSE:NIFTY", "1D", 3)[0].volume.is_none());
+        assert!(default.is_volumeless("NSE:NIFTY") && !custom.is_volumeless("NSE:NIFTY"));
     }
 }

@@ -4,17 +4,21 @@
 //!
 //! # Layout
 //!
-//! - [`feed`]: `GET /socket.io/websocket`, the chart protocol (sessions, series, heartbeats,
-//!   authentication), one task per connection.
+//! - [`feed`]: `GET /socket.io/websocket`, the chart protocol, one task per connection; a
+//!   directory of its parts (transport and send-side faults, heartbeats, authentication, calls,
+//!   chart sessions, symbols, the schedule of series answers, composing answers).
 //! - [`wire`]: the feed's answers written in the capture's shapes, with the simulator's constants.
-//! - [`bars`]: deterministic bars per (symbol, resolution, count), cached; [`expected_bars`] is
-//!   what tests compare against.
+//! - [`bars`]: deterministic bars per (symbol, resolution, count); each simulator's volumeless
+//!   symbols and its cache of generated series; [`expected_bars`] is what tests compare against.
 //! - [`screen`]: `GET /run/screen?key=`, MarketInOut's pipe-separated stock lists.
 //! - [`tokens`]: `GET /chart/`, the page that carries the feed JWT, and the simulator's own
 //!   signing and checking of those tokens.
-//! - [`state`]: faults, counters ([`SimStats`]), per-token connection counts.
+//! - [`state`]: one simulator's shared state: faults, counters ([`SimStats`]), per-token
+//!   connection counts, its bars. Nothing is process-global, so simulators in one process are
+//!   independent.
 //! - [`settings`]: the `simulator.*` settings and [`Faults`].
 //! - [`tickers`]: the embedded NSE tickers screens are made of.
+//! - `rng`: SplitMix64, the generator whose fixed sequence the fake data is made from.
 //!
 //! Control routes: `GET /sim/stats` (the [`SimStats`] JSON), `GET /sim/faults` and
 //! `POST /sim/faults` (JSON with any keys of [`Faults`]; `{}` resets every fault to off).
@@ -25,6 +29,7 @@
 
 pub mod bars;
 pub mod feed;
+mod rng;
 pub mod screen;
 pub mod settings;
 pub mod state;
@@ -65,7 +70,6 @@ impl Simulator {
     ) -> std::io::Result<Simulator> {
         let addr = listener.local_addr()?;
         let state = Arc::new(SimState::new(settings));
-        bars::register_volumeless(state.volumeless.iter());
         let data = web::Data::from(state.clone());
         // Two workers: answers are cached and cheap, and the machine is shared with the service.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(2));

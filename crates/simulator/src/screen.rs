@@ -8,9 +8,10 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::bars::{SimResolution, series};
+use crate::bars::{Bars, SimResolution};
+use crate::rng::SplitMix64;
 use crate::stable_hash;
-use crate::state::{SimState, SplitMix64};
+use crate::state::SimState;
 use crate::tickers::NSE_TICKERS;
 
 /// The screen's timestamp: the close of the anchor day (IST), as MarketInOut writes it.
@@ -39,16 +40,11 @@ pub(crate) fn screen_tickers(key: &str, stocks: usize) -> Vec<String> {
 }
 
 /// The screen's text body.
-pub(crate) fn screen_body(key: &str, stocks: usize, volumeless: &dyn Fn(&str) -> bool) -> String {
+pub(crate) fn screen_body(key: &str, stocks: usize, bars: &Bars) -> String {
     let mut body = String::with_capacity(stocks * 40);
     for ticker in screen_tickers(key, stocks) {
         let symbol = format!("NSE:{ticker}");
-        let last = series(
-            &symbol,
-            SimResolution::Days(1),
-            1,
-            volumeless(symbol.as_str()),
-        );
+        let last = bars.series(&symbol, SimResolution::Days(1), 1);
         let price = last.bars.last().map_or(0.0, |b| b.close);
         body.push_str(&format!("{ticker}.NS|{price:.2}|{SCREEN_TIME}\n"));
     }
@@ -82,10 +78,9 @@ pub(crate) async fn screen(req: HttpRequest, state: web::Data<SimState>) -> Http
         .get(&key)
         .copied()
         .unwrap_or(state.default_formula_stocks);
-    let volumeless = |s: &str| state.volumeless.contains(s);
     HttpResponse::Ok()
         .content_type("text/plain; charset=utf-8")
-        .body(screen_body(&key, stocks, &volumeless))
+        .body(screen_body(&key, stocks, &state.bars))
 }
 
 /// A MarketInOut Web API key: 16 hex digits.

@@ -1,17 +1,19 @@
 //! State shared by every connection and route of one simulator: the current faults, the counters
-//! behind `GET /sim/stats`, the token key, and the per-token connection count that the
-//! `max_connections` fault limits.
+//! behind `GET /sim/stats`, the token key, the per-token connection count that the
+//! `max_connections` fault limits, and the simulator's bars (its volumeless symbols and cache).
+//! Nothing here is process-global: two simulators in one process share nothing.
 //!
 //! Faults are read at the moment they matter (an upgrade, a send, a series answer), so
 //! `POST /sim/faults` changes the behaviour of connections that are already open.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::bars::Bars;
 use crate::settings::{Faults, SimulatorSettings};
 use crate::wire::symbol_resolved_object;
 use chartgate_protocol::SymbolInfo;
@@ -85,14 +87,14 @@ pub(crate) struct SimState {
     /// Open authenticated connections per token (keyed by a hash of the token, so tokens are not
     /// kept around), for the `max_connections` fault.
     token_connections: Mutex<HashMap<u64, usize>>,
-    /// Encoded `symbol_resolved` objects (about 2 KB each, the same in every answer about a
-    /// symbol), so answering a chart does not rebuild one; cleared when it grows past
-    /// [`SYMBOL_OBJECTS_MAX`].
-    symbol_objects: Mutex<HashMap<(String, String), Arc<str>>>,
+    /// Encoded `symbol_resolved` objects by (full name, kind): about 2 KB each and the same in
+    /// every answer about a symbol, so answering a chart does not rebuild one; at most
+    /// [`SYMBOL_OBJECTS_MAX`] of them.
+    symbol_objects: moka::sync::Cache<(String, String), Arc<str>>,
     /// Interval of `~h~` heartbeats.
     pub heartbeat: Duration,
-    /// Symbols whose bars have no volume (index-like), upper-case `EXCHANGE:TICKER`.
-    pub volumeless: HashSet<String>,
+    /// The volumeless symbols and the generated series of this simulator.
+    pub bars: Bars,
     /// Screen sizes by key (lower-case hex).
     pub formulas: HashMap<String, usize>,
     pub default_formula_stocks: usize,
@@ -101,25 +103,15 @@ pub(crate) struct SimState {
 }
 
 /// Bound of [`SimState::symbol_object`]'s cache.
-const SYMBOL_OBJECTS_MAX: usize = 16_384;
+const SYMBOL_OBJECTS_MAX: u64 = 16_384;
 
 impl SimState {
     /// The encoded `symbol_resolved` object for `info`, made once per symbol and kind.
     pub fn symbol_object(&self, info: &SymbolInfo) -> Arc<str> {
         let key = (info.full_name.clone(), info.kind.clone());
-        let mut objects = self
-            .symbol_objects
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(object) = objects.get(&key) {
-            return object.clone();
-        }
-        if objects.len() >= SYMBOL_OBJECTS_MAX {
-            objects.clear();
-        }
-        let object: Arc<str> = to_ascii_string(&symbol_resolved_object(info)).into();
-        objects.insert(key, object.clone());
-        object
+        self.symbol_objects.get_with(key, || {
+            to_ascii_string(&symbol_resolved_object(info)).into()
+        })
     }
 
     pub fn new(settings: &SimulatorSettings) -> SimState {
@@ -128,13 +120,9 @@ impl SimState {
             counters: Counters::default(),
             token_key: rand::random(),
             token_connections: Mutex::new(HashMap::new()),
-            symbol_objects: Mutex::new(HashMap::new()),
+            symbol_objects: moka::sync::Cache::new(SYMBOL_OBJECTS_MAX),
             heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),
-            volumeless: settings
-                .volumeless
-                .iter()
-                .map(|s| s.trim().to_ascii_uppercase())
-                .collect(),
+            bars: Bars::new(&settings.volumeless),
             formulas: settings
                 .formulas
                 .iter()
@@ -168,10 +156,7 @@ impl SimState {
     /// Takes one connection slot for the token hashed as `key`, unless `limit` (> 0) slots are
     /// taken already. The slot is given back when the returned guard drops.
     pub fn acquire_token_slot(self: &Arc<Self>, key: u64, limit: usize) -> Option<TokenSlot> {
-        let mut map = match self.token_connections.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.token_connections();
         let open = map.entry(key).or_insert(0);
         if limit > 0 && *open >= limit {
             return None;
@@ -183,11 +168,15 @@ impl SimState {
         })
     }
 
+    /// The per-token counts; a panic elsewhere while holding them leaves them usable.
+    fn token_connections(&self) -> MutexGuard<'_, HashMap<u64, usize>> {
+        self.token_connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn release_token_slot(&self, key: u64) {
-        let mut map = match self.token_connections.lock() {
-            Ok(m) => m,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.token_connections();
         if let Some(open) = map.get_mut(&key) {
             *open = open.saturating_sub(1);
             if *open == 0 {
@@ -230,41 +219,5 @@ impl Drop for OpenConnection {
             .counters
             .connections_open
             .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// SplitMix64: a tiny PRNG whose sequence is fixed forever for a seed (unlike `rand`'s, which may
-/// change between versions), so generated bars and screens never change.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = self.unit().max(1e-12);
-        let u2 = self.unit();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-
-    /// Uniform in [0, n) (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
     }
 }

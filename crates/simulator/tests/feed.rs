@@ -593,6 +593,30 @@ async fn volumeless_symbols_have_five_value_bars() {
 }
 
 #[actix_web::test]
+async fn each_simulator_has_its_own_volumeless_symbols() {
+    let mut tcs_volumeless = settings();
+    tcs_volumeless.volumeless = vec!["nse:tcs".into()];
+    let custom = start(tcs_volumeless).await;
+    let default = start(settings()).await;
+    for (sim, volumeless) in [(&custom, true), (&default, false)] {
+        let mut client = connect_unauthorized(sim).await;
+        let answer = fetch_chart(&mut client, "cs_1", "NSE:TCS", "1D", 5).await;
+        let bars = plain(&bars_of(&answer, "cs_1"));
+        assert_eq!(bars.len(), 5);
+        assert!(
+            bars.iter().all(|b| b.volume.is_none() == volumeless),
+            "volumeless {volumeless}: {bars:?}"
+        );
+        if !volumeless {
+            // What a default simulator serves, whatever other simulators were started with.
+            assert_eq!(bars, *expected_bars("NSE:TCS", "1D", 5));
+        }
+    }
+    custom.stop().await;
+    default.stop().await;
+}
+
+#[actix_web::test]
 async fn unknown_symbols_get_symbol_error_and_their_series_get_series_error() {
     let mut s = settings();
     s.faults.unknown_symbols = vec!["NSE:DELISTED".into()];
