@@ -27,7 +27,7 @@ pub struct ChartKey {
 }
 
 /// Counters for `/api/connections/stats`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CacheStats {
     pub entries: u64,
     pub bytes: u64,

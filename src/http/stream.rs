@@ -157,23 +157,28 @@ fn epoch_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct FormulaResultsData<'a> {
+pub(super) struct FormulaResultsData<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     formula_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     formula_name: Option<&'a str>,
+    #[schema(value_type = Vec<Stock>)]
     stocks: &'a [Stock],
     total_charts: usize,
+    #[schema(value_type = Vec<Resolution>)]
     resolutions: Vec<&'static str>,
+    #[schema(value_type = crate::domain::BarCount)]
     bars_count: u16,
     resumed: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct CompleteData {
+pub(super) struct CompleteData {
     total_charts: usize,
     successful_charts: usize,
     failed_charts: usize,
@@ -515,8 +520,8 @@ impl Producer {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorData<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorData<'a> {
     code: &'a str,
     message: &'a str,
 }
