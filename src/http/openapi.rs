@@ -81,8 +81,14 @@ pub fn document() -> OpenApi {
         ("stream", "the formula stream (Server-Sent Events)"),
         ("charts", "single charts"),
         ("formulas", "MarketInOut screens and their stock lists"),
-        ("connections", "leases that keep upstream connections warm, and stats"),
-        ("service", "health, readiness, metrics, the demo page, this document"),
+        (
+            "connections",
+            "leases that keep upstream connections warm, and stats",
+        ),
+        (
+            "service",
+            "health, readiness, metrics, the demo page, this document",
+        ),
     ]
     .map(|(name, description)| {
         let mut tag = Tag::new(name);
