@@ -250,6 +250,15 @@ async fn every_route_the_app_registers_is_documented_and_served() {
             }
         }
     }
+    // The demo page links to the document.
+    let mut page = app.get("/").send().await.expect("GET /");
+    let page = page.body().await.expect("the page");
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains(r#"href="/api/openapi.json""#),
+        "no API link on the demo page"
+    );
+
     let (status, body) = app.get_json("/api/undocumented").await;
     assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
 }
