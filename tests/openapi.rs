@@ -25,7 +25,7 @@ use chartgate::config::Secret;
 use chartgate::http::{DocumentedRoute, RouteSink, route_table};
 
 use common::app::{
-    TestApp, client, read_stream_until, response_json, send_json, spawn_app, spawn_app_remote,
+    TestApp, read_stream_until, response_json, send_json, spawn_app, stream_cut_by_shutdown,
 };
 
 const STREAM: &str = "/api/formula-results-with-charts";
@@ -521,24 +521,9 @@ async fn real_stream_events_have_exactly_the_documented_fields() {
     }
 
     // stream-error: a stream open while the server shuts down.
-    let TestApp { base, stopper, .. } = spawn_app_remote(|s| {
-        s.simulator.faults.latency_ms = 300;
-        s.simulator.faults.series_concurrency = 1;
-        s.pool.max_connections = 1;
-    })
-    .await;
-    let mut stopper = Some(stopper);
-    let s = read_stream_until(
-        client().get(format!(
-            "{base}{STREAM}?formula=breakouts&resolutions=1D,1W&bars=30"
-        )),
-        |e| {
-            if let Some(stopper) = stopper.take().filter(|_| e.event == "formula-results") {
-                actix_web::rt::spawn(async move { stopper.stop().await });
-            }
-            false
-        },
-    )
+    let (s, _stopped) = stream_cut_by_shutdown(&format!(
+        "{STREAM}?formula=breakouts&resolutions=1D,1W&bars=30"
+    ))
     .await;
     check_events(&doc, &s, "a stream cut by shutdown", &mut seen);
 
