@@ -28,7 +28,7 @@ pub struct ChartKey {
 
 /// Counters for `/api/connections/stats`. Every chart lookup is one of `hits`, `joined` or
 /// `misses`, so `misses` is the number of fetches made from the feed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CacheStats {
     pub entries: u64,
     pub bytes: u64,

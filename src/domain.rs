@@ -261,7 +261,8 @@ impl FromStr for BarCount {
 }
 
 /// How bars are laid out in JSON answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum BarsFormat {
     /// `[{"time","open","high","low","close","volume"}, ...]`
     #[default]
@@ -282,8 +283,56 @@ impl FromStr for BarsFormat {
     }
 }
 
+// OpenAPI schemas of the types parsed by hand (`FromStr`), made from the same rules and constants
+// the parsers use, for `GET /api/openapi.json`.
+
+/// What `Symbol` accepts once trimmed and upper-cased (SPEC 3): the rules of `valid_exchange` and
+/// `valid_ticker` as a pattern.
+pub const SYMBOL_PATTERN: &str = "^[A-Z0-9_]{1,20}:[A-Z0-9_.!&-]{1,40}$";
+
+impl utoipa::PartialSchema for Symbol {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .pattern(Some(SYMBOL_PATTERN))
+            .description(Some(
+                "EXCHANGE:TICKER as answered (requests may also use MarketInOut's TCS.NS / TCS.BO \
+                 forms, any case)",
+            ))
+            .examples(["NSE:TCS"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Symbol {}
+
+impl utoipa::PartialSchema for Resolution {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(Resolution::ALL.map(Resolution::as_str)))
+            .description(Some("minutes (1 to 240), a day, a week or a month"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Resolution {}
+
+impl utoipa::PartialSchema for BarCount {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(BarCount::MAX))
+            .default(Some(BarCount::default().get().into()))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for BarCount {}
+
 /// What the feed's `symbol_resolved` says about a symbol, reduced to what clients use.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChartMetadata {
     pub name: String,

@@ -20,16 +20,20 @@ use crate::domain::Symbol;
 pub const MARKETINOUT_SCREEN_URL: &str = "https://api.marketinout.com/run/screen";
 
 /// One stock of a formula's result. Absent fields are omitted from JSON, not null.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stock {
     pub symbol: Symbol,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
     pub price: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
     pub sector: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
     pub industry: Option<String>,
 }
 
@@ -47,7 +51,7 @@ impl Stock {
 }
 
 /// A formula's stock list as of one fetch.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FormulaResult {
     pub formula_id: String,

@@ -65,7 +65,7 @@ struct AcquireWithId {
 }
 
 /// A lease as `acquire` and `renew` answer it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, MessageResponse)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, MessageResponse, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseInfo {
     pub lease_id: String,
@@ -75,7 +75,7 @@ pub struct LeaseInfo {
 }
 
 /// Connection health as the stats route reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Connections work (or would be opened on demand) and no reconnect episode is running.
@@ -103,7 +103,7 @@ impl Health {
 }
 
 /// The manager's part of `/api/connections/stats` (SPEC 3.4), the pool's included.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, MessageResponse)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, MessageResponse, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagerStats {
     pub is_active: bool,
@@ -111,7 +111,8 @@ pub struct ManagerStats {
     pub health: Health,
     pub reconnect_attempts: u32,
     pub has_idle_timer: bool,
-    /// Seconds until the idle timer closes the connections, when it runs.
+    /// Seconds until the idle timer closes the connections, when it runs; `null` otherwise.
+    #[schema(required = true)]
     pub idle_closes_in_secs: Option<u64>,
     pub pool: PoolStats,
 }

@@ -25,8 +25,8 @@ use chartgate_simulator::Faults;
 use chartgate_simulator::expected_bars;
 
 use common::app::{
-    StreamRead, TestApp, client, read_stream, read_stream_until, response_json, send_json,
-    spawn_app, spawn_app_remote,
+    StreamRead, TestApp, read_stream, read_stream_until, response_json, send_json, spawn_app,
+    stream_cut_by_shutdown,
 };
 
 const STREAM: &str = "/api/formula-results-with-charts";
@@ -2004,32 +2004,9 @@ async fn no_route_returns_a_secret() {
 
 #[actix_web::test]
 async fn shutdown_ends_open_streams_with_a_resumable_error() {
-    let TestApp {
-        base,
-        sim,
-        stopper,
-        server,
-        ..
-    } = spawn_app_remote(|s| {
-        s.simulator.faults.latency_ms = 300;
-        s.simulator.faults.series_concurrency = 1;
-        s.pool.max_connections = 1;
-    })
-    .await;
-    let mut stopper = Some(stopper);
-    let s = read_stream_until(
-        client().get(format!(
-            "{base}{STREAM}?formula=breakouts&resolutions=1D,1W&bars=30"
-        )),
-        |e| {
-            if e.event == "formula-results"
-                && let Some(stopper) = stopper.take()
-            {
-                actix_web::rt::spawn(async move { stopper.stop().await });
-            }
-            false
-        },
-    )
+    let (s, TestApp { sim, server, .. }) = stream_cut_by_shutdown(&format!(
+        "{STREAM}?formula=breakouts&resolutions=1D,1W&bars=30"
+    ))
     .await;
     assert_eq!(s.status, 200);
     let names = s.names();

@@ -17,9 +17,13 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error answer's body (SPEC 3).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody<'a> {
+    /// What was wrong and what to do, for a person.
     error: &'a str,
+    /// What was wrong, for a program: `invalid_symbol`, `unknown_formula`, ...
     code: &'a str,
 }
 
@@ -55,7 +59,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(Body {
+        HttpResponse::build(self.status).json(ErrorBody {
             error: &self.message,
             code: self.code,
         })

@@ -4,9 +4,13 @@
 //! - [`params`]: query strings and bodies parsed into domain types.
 //! - [`error`]: `ApiError`, the one mapping from failures to status codes and JSON.
 //! - [`stream`] and [`stream_id`]: the formula stream and its resumable event ids.
-//! - [`routes`]: the handlers.
+//! - [`routes`]: the handlers, each with its `#[utoipa::path]` (method, path, parameters,
+//!   responses).
+//! - [`openapi`]: `GET /api/openapi.json`, built from [`route_table`], the one list of routes that
+//!   [`configure`] registers.
 
 pub mod error;
+pub mod openapi;
 pub mod params;
 pub mod routes;
 pub mod sse;
@@ -18,7 +22,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{HttpServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{Error, ResponseError, web};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -103,6 +107,14 @@ fn same_token(given: &str, expected: &str) -> bool {
             == 0
 }
 
+/// Whether `path` is under `/api` (`/api` itself, or `/api/...`), where SPEC 2's
+/// `server.api_token` applies. The token middleware and the document's security requirements
+/// both ask this, so what is documented as needing the token is what needs it.
+pub fn is_api_path(path: &str) -> bool {
+    path.strip_prefix("/api")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// `/api/*` needs the configured token, as a Bearer header or `access_token` query parameter.
 async fn require_token(
     req: ServiceRequest,
@@ -112,7 +124,7 @@ async fn require_token(
         .app_data::<web::Data<AppState>>()
         .map(|s| s.settings.server.api_token.clone())
         .unwrap_or_default();
-    if !expected.is_empty() {
+    if !expected.is_empty() && is_api_path(req.path()) {
         let header = req
             .headers()
             .get("Authorization")
@@ -192,7 +204,9 @@ fn json_error(err: actix_web::error::JsonPayloadError, _: &actix_web::HttpReques
     api.into()
 }
 
-/// Registers every route on an `App` (used by the server and by tests alike).
+/// Registers every route on an `App` (used by the server and by tests alike): the routes of
+/// [`route_table`], each path followed by a catch-all that answers other methods with a JSON 405,
+/// and a JSON 404 for everything else.
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         let settings = state.settings.clone();
@@ -204,64 +218,109 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             )
             .service(
                 web::scope("")
+                    .wrap(from_fn(require_token))
                     .wrap(from_fn(count_requests))
                     .wrap(cors(&settings))
-                    .route("/", web::get().to(routes::index))
-                    .route("/healthz", web::get().to(routes::healthz))
-                    .route("/readyz", web::get().to(routes::readyz))
-                    .route("/metrics", web::get().to(routes::metrics))
-                    .service(
-                        web::scope("/api")
-                            .wrap(from_fn(require_token))
-                            .service(
-                                web::resource("/formula-results-with-charts")
-                                    .route(web::get().to(routes::stream_get))
-                                    .route(web::post().to(routes::stream_post))
-                                    .default_service(web::to(routes::method_not_allowed)),
-                            )
-                            .service(resource_get("/chart-data", routes::chart_data))
-                            .service(resource_get("/formulas", routes::formulas))
-                            .service(resource_get("/formula-results", routes::formula_results))
-                            .service(resource_get("/connections/stats", routes::stats))
-                            .service(resource_post("/connections/acquire", routes::acquire))
-                            .service(resource_post(
-                                "/connections/force-cleanup",
-                                routes::force_cleanup,
-                            ))
-                            .service(resource_post(
-                                "/connections/{lease_id}/renew",
-                                routes::renew,
-                            ))
-                            .service(
-                                web::resource("/connections/{lease_id}")
-                                    .route(web::delete().to(routes::release))
-                                    .default_service(web::to(routes::method_not_allowed)),
-                            )
-                            .default_service(web::to(routes::not_found)),
-                    )
+                    .configure(|cfg| {
+                        let mut registrar = Registrar {
+                            cfg,
+                            open: None,
+                            closed: Vec::new(),
+                        };
+                        route_table(&mut registrar);
+                        registrar.close();
+                    })
                     .default_service(web::to(routes::not_found)),
             );
     }
 }
 
-fn resource_get<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
+/// A handler as the route table holds it: an actix-web service (made by `#[get]`, `#[post]` or
+/// `#[delete]`) that also knows its OpenAPI operation (made by `#[utoipa::path]`, which reads the
+/// same attribute for the method and path).
+///
+/// `SchemaReferences` and `Tags` are the (hidden) traits through which utoipa's own `OpenApi`
+/// derive and utoipa-actix-web collect a path's schemas and tags.
+pub trait DocumentedRoute:
+    HttpServiceFactory
+    + utoipa::Path
+    + utoipa::__dev::SchemaReferences
+    + utoipa::__dev::Tags<'static>
+    + 'static
 {
-    web::resource(path)
-        .route(web::get().to(handler))
-        .default_service(web::to(routes::method_not_allowed))
 }
 
-fn resource_post<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
+impl<T> DocumentedRoute for T where
+    T: HttpServiceFactory
+        + utoipa::Path
+        + utoipa::__dev::SchemaReferences
+        + utoipa::__dev::Tags<'static>
+        + 'static
 {
-    web::resource(path)
-        .route(web::post().to(handler))
-        .default_service(web::to(routes::method_not_allowed))
+}
+
+/// What [`route_table`] hands each route to: the registrar of [`configure`], or the collector
+/// of [`openapi::document`].
+pub trait RouteSink {
+    fn route<R: DocumentedRoute>(&mut self, route: R);
+}
+
+/// Every route the service serves, in matching order. Routes of one path are listed together, so
+/// that path's 405 catch-all comes right after them (before a later pattern such as
+/// `/api/connections/{lease_id}` could take the request).
+pub fn route_table(sink: &mut impl RouteSink) {
+    sink.route(routes::index);
+    sink.route(routes::healthz);
+    sink.route(routes::readyz);
+    sink.route(routes::metrics);
+    sink.route(routes::openapi);
+    sink.route(routes::stream_get);
+    sink.route(routes::stream_post);
+    sink.route(routes::chart_data);
+    sink.route(routes::formulas);
+    sink.route(routes::formula_results);
+    sink.route(routes::stats);
+    sink.route(routes::acquire);
+    sink.route(routes::force_cleanup);
+    sink.route(routes::renew);
+    sink.route(routes::release);
+}
+
+/// Registers the route table's services, closing each path with a catch-all resource whose
+/// default service is the JSON 405 (a request whose method no route of the path takes falls
+/// through the routes' method guards to it).
+struct Registrar<'a> {
+    cfg: &'a mut web::ServiceConfig,
+    /// The path whose routes are being registered.
+    open: Option<String>,
+    /// Paths already closed: a route listed apart from the others of its path would come after
+    /// that path's catch-all and never be reached.
+    closed: Vec<String>,
+}
+
+impl Registrar<'_> {
+    fn close(&mut self) {
+        if let Some(path) = self.open.take() {
+            self.cfg.service(
+                web::resource(path.as_str()).default_service(web::to(routes::method_not_allowed)),
+            );
+            self.closed.push(path);
+        }
+    }
+}
+
+impl RouteSink for Registrar<'_> {
+    fn route<R: DocumentedRoute>(&mut self, route: R) {
+        let path = R::path();
+        if self.open.as_deref() != Some(path.as_str()) {
+            self.close();
+            // A mistake in the table above, caught by every test that starts the app.
+            assert!(
+                !self.closed.contains(&path),
+                "route_table lists {path} apart from its other routes"
+            );
+            self.open = Some(path);
+        }
+        self.cfg.service(route);
+    }
 }

@@ -105,7 +105,7 @@ pub struct StreamRequest {
 }
 
 /// A list given as a JSON array or as one comma-separated string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ListParam {
     One(String),
@@ -158,7 +158,7 @@ fn entries<'a>(list: &'a str, name: &str) -> Result<Option<Vec<&'a str>>, ApiErr
 }
 
 /// A number given as a JSON number or a string.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum NumberParam {
     Number(u64),
@@ -166,7 +166,7 @@ pub enum NumberParam {
 }
 
 /// The JSON body of `POST /api/formula-results-with-charts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StreamBody {
     pub formula_id: Option<String>,

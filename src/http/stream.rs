@@ -176,23 +176,28 @@ fn formula_results(list: &StockList, request: &StreamRequest, id: String) -> Eve
     Event::json(kind, &id, &Envelope { kind, data })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct FormulaResultsData<'a> {
+pub(super) struct FormulaResultsData<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     formula_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     formula_name: Option<&'a str>,
+    #[schema(value_type = Vec<Stock>)]
     stocks: &'a [Stock],
     total_charts: usize,
+    #[schema(value_type = Vec<Resolution>)]
     resolutions: Vec<&'static str>,
+    #[schema(value_type = crate::domain::BarCount)]
     bars_count: u16,
     resumed: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct CompleteData {
+pub(super) struct CompleteData {
     total_charts: usize,
     successful_charts: usize,
     failed_charts: usize,
@@ -587,8 +592,8 @@ fn done_line(name: &str, counts: &Counts, took: Duration, resumed: bool) -> Stri
     )
 }
 
-#[derive(Serialize)]
-struct ErrorData<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ErrorData<'a> {
     code: &'a str,
     message: &'a str,
 }

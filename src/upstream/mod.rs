@@ -136,7 +136,7 @@ pub struct CloseAll;
 pub struct GetPoolStats;
 
 /// The pool as `/api/connections/stats` shows it (`pool` object of SPEC 3.4).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, MessageResponse)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, MessageResponse, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolStats {
     /// Connections that are open (authenticated or draining), not counting ones still connecting.
@@ -155,7 +155,7 @@ pub struct PoolStats {
 }
 
 /// One connection in [`PoolStats`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionStats {
     pub id: u64,

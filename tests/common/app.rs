@@ -186,6 +186,27 @@ pub async fn spawn_app_remote(configure: impl FnOnce(&mut Settings)) -> TestApp 
     launch(settings, Some(sim)).await
 }
 
+/// A service on a slow feed (one connection, one series at a time, 300 ms a series) whose stream
+/// at `path_and_query` is cut by a graceful shutdown as soon as its `formula-results` arrives:
+/// what the client read, and the stopped app (its server task still to be awaited).
+pub async fn stream_cut_by_shutdown(path_and_query: &str) -> (StreamRead, TestApp) {
+    let app = spawn_app_remote(|s| {
+        s.simulator.faults.latency_ms = 300;
+        s.simulator.faults.series_concurrency = 1;
+        s.pool.max_connections = 1;
+    })
+    .await;
+    let mut stopper = Some(app.stopper.clone());
+    let s = read_stream_until(app.get(path_and_query), |e| {
+        if let Some(stopper) = stopper.take().filter(|_| e.event == "formula-results") {
+            actix_web::rt::spawn(async move { stopper.stop().await });
+        }
+        false
+    })
+    .await;
+    (s, app)
+}
+
 impl TestApp {
     pub fn url(&self, path_and_query: &str) -> String {
         format!("{}{}", self.base, path_and_query)
