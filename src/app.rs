@@ -6,12 +6,11 @@
 //! client can resume from, close the upstream connections, stop the simulator, exit 0.
 
 use std::net::TcpListener;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr};
 use actix_web::{App, HttpServer, web};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::watch;
 
 use crate::cache::Cache;
@@ -20,91 +19,9 @@ use crate::config::{Settings, UpstreamMode};
 use crate::formulas::{FormulaSource, MARKETINOUT_SCREEN_URL, Universe};
 use crate::http::{AppState, configure};
 use crate::manager::Manager;
+use crate::telemetry::Metrics;
 use crate::upstream::{CloseAll, Pool, UpstreamTarget};
 use chartgate_simulator::Simulator;
-
-/// The process-wide Prometheus recorder (a recorder can be installed once per process; tests
-/// that start several applications share it).
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let buckets = [
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ];
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            let handle = match builder.install_recorder() {
-                Ok(handle) => handle,
-                // Another recorder is installed (only possible in tests): render from our own.
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
-            };
-            describe_metrics();
-            handle
-        })
-        .clone()
-}
-
-/// Describes the metrics operators rely on and registers them at zero, so a dashboard sees every
-/// series from the first scrape rather than only after the first event of each kind.
-fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        "chartgate_http_requests_total",
-        "HTTP requests by route pattern and status"
-    );
-    describe_gauge!(
-        "chartgate_sse_streams_open",
-        "formula streams currently open"
-    );
-    describe_counter!(
-        "chartgate_charts_fetched_total",
-        "chart fetches from the feed, by outcome"
-    );
-    describe_counter!(
-        "chartgate_charts_served_total",
-        "charts served to clients, by outcome (ok, cached, failed)"
-    );
-    describe_gauge!(
-        "chartgate_upstream_connections_open",
-        "upstream WebSocket connections open"
-    );
-    describe_counter!(
-        "chartgate_upstream_reconnects_total",
-        "reconnect attempts to the feed"
-    );
-    describe_gauge!("chartgate_leases", "live leases (refCount)");
-    describe_counter!("chartgate_cache_hits_total", "chart cache hits");
-    describe_counter!(
-        "chartgate_cache_joined_total",
-        "chart cache misses that joined a fetch already in flight"
-    );
-    describe_counter!(
-        "chartgate_cache_misses_total",
-        "chart cache misses that started a fetch"
-    );
-    describe_histogram!(
-        "chartgate_chart_fetch_seconds",
-        Unit::Seconds,
-        "time from dispatch to series_completed"
-    );
-    for name in [
-        "chartgate_upstream_reconnects_total",
-        "chartgate_cache_hits_total",
-        "chartgate_cache_joined_total",
-        "chartgate_cache_misses_total",
-    ] {
-        metrics::counter!(name).increment(0);
-    }
-    for name in [
-        "chartgate_sse_streams_open",
-        "chartgate_upstream_connections_open",
-        "chartgate_leases",
-    ] {
-        metrics::gauge!(name).increment(0.0);
-    }
-}
 
 /// `host:port` of a URL, for readiness probes.
 fn host_port(url: &str) -> Option<String> {
@@ -185,8 +102,10 @@ impl Chartgate {
             }
         };
         let settings = Arc::new(settings);
-        let pool = Pool::new(settings.clone(), UpstreamTarget::from_settings(&settings)).start();
-        let manager = Manager::new(settings.clone(), pool.clone()).start();
+        let metrics = Metrics::new();
+        let target = UpstreamTarget::from_settings(&settings);
+        let pool = Pool::new(settings.clone(), target, &metrics).start();
+        let manager = Manager::new(settings.clone(), pool.clone(), &metrics).start();
         let formulas = FormulaSource::new(
             &settings.formulas,
             settings.formulas.source_url.clone(),
@@ -194,16 +113,15 @@ impl Chartgate {
             Duration::from_millis(settings.formulas.timeout_ms),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
-        // First: the cache and the chart service take their counters' handles when made, from
-        // the recorder installed here.
-        let metrics = metrics_handle();
+        let cache = Arc::new(Cache::new(&settings.cache, &metrics));
         let state = web::Data::new(AppState {
             settings: settings.clone(),
-            charts: ChartService::new(Arc::new(Cache::new(&settings.cache)), pool.clone()),
+            charts: ChartService::new(cache, pool.clone(), &metrics),
             formula_addr: host_port(&settings.formulas.source_url),
             feed_addr: host_port(&settings.upstream.url).unwrap_or_default(),
             formulas,
             manager: manager.clone(),
+            open_streams: metrics.gauge("chartgate_sse_streams_open"),
             metrics,
             shutdown: shutdown_rx,
         });

@@ -17,6 +17,7 @@ use crate::config::CacheSettings;
 use crate::domain::{BarCount, Resolution, Symbol};
 use crate::formulas::FormulaResult;
 use crate::ready_chart::ReadyChart;
+use crate::telemetry::Metrics;
 
 /// What identifies a chart: the same key is the same bars.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -60,20 +61,18 @@ pub struct Cache {
     misses: Tally,
 }
 
-/// A count kept for `/api/connections/stats` and as a Prometheus counter. The counter's handle is
-/// looked up once, when the cache is made (after the recorder is installed): `metrics::counter!`
-/// hashes the name and clones a handle on every call, and a cache lookup is made per chart per
-/// stream (300,000 in the fan-out benchmark).
+/// A count kept for `/api/connections/stats` and as a Prometheus counter, whose handle is taken
+/// once, when the cache is made: a cache lookup is made per chart per stream.
 struct Tally {
     count: AtomicU64,
     metric: metrics::Counter,
 }
 
 impl Tally {
-    fn new(metric: &'static str) -> Self {
+    fn new(metrics: &Metrics, metric: &'static str) -> Self {
         Tally {
             count: AtomicU64::new(0),
-            metric: metrics::counter!(metric),
+            metric: metrics.counter(metric, &[]),
         }
     }
 
@@ -88,7 +87,7 @@ impl Tally {
 }
 
 impl Cache {
-    pub fn new(settings: &CacheSettings) -> Self {
+    pub fn new(settings: &CacheSettings, metrics: &Metrics) -> Self {
         let ttl = Duration::from_secs(settings.ttl_secs);
         let charts = moka::sync::Cache::builder()
             .max_capacity(settings.max_bytes)
@@ -103,9 +102,9 @@ impl Cache {
         Cache {
             charts,
             formulas,
-            hits: Tally::new("chartgate_cache_hits_total"),
-            joined: Tally::new("chartgate_cache_joined_total"),
-            misses: Tally::new("chartgate_cache_misses_total"),
+            hits: Tally::new(metrics, "chartgate_cache_hits_total"),
+            joined: Tally::new(metrics, "chartgate_cache_joined_total"),
+            misses: Tally::new(metrics, "chartgate_cache_misses_total"),
         }
     }
 
@@ -175,7 +174,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn charts_are_counted_as_hits_joins_and_misses() {
-        let cache = Cache::new(&CacheSettings::default());
+        let cache = Cache::new(&CacheSettings::default(), &Metrics::new());
         let key = ChartKey {
             symbol: "NSE:TCS".parse().unwrap(),
             resolution: Resolution::Day,

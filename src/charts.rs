@@ -21,6 +21,7 @@ use tokio::task::AbortHandle;
 
 use crate::cache::{Cache, ChartKey, Missed};
 use crate::ready_chart::ReadyChart;
+use crate::telemetry::Metrics;
 use crate::upstream::{FetchChart, FetchError, Pool};
 
 /// Why one chart could not be had, as clients see it (`errors` entries, chart-data answers).
@@ -61,8 +62,7 @@ pub enum Lookup {
     Fetch(BoxFuture<'static, ChartOutcome>),
 }
 
-/// `chartgate_charts_served_total` by outcome, with the handles looked up once (see
-/// [`crate::cache`]'s `Tally` for why).
+/// `chartgate_charts_served_total` by outcome, with the handles taken once.
 struct Served {
     ok: metrics::Counter,
     cached: metrics::Counter,
@@ -70,8 +70,10 @@ struct Served {
 }
 
 impl Served {
-    fn new() -> Self {
-        let counter = |label: &'static str| metrics::counter!("chartgate_charts_served_total", "outcome" => label);
+    fn new(metrics: &Metrics) -> Self {
+        let counter = |label: &'static str| {
+            metrics.counter("chartgate_charts_served_total", &[("outcome", label)])
+        };
         Served {
             ok: counter("ok"),
             cached: counter("cached"),
@@ -168,12 +170,12 @@ fn unavailable() -> ChartFailure {
 }
 
 impl ChartService {
-    pub fn new(cache: Arc<Cache>, pool: Addr<Pool>) -> Self {
+    pub fn new(cache: Arc<Cache>, pool: Addr<Pool>, metrics: &Metrics) -> Self {
         ChartService {
             cache,
             pool,
             flights: Arc::default(),
-            served: Arc::new(Served::new()),
+            served: Arc::new(Served::new(metrics)),
         }
     }
 

@@ -31,6 +31,7 @@ pub mod http;
 pub mod log_duration;
 pub mod manager;
 pub mod ready_chart;
+pub mod telemetry;
 pub mod upstream;
 pub mod watch;
 

@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::log_duration::LogDuration;
+use crate::telemetry::Metrics;
 use crate::upstream::{CloseAll, GetPoolStats, KeepWarm, Pool, PoolStats};
 
 /// Take a lease. An explicit lease lasts until released, force-cleanup or `lease_ttl_secs`
@@ -130,6 +131,8 @@ struct IdleTimer {
 
 /// The manager actor. See the module documentation.
 pub struct Manager {
+    /// `chartgate_leases`: the refCount, for dashboards.
+    leases_gauge: metrics::Gauge,
     settings: Arc<Settings>,
     pool: Addr<Pool>,
     leases: HashMap<String, Lease>,
@@ -142,10 +145,11 @@ pub struct Manager {
 }
 
 impl Manager {
-    pub fn new(settings: Arc<Settings>, pool: Addr<Pool>) -> Manager {
+    pub fn new(settings: Arc<Settings>, pool: Addr<Pool>, metrics: &Metrics) -> Manager {
         Manager {
             settings,
             pool,
+            leases_gauge: metrics.gauge("chartgate_leases"),
             leases: HashMap::new(),
             idle: None,
             last_health: None,
@@ -189,7 +193,7 @@ impl Manager {
         self.leases
             .insert(lease_id.clone(), Lease { explicit, timer });
         let count = self.leases.len();
-        metrics::gauge!("chartgate_leases").set(count as f64);
+        self.leases_gauge.set(count as f64);
         if explicit || count == 1 {
             log::info!("manager: lease acquired (refCount: {count})");
         } else {
@@ -213,7 +217,7 @@ impl Manager {
             ctx.cancel_future(timer);
         }
         let count = self.leases.len();
-        metrics::gauge!("chartgate_leases").set(count as f64);
+        self.leases_gauge.set(count as f64);
         log::debug!("manager: lease released (refCount: {count})");
         if count == 0 {
             self.start_idle_timer(ctx);
@@ -379,7 +383,7 @@ impl Handler<ForceCleanup> for Manager {
         if let Some(idle) = self.idle.take() {
             ctx.cancel_future(idle.handle);
         }
-        metrics::gauge!("chartgate_leases").set(0.0);
+        self.leases_gauge.set(0.0);
         log::info!("manager: force cleanup, dropped {dropped} leases");
         self.close_pool("force cleanup", ctx);
     }

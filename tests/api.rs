@@ -1292,8 +1292,8 @@ async fn concurrent_requests_for_one_chart_are_one_miss_and_the_rest_joined() {
         .lines()
         .find_map(|l| l.strip_prefix("chartgate_cache_joined_total "))
         .and_then(|v| v.trim().parse::<f64>().ok());
-    // Other tests of this binary count into the same recorder.
-    assert!(joined.is_some_and(|n| n >= (N - 1) as f64), "{metrics}");
+    // Each app has its own registry: only this test's requests count.
+    assert_eq!(joined, Some((N - 1) as f64), "{metrics}");
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1384,7 +1384,7 @@ async fn a_client_that_disconnects_cancels_only_the_work_it_was_waiting_for() {
         .lines()
         .find_map(|l| l.strip_prefix("chartgate_sse_streams_open "))
         .and_then(|v| v.trim().parse::<f64>().ok());
-    assert!(open.is_some_and(|n| n >= 2.0), "streams open: {open:?}");
+    assert_eq!(open, Some(2.0), "streams open");
 
     // The first client goes away. The server notices at its next write (a keep-alive): its
     // lease is released and its fetches leave the pool, queued and in flight alike, while the
@@ -1818,18 +1818,34 @@ async fn leases_stats_health_and_metrics() {
     ] {
         assert!(has(needle), "/metrics lacks {needle}:\n{metrics}");
     }
-    // Counted, not only registered: the stream above missed the cache and was served its chart.
+    // Counted, not only registered, and only this app's requests (each app has its own
+    // registry): chart-data fetched SBIN and INVALIDZ once each, and the stream was served SBIN
+    // from the cache.
     let value = |series: &str| -> f64 {
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
             .unwrap_or_else(|| panic!("/metrics lacks a value for {series}:\n{metrics}"))
     };
-    assert!(value("chartgate_cache_misses_total ") >= 1.0, "{metrics}");
-    assert!(
-        value(r#"chartgate_charts_served_total{outcome="ok"} "#) >= 1.0,
-        "{metrics}"
-    );
+    for (series, want) in [
+        ("chartgate_cache_misses_total ", 2.0),
+        ("chartgate_cache_hits_total ", 1.0),
+        (r#"chartgate_charts_fetched_total{outcome="ok"} "#, 1.0),
+        (r#"chartgate_charts_served_total{outcome="ok"} "#, 1.0),
+        (r#"chartgate_charts_served_total{outcome="cached"} "#, 1.0),
+        (r#"chartgate_charts_served_total{outcome="failed"} "#, 1.0),
+        (
+            r#"chartgate_charts_fetched_total{outcome="unknown_symbol"} "#,
+            1.0,
+        ),
+        (
+            r#"chartgate_http_requests_total{route="/api/chart-data",status="200"} "#,
+            1.0,
+        ),
+        ("chartgate_sse_streams_open ", 0.0),
+    ] {
+        assert_eq!(value(series), want, "{series}in\n{metrics}");
+    }
 }
 
 #[actix_web::test]

@@ -13,6 +13,7 @@ use chartgate::cache::{Cache, ChartKey};
 use chartgate::charts::ChartService;
 use chartgate::config::Settings;
 use chartgate::domain::{BarCount, Resolution};
+use chartgate::telemetry::Metrics;
 use chartgate::upstream::{Pool, UpstreamTarget};
 use chartgate_simulator::Faults;
 use chartgate_simulator::{Simulator, expected_bars};
@@ -39,8 +40,10 @@ async fn rig(latency_ms: u64) -> Rig {
         feed_url: sim.feed_url(),
         token_url: sim.token_url(),
     };
-    let pool = Pool::new(Arc::new(settings.clone()), target).start();
-    let charts = ChartService::new(Arc::new(Cache::new(&settings.cache)), pool.clone());
+    let metrics = Metrics::new();
+    let pool = Pool::new(Arc::new(settings.clone()), target, &metrics).start();
+    let cache = Arc::new(Cache::new(&settings.cache, &metrics));
+    let charts = ChartService::new(cache, pool.clone(), &metrics);
     Rig { sim, pool, charts }
 }
 

@@ -115,3 +115,47 @@ async fn on_a_real_socket_a_stream_and_the_stats_are_served() {
     );
     chartgate.stop().await;
 }
+
+/// `value` of `series` in a `/metrics` text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[actix_web::test]
+async fn two_chartgates_in_one_process_report_only_their_own_metrics() {
+    let (a, b) = (
+        Chartgate::start(Settings::default())
+            .await
+            .expect("start a"),
+        Chartgate::start(Settings::default())
+            .await
+            .expect("start b"),
+    );
+    let app_a = test::init_service(App::new().configure(a.routes())).await;
+    let app_b = test::init_service(App::new().configure(b.routes())).await;
+    let request = test::TestRequest::get()
+        .uri("/api/chart-data?symbol=NSE:TCS&resolution=1D&bars=5")
+        .to_request();
+    assert_eq!(test::call_service(&app_a, request).await.status(), 200);
+
+    let scrape = |body: actix_web::web::Bytes| String::from_utf8(body.to_vec()).expect("UTF-8");
+    let request = || test::TestRequest::get().uri("/metrics").to_request();
+    let text_a = scrape(test::call_and_read_body(&app_a, request()).await);
+    let text_b = scrape(test::call_and_read_body(&app_b, request()).await);
+    for (text, want) in [(&text_a, 1.0), (&text_b, 0.0)] {
+        assert_eq!(
+            metric(text, "chartgate_cache_misses_total "),
+            Some(want),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        metric(&text_b, r#"chartgate_charts_fetched_total{outcome="ok"} "#),
+        None,
+        "b fetched nothing: {text_b}"
+    );
+    a.stop().await;
+    b.stop().await;
+}

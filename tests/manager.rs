@@ -17,6 +17,7 @@ use chartgate::manager::{
     Acquire, ForceCleanup, GetManagerStats, Health, Manager, ManagerStats, Release, Renew,
     acquire_implicit,
 };
+use chartgate::telemetry::Metrics;
 use chartgate::upstream::{Pool, UpstreamTarget};
 use chartgate_simulator::Simulator;
 use chartgate_simulator::SimulatorSettings;
@@ -46,9 +47,10 @@ async fn rig(configure: impl FnOnce(&mut Settings)) -> Rig {
             feed_url: sim.feed_url(),
             token_url: sim.token_url(),
         },
+        &Metrics::new(),
     )
     .start();
-    let manager = Manager::new(settings, pool).start();
+    let manager = Manager::new(settings, pool, &Metrics::new()).start();
     Rig { sim, manager }
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use chartgate::config::{Secret, Settings};
 use chartgate::domain::{BarCount, Chart, Resolution, Symbol};
+use chartgate::telemetry::Metrics;
 use chartgate::upstream::connection::{
     ConnEnded, ConnReady, ConnShared, Connection, ConnectionEvents, FetchDone, StartFetch,
 };
@@ -61,6 +62,7 @@ fn start_pool(sim: &Simulator, settings: Arc<Settings>) -> Addr<Pool> {
             feed_url: sim.feed_url(),
             token_url: sim.token_url(),
         },
+        &Metrics::new(),
     )
     .start()
 }

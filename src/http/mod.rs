@@ -25,7 +25,6 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{HttpServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{Error, ResponseError, web};
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 
 use self::error::ApiError;
@@ -35,6 +34,7 @@ use crate::charts::ChartService;
 use crate::config::Settings;
 use crate::formulas::FormulaSource;
 use crate::manager::{GetManagerStats, Manager};
+use crate::telemetry::Metrics;
 
 /// Everything the handlers share; made once, before the server's workers start.
 pub struct AppState {
@@ -42,7 +42,9 @@ pub struct AppState {
     pub charts: ChartService,
     pub formulas: FormulaSource,
     pub manager: Addr<Manager>,
-    pub metrics: PrometheusHandle,
+    pub metrics: Metrics,
+    /// `chartgate_sse_streams_open`, taken once.
+    pub open_streams: metrics::Gauge,
     /// `true` once the server is shutting down.
     pub shutdown: watch::Receiver<bool>,
     /// The feed's `host:port`, probed by `/readyz` when no connection is open.
@@ -58,6 +60,7 @@ impl AppState {
             formulas: self.formulas.clone(),
             settings: self.settings.stream.clone(),
             shutdown: self.shutdown.clone(),
+            open_streams: self.open_streams.clone(),
         }
     }
 
@@ -157,8 +160,16 @@ async fn count_requests(
         .match_pattern()
         .unwrap_or_else(|| "unmatched".into());
     let status = response.status().as_u16().to_string();
-    metrics::counter!("chartgate_http_requests_total", "route" => route, "status" => status)
-        .increment(1);
+    if let Some(state) = response.request().app_data::<web::Data<AppState>>() {
+        let labels = vec![
+            metrics::Label::new("route", route),
+            metrics::Label::new("status", status),
+        ];
+        state
+            .metrics
+            .counter_with("chartgate_http_requests_total", labels)
+            .increment(1);
+    }
     Ok(response)
 }
 

@@ -49,6 +49,8 @@ pub struct StreamDeps {
     pub settings: StreamSettings,
     /// Flips to `true` when the server shuts down: open streams end with a `stream-error`.
     pub shutdown: watch::Receiver<bool>,
+    /// `chartgate_sse_streams_open`.
+    pub open_streams: metrics::Gauge,
 }
 
 /// The stock list a stream is about.
@@ -332,8 +334,7 @@ struct Producer {
 struct OpenStream(metrics::Gauge);
 
 impl OpenStream {
-    fn new() -> OpenStream {
-        let gauge = metrics::gauge!("chartgate_sse_streams_open");
+    fn new(gauge: metrics::Gauge) -> OpenStream {
         gauge.increment(1.0);
         OpenStream(gauge)
     }
@@ -420,7 +421,7 @@ impl Producer {
             ended: false,
             retry: None,
             _lease: lease,
-            _open: OpenStream::new(),
+            _open: OpenStream::new(deps.open_streams),
             started: Instant::now(),
             started_epoch_ms: clock::unix_ms().unsigned_abs(),
             last_sent: Instant::now(),

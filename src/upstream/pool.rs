@@ -41,6 +41,8 @@ use super::{
     UpstreamTarget,
 };
 use crate::config::Settings;
+use crate::log_duration::LogDuration;
+use crate::telemetry::Metrics;
 
 /// A connection actor, from its start until it reports its end.
 struct ConnHandle {
@@ -117,10 +119,12 @@ pub struct Pool {
     /// answers is the pool's heaviest work, and a request of hundreds of charts that all answer at
     /// once should not wait for one thread.
     threads: Vec<Arbiter>,
+    metrics: Metrics,
+    fetch_seconds: metrics::Histogram,
 }
 
 impl Pool {
-    pub fn new(settings: Arc<Settings>, upstream: UpstreamTarget) -> Pool {
+    pub fn new(settings: Arc<Settings>, upstream: UpstreamTarget, metrics: &Metrics) -> Pool {
         let provider = TokenProvider::from_settings(&settings, &upstream.token_url);
         let now = Instant::now();
         let policy = PoolPolicy::new(
@@ -143,6 +147,8 @@ impl Pool {
             closed_tx,
             closed_rx: Some(closed_rx),
             threads: Vec::new(),
+            metrics: metrics.clone(),
+            fetch_seconds: metrics.histogram("chartgate_chart_fetch_seconds"),
         }
     }
 
@@ -196,10 +202,7 @@ impl Pool {
             Command::Schedule { timer, at } => {
                 let after = at.saturating_duration_since(now);
                 if timer == Timer::TokenRefresh {
-                    log::debug!(
-                        "pool: auth token refresh due in {:.1} s",
-                        after.as_secs_f64()
-                    );
+                    log::debug!("pool: auth token refresh due in {}", LogDuration(after));
                 }
                 let handle = ctx.run_later(after, move |act, ctx| {
                     act.timers.remove(&timer);
@@ -215,7 +218,7 @@ impl Pool {
                 }
             }
             Command::RequestToken => self.request_token(ctx),
-            Command::Notice(notice) => report(notice),
+            Command::Notice(notice) => report(notice, &self.metrics),
         }
     }
 
@@ -249,10 +252,12 @@ impl Pool {
             Ok(_) => "ok",
             Err(e) => e.code(),
         };
-        metrics::counter!("chartgate_charts_fetched_total", "outcome" => outcome).increment(1);
+        self.metrics
+            .counter("chartgate_charts_fetched_total", &[("outcome", outcome)])
+            .increment(1);
         // A fetch refused at the door never waited: it says nothing about fetch latency.
         if !matches!(result, Err(FetchError::QueueFull)) {
-            metrics::histogram!("chartgate_chart_fetch_seconds").record(
+            self.fetch_seconds.record(
                 now.saturating_duration_since(requester.accepted)
                     .as_secs_f64(),
             );
@@ -335,7 +340,7 @@ impl Pool {
 }
 
 /// Log lines (SPEC section 5) and metrics for what the policy notices.
-fn report(notice: Notice) {
+fn report(notice: Notice, metrics: &Metrics) {
     match notice {
         Notice::Connecting { conn } => log::debug!("pool: connection {conn} connecting"),
         Notice::Open {
@@ -360,10 +365,12 @@ fn report(notice: Notice) {
             delay,
             reason,
         } => {
-            metrics::counter!("chartgate_upstream_reconnects_total").increment(1);
+            metrics
+                .counter("chartgate_upstream_reconnects_total", &[])
+                .increment(1);
             log::info!(
-                "pool: reconnect attempt {attempt}/{max} in {:.1} s ({reason})",
-                delay.as_secs_f64()
+                "pool: reconnect attempt {attempt}/{max} in {} ({reason})",
+                LogDuration(delay)
             );
         }
         Notice::CapLearned { working, reason } => log::warn!(
@@ -383,12 +390,18 @@ fn report(notice: Notice) {
             "pool: connection {conn} draining for token rotation ({in_flight} in flight)"
         ),
         Notice::Cancelled { fetch } => {
-            metrics::counter!("chartgate_charts_fetched_total", "outcome" => "cancelled")
+            metrics
+                .counter(
+                    "chartgate_charts_fetched_total",
+                    &[("outcome", "cancelled")],
+                )
                 .increment(1);
             log::debug!("pool: dropped fetch {fetch}: nobody waits for it");
         }
         Notice::OpenConnections(open) => {
-            metrics::gauge!("chartgate_upstream_connections_open").set(open as f64);
+            metrics
+                .gauge("chartgate_upstream_connections_open")
+                .set(open as f64);
         }
     }
 }
