@@ -260,3 +260,6 @@ impl ChartService {
         Joined::Flight(result)
     }
 }
+
+#[cfg(test)]
+mod tests;

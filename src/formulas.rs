@@ -145,10 +145,6 @@ impl Universe {
         self.by_symbol.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.by_symbol.is_empty()
-    }
-
     /// Fills in what the universe knows about each stock.
     pub fn enrich(&self, stocks: &mut [Stock]) {
         for stock in stocks {

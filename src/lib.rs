@@ -1,38 +1,63 @@
 //! chartgate: a pool of persistent TradingView chart-feed connections behind an HTTP API that
 //! streams OHLCV history for whole stock screens as Server-Sent Events.
 //!
+//! The public surface is what the binary, an app that embeds chartgate and its tests need:
+//! [`Chartgate`] (the parts, mountable on any actix-web `App`), [`Application`] (them served on a
+//! listener), the settings, the domain types, the actor core (the pool and the lease manager, usable
+//! on their own), the metrics registry and the `watch` client.
+//!
 //! # Layout
 //!
+//! - [`app`]: start-up of the parts (embedded simulator, actors, cache, formula source), the HTTP
+//!   server on a bound listener, graceful shutdown.
 //! - [`config`]: typed settings, layered (defaults, file, environment, flags), checked key by key.
 //! - [`domain`]: `Symbol`, `Resolution`, `BarCount`, `Bar`, `Chart`: parsed once, valid by
 //!   construction.
-//! - [`client`]: outgoing awc clients with TLS (rustls, ring, webpki roots), set up one way.
 //! - [`upstream`]: the actor core's feed side: one actor per WebSocket connection, the pool actor
 //!   that owns them and carries out what its pure policy core decides (lazy opening, queueing,
 //!   retry, backoff, token rotation), and the token provider.
 //! - [`manager`]: the lease manager actor: refcounted leases, the idle timer that closes the pool,
 //!   the periodic health check.
-//! - [`log_duration`]: durations as log lines print them (`38 ms`, `2.4 s`).
+//! - [`telemetry`]: one Prometheus registry per running chartgate.
 //! - [`watch`]: the `chartgate watch` client: reads the chart stream over SSE, resumes it with
 //!   `Last-Event-ID` after a drop, and shows progress and a summary (or JSON lines).
+//! - private: `http` (routes, the SSE stream and its ids, errors, the OpenAPI document, the demo
+//!   page), `charts` (the cache in front of the pool, single flight), `cache`, `ready_chart` (a
+//!   chart's JSON made once and shared), `formulas` (MarketInOut), `client` (outgoing awc clients
+//!   with TLS), `hash` (stable hashes for stream ids), `log_duration`.
+//!
+//! The feed's wire format is the `chartgate-protocol` crate; the simulator is
+//! `chartgate-simulator`.
 
 #![forbid(unsafe_code)]
 #![recursion_limit = "256"]
 
 pub mod app;
-pub mod cache;
-pub mod charts;
-pub mod client;
+mod cache;
+mod charts;
+mod client;
 pub mod config;
 pub mod domain;
-pub mod formulas;
-pub mod hash;
-pub mod http;
-pub mod log_duration;
+mod formulas;
+mod hash;
+mod http;
+mod log_duration;
 pub mod manager;
-pub mod ready_chart;
+mod ready_chart;
 pub mod telemetry;
 pub mod upstream;
 pub mod watch;
 
 pub use app::{Application, Chartgate};
+pub use http::registered_routes;
+
+/// The service's own encoding of charts and stream events, for chartgate's benchmark crate
+/// (`crates/bench`), which measures it against plain `serde_json`. Not a stable API.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::charts::ChartOutcome;
+    pub use crate::formulas::Stock;
+    pub use crate::http::sse::Event;
+    pub use crate::http::stream::{BatchInfo, batch_event};
+    pub use crate::ready_chart::ReadyChart;
+}

@@ -5,8 +5,8 @@
 //!   against the JSON Schema 2020-12 meta-schema, and the rules that schema cannot express (every
 //!   `$ref` resolves, path templates and path parameters agree, operation ids are unique). All
 //!   offline, so it runs on a bare clone.
-//! - Every route the app registers is documented: the routes are the ones `route_table` hands to
-//!   a sink, and every documented operation is probed on the running app, which must serve it
+//! - Every route the app registers is documented: the routes are the ones its route table lists
+//!   (`chartgate::registered_routes`), and every documented operation is probed on the running app, which must serve it
 //!   (not answer the catch-all 404 or 405), while every other method on a documented path must
 //!   get the 405.
 //! - Real answers and real stream events (`formula-results`, `chart-batch` in both bar formats
@@ -22,7 +22,7 @@ use awc::http::Method;
 use serde_json::{Value, json};
 
 use chartgate::config::Secret;
-use chartgate::http::{DocumentedRoute, RouteSink, route_table};
+use chartgate::registered_routes;
 
 use common::app::{
     TestApp, read_stream_until, response_json, send_json, spawn_app, stream_cut_by_shutdown,
@@ -183,20 +183,6 @@ async fn the_document_is_valid_openapi_3_1() {
 
 // ------------------------------------------------------------------------------- coverage
 
-/// The (method, path) pairs the route table registers.
-#[derive(Default)]
-struct Registered(BTreeSet<(String, String)>);
-
-impl RouteSink for Registered {
-    fn route<R: DocumentedRoute>(&mut self, _route: R) {
-        for method in R::methods() {
-            let method = serde_json::to_value(method).expect("a method");
-            let method = method.as_str().expect("a method name").to_string();
-            self.0.insert((method, R::path()));
-        }
-    }
-}
-
 fn documented(doc: &Value) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().expect("paths") {
@@ -211,14 +197,13 @@ fn documented(doc: &Value) -> BTreeSet<(String, String)> {
 async fn every_route_the_app_registers_is_documented_and_served() {
     let app = spawn_app(|_| {}).await;
     let doc = document(&app).await;
-    let mut registered = Registered::default();
-    route_table(&mut registered);
-    assert_eq!(registered.0, documented(&doc));
-    assert!(registered.0.len() >= 15, "{:?}", registered.0);
+    let registered = registered_routes();
+    assert_eq!(registered, documented(&doc));
+    assert!(registered.len() >= 15, "{registered:?}");
 
     // Ask the app itself: a documented operation is served (whatever it answers to an empty
     // request, it is not the catch-all's 404 or 405); any other method on its path gets the 405.
-    let paths: BTreeSet<&String> = registered.0.iter().map(|(_, p)| p).collect();
+    let paths: BTreeSet<&String> = registered.iter().map(|(_, p)| p).collect();
     for path in paths {
         let url = path.replace("{lease_id}", "probe-lease");
         for method in ["get", "post", "put", "delete", "patch"] {
@@ -232,7 +217,7 @@ async fn every_route_the_app_registers_is_documented_and_served() {
             }
             .expect("send");
             let status = resp.status().as_u16();
-            let served = registered.0.contains(&(method.to_string(), path.clone()));
+            let served = registered.contains(&(method.to_string(), path.clone()));
             let (_, body) = response_json(resp).await;
             if served {
                 assert!(

@@ -297,6 +297,25 @@ pub fn route_table(sink: &mut impl RouteSink) {
     sink.route(routes::release);
 }
 
+/// Every (method, path) the service registers, as the route table lists them: for clients that
+/// want to know what a chartgate serves, and for checking the API description against it.
+pub fn registered_routes() -> std::collections::BTreeSet<(String, String)> {
+    struct Collect(std::collections::BTreeSet<(String, String)>);
+    impl RouteSink for Collect {
+        fn route<R: DocumentedRoute>(&mut self, _route: R) {
+            for method in R::methods() {
+                // `HttpMethod` serialises as its lower-case name, as the document writes it.
+                if let Ok(serde_json::Value::String(name)) = serde_json::to_value(method) {
+                    self.0.insert((name, R::path()));
+                }
+            }
+        }
+    }
+    let mut collect = Collect(Default::default());
+    route_table(&mut collect);
+    collect.0
+}
+
 /// Registers the route table's services, closing each path with a catch-all resource whose
 /// default service is the JSON 405 (a request whose method no route of the path takes falls
 /// through the routes' method guards to it).

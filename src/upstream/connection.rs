@@ -8,7 +8,7 @@
 //!
 //! It decides no policy: it reports `ready`, each fetch's outcome and its own end to the pool, which
 //! retries, replaces and backs off. Turning WebSocket frames into whole messages (continuation
-//! frames, the size cap) is [`frames`]'s; this module does what the messages say.
+//! frames, the size cap) is `frames`'s; this module does what the messages say.
 
 mod frames;
 

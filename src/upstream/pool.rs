@@ -1,11 +1,11 @@
 //! The pool actor: owns the upstream connections, the timers and the token fetches, and carries
-//! out what its [`policy`] decides.
+//! out what its `policy` decides.
 //!
 //! Every decision (when to open a connection, which one takes a fetch, what to retry, how long
 //! to back off, when the pool is down, which connection rotates next) is made by
-//! [`policy::PoolPolicy`], a state machine with no I/O. This actor turns what happens (a fetch
+//! `policy::PoolPolicy`, a state machine with no I/O. This actor turns what happens (a fetch
 //! message, a connection's report, a timer, the token page's answer, a requester going away) into
-//! [`policy::Event`]s, and the [`policy::Command`]s that come back into actions: starting
+//! `policy::Event`s, and the `policy::Command`s that come back into actions: starting
 //! connection actors on the pool's threads, sending them fetches, answering requesters,
 //! `run_later` timers, log lines and metrics.
 //!

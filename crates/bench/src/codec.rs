@@ -8,12 +8,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chartgate::charts::ChartOutcome;
+use chartgate::bench_support::{BatchInfo, ChartOutcome, Event, ReadyChart, Stock, batch_event};
 use chartgate::domain::{Bar, BarsFormat, Chart, ChartMetadata, Resolution, Symbol};
-use chartgate::formulas::Stock;
-use chartgate::http::sse::Event;
-use chartgate::http::stream::{BatchInfo, batch_event};
-use chartgate::ready_chart::ReadyChart;
 use chartgate_protocol::server::into_ascending;
 use chartgate_protocol::{Packet, ServerMessage, decode_message};
 use serde_json::Value;

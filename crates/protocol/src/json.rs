@@ -67,7 +67,7 @@ pub enum Whole {
 /// - whole numbers (volumes, times, round prices) below 2^53 through `itoa`: the integer is the
 ///   value itself, so `90305` parses to `90305.0` exactly;
 /// - prices with at most two decimals (what the feed sends for `pricescale` 100) as `<int>.<dd>`,
-///   see [`exact_cents`];
+///   see `exact_cents`;
 /// - anything else through `ryu` (shortest round trip).
 ///
 /// `-0.0` takes the `ryu` path so its sign survives. serde_json's default number reader is not

@@ -351,7 +351,7 @@ impl<'a> Params<'_, 'a> {
 impl<'a> ServerMessage<'a> {
     /// Decodes one JSON packet. A series update (`timescale_update`, `du`) written the feed's way
     /// is read by the fast path in `series_scan.rs`, only up to the end of its series map; any
-    /// other packet, and a series update written otherwise, by serde (see [`Envelope`]).
+    /// other packet, and a series update written otherwise, by serde (a typed envelope, `Envelope`).
     pub fn decode(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
         if let Some(message) = super::series_scan::series_update(payload) {
             return Ok(message);

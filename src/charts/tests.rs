@@ -1,4 +1,4 @@
-//! The chart service against the simulator: single flight, independence of waiters, cancellation
+//! The chart service against the simulator over loopback: single flight, independence of waiters, cancellation
 //! when every waiter goes away, and failures that are not cached.
 
 use std::net::TcpListener;
@@ -9,17 +9,34 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use futures_util::future::join_all;
 
-use chartgate::cache::{Cache, ChartKey};
-use chartgate::charts::ChartService;
-use chartgate::config::Settings;
-use chartgate::domain::{BarCount, Resolution};
-use chartgate::telemetry::Metrics;
-use chartgate::upstream::{Pool, UpstreamTarget};
-use chartgate_simulator::Faults;
-use chartgate_simulator::{Simulator, expected_bars};
+use chartgate_simulator::{Faults, Simulator, expected_bars};
 
-mod common;
-use common::pool::wait_for_pool;
+use super::ChartService;
+use crate::cache::{Cache, ChartKey};
+use crate::config::Settings;
+use crate::domain::{BarCount, Resolution};
+use crate::telemetry::Metrics;
+use crate::upstream::{GetPoolStats, Pool, PoolStats, UpstreamTarget};
+
+/// The pool's stats once `cond` holds; fails with `what` after `limit` of real time.
+async fn pool_reaches(
+    pool: &Addr<Pool>,
+    limit: Duration,
+    what: &str,
+    cond: impl Fn(&PoolStats) -> bool,
+) -> PoolStats {
+    let watch = async {
+        loop {
+            match pool.send(GetPoolStats).await {
+                Ok(stats) if cond(&stats) => return stats,
+                _ => actix::clock::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, watch)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"))
+}
 
 struct Rig {
     sim: Simulator,
@@ -94,7 +111,7 @@ async fn a_fetch_every_waiter_left_is_cancelled() {
         let mut second = pin!(charts.get(key("NSE:SBIN")));
         assert!(futures_util::poll!(first.as_mut()).is_pending());
         assert!(futures_util::poll!(second.as_mut()).is_pending());
-        wait_for_pool(
+        pool_reaches(
             &pool,
             Duration::from_secs(2),
             "the fetch never reached the pool",
@@ -103,7 +120,7 @@ async fn a_fetch_every_waiter_left_is_cancelled() {
         .await;
     }
     // Both waiters are gone: the pool lets the fetch go well before the feed would answer.
-    let stats = wait_for_pool(
+    let stats = pool_reaches(
         &pool,
         Duration::from_millis(1_800),
         "the abandoned fetch is still held",
