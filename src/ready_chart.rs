@@ -37,8 +37,7 @@ impl ReadyChart {
     /// The chart with its JSON in the default format already made. The pool calls this on the
     /// connection's thread as each answer is decoded: the answers of a burst finish within a few
     /// milliseconds, and the one worker thread serving their stream would otherwise write all of
-    /// them (about 40 µs a chart) one after the other at its end, with extra thread hops per
-    /// chart. Other formats are made on first use.
+    /// them one after the other at its end, with extra thread hops per chart. Other formats are made on first use.
     pub fn prepared(chart: Chart) -> Arc<Self> {
         let ready = ReadyChart::new(chart);
         ready.json_fields(BarsFormat::default());

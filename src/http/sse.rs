@@ -32,9 +32,8 @@ use futures_util::Stream;
 use serde::Serialize;
 
 /// Bytes a body hands to its connection before letting other tasks on the worker run: one
-/// actix-http write buffer's worth. Smaller budgets (16 KiB) lowered a new request's first-event
-/// latency under load a little more but cost throughput; larger ones (64 KiB and up) raised it
-/// (the README's Performance section has the figures).
+/// actix-http write buffer's worth. A smaller budget costs throughput; a larger one makes a new
+/// request's first event wait behind more of another client's batches.
 pub const YIELD_AFTER_BYTES: usize = 32 * 1024;
 
 /// Shared chunks shorter than this are copied into the framing instead: a separate piece costs
