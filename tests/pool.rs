@@ -103,8 +103,8 @@ fn assert_expected(req: &FetchChart, chart: &Chart) {
 
 /// Polls `cond` every 10 ms for up to `limit`.
 async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
         if cond() {
             return true;
         }
@@ -316,7 +316,7 @@ async fn token_rotation_under_load_fails_nothing() {
     );
     // Load until the feed has issued a second token and a replacement connection (id 4 on) is
     // carrying fetches, with a deadline only against a hang.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut round = 0;
     let mut total = 0;
     loop {
@@ -332,7 +332,7 @@ async fn token_rotation_under_load_fails_nothing() {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "no rotation: {:?}",
             sim.stats()
         );

@@ -3,7 +3,9 @@
 //! Shared by the test binaries (`mod common;`); not every binary uses every helper.
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix::Addr;
 

@@ -14,6 +14,9 @@
 //! cargo run --release --bin chartgate-bench -- fan-out --quick
 //! ```
 
+// The harness measures wall time across processes, where no clock is paused.
+#![allow(clippy::disallowed_types)]
+
 mod codec;
 mod http1;
 mod load;
