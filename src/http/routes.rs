@@ -133,7 +133,7 @@ fn lease_unavailable() -> ApiError {
     responses(
         (status = 200, description = "the stream; every event's `data:` is one `StreamEvent`", content_type = "text/event-stream", body = StreamEvent),
         (status = 204, description = "the `Last-Event-ID` names a stream that already completed"),
-        (status = 400, description = "bad parameter: `missing_parameter`, `conflicting_parameters`, `duplicate_parameter`, `too_many_symbols`, `invalid_symbol`, `invalid_resolution`, `invalid_bars`, `invalid_bars_format`, `invalid_query`", body = ErrorBody),
+        (status = 400, description = "bad parameter: `missing_parameter`, `conflicting_parameters`, `duplicate_parameter`, `too_many_symbols`, `invalid_symbol`, `invalid_resolution`, `invalid_bars`, `invalid_bars_format`, `invalid_query`, `unknown_parameter`", body = ErrorBody),
         (status = 404, description = "`unknown_formula`", body = ErrorBody),
         (status = 502, description = "`formula_source_error`: MarketInOut failed or answered non-2xx", body = ErrorBody),
         (status = 503, description = "`unavailable`: the connection manager is not running", body = ErrorBody),
@@ -160,7 +160,7 @@ pub async fn stream_get(
     responses(
         (status = 200, description = "the stream; every event's `data:` is one `StreamEvent`", content_type = "text/event-stream", body = StreamEvent),
         (status = 204, description = "the `Last-Event-ID` names a stream that already completed"),
-        (status = 400, description = "bad parameter: `missing_parameter`, `conflicting_parameters`, `duplicate_parameter`, `too_many_symbols`, `invalid_symbol`, `invalid_resolution`, `invalid_bars`, `invalid_bars_format`, `invalid_query`, `invalid_json`", body = ErrorBody),
+        (status = 400, description = "bad parameter: `missing_parameter`, `conflicting_parameters`, `duplicate_parameter`, `too_many_symbols`, `invalid_symbol`, `invalid_resolution`, `invalid_bars`, `invalid_bars_format`, `invalid_query`, `unknown_parameter`, `invalid_json`", body = ErrorBody),
         (status = 404, description = "`unknown_formula`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the body is over 1 MiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: send `Content-Type: application/json`", body = ErrorBody),
@@ -207,7 +207,7 @@ struct ChartDataHead<'a> {
     params(ChartQuery),
     responses(
         (status = 200, description = "the chart", body = ChartDataBody),
-        (status = 400, description = "bad parameter: `missing_parameter`, `duplicate_parameter`, `invalid_symbol`, `invalid_resolution`, `invalid_bars`, `invalid_bars_format`, `invalid_query`", body = ErrorBody),
+        (status = 400, description = "bad parameter: `missing_parameter`, `duplicate_parameter`, `invalid_symbol`, `invalid_resolution`, `invalid_bars`, `invalid_bars_format`, `invalid_query`, `unknown_parameter`", body = ErrorBody),
         (status = 404, description = "`unknown_symbol`: the feed does not know the symbol", body = ErrorBody),
         (status = 422, description = "`series_error` (e.g. resolution not allowed), `invalid_parameters`: the feed refused the series", body = ErrorBody),
         (status = 503, description = "`upstream_unavailable` (no connection could be made), `queue_full` (`pool.max_queue` reached), `connection_lost`, `unavailable`", body = ErrorBody),
@@ -280,7 +280,7 @@ pub async fn formulas(state: web::Data<AppState>) -> HttpResponse {
     params(FormulaQuery),
     responses(
         (status = 200, description = "the stock list", body = FormulaResult),
-        (status = 400, description = "`missing_parameter`, `duplicate_parameter`, `invalid_query`", body = ErrorBody),
+        (status = 400, description = "`missing_parameter`, `duplicate_parameter`, `invalid_query`, `unknown_parameter`", body = ErrorBody),
         (status = 404, description = "`unknown_formula`", body = ErrorBody),
         (status = 502, description = "`formula_source_error`: MarketInOut failed or answered non-2xx", body = ErrorBody),
     ),
