@@ -29,6 +29,7 @@
 
 pub mod bars;
 pub mod feed;
+mod live;
 mod rng;
 pub mod screen;
 pub mod settings;
