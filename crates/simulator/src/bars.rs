@@ -258,9 +258,7 @@ fn generate(symbol: &str, res: SimResolution, n: usize, volumeless: bool) -> Vec
         let wick_down = rng.normal().abs() * sigma * 0.6;
         let high = ((open.max(close) * (1.0 + wick_up)) * 100.0).ceil() / 100.0;
         let low = (((open.min(close) * (1.0 - wick_down)) * 100.0).floor() / 100.0).max(0.01);
-        let volume = (bar_volume * (0.3 + 1.4 * rng.unit()))
-            .round()
-            .max(1.0);
+        let volume = (bar_volume * (0.3 + 1.4 * rng.unit())).round().max(1.0);
         bars.push(Bar {
             time,
             open,

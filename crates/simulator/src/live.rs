@@ -218,7 +218,9 @@ impl LiveSeries {
             return None;
         }
         // Versions grow with the offset, so what changed is a suffix.
-        let from = self.bars.partition_point(|(_, changed)| *changed <= version);
+        let from = self
+            .bars
+            .partition_point(|(_, changed)| *changed <= version);
         Some(Changes {
             first_offset: self.first_offset + from as i64,
             bars: self.bars.iter().skip(from).map(|(bar, _)| *bar).collect(),
@@ -257,10 +259,7 @@ impl LiveMap {
         let Some(from) = series.moved_to else {
             return;
         };
-        let (from_index, now_index) = (
-            grid_index(epoch, from, tick),
-            grid_index(epoch, now, tick),
-        );
+        let (from_index, now_index) = (grid_index(epoch, from, tick), grid_index(epoch, now, tick));
         if now <= from || now_index <= from_index {
             return;
         }
@@ -396,7 +395,12 @@ impl Live {
             };
         };
         let newest = series.newest_offset();
-        let window = overlay(&generated, Some(series), newest - i64::from(count) + 1, newest);
+        let window = overlay(
+            &generated,
+            Some(series),
+            newest - i64::from(count) + 1,
+            newest,
+        );
         let version = series.version;
         drop(map);
         History {
@@ -428,19 +432,16 @@ impl Live {
 
 /// Bars at offsets `lo..=hi` from the anchor: live ones where the series has them, else the
 /// generated ones (offsets up to 0) that `generated` holds.
-fn overlay(
-    generated: &CachedSeries,
-    series: Option<&LiveSeries>,
-    lo: i64,
-    hi: i64,
-) -> Vec<Bar> {
+fn overlay(generated: &CachedSeries, series: Option<&LiveSeries>, lo: i64, hi: i64) -> Vec<Bar> {
     let series = series.filter(|s| s.version > 0);
     let anchor_at = generated.bars.len() as i64 - 1;
     let mut out = Vec::with_capacity(usize::try_from(hi - lo + 1).unwrap_or(0));
     for offset in lo..=hi {
         let generated_bar = || {
             let i = usize::try_from(anchor_at + offset).ok()?;
-            (offset <= 0).then(|| generated.bars.get(i).copied()).flatten()
+            (offset <= 0)
+                .then(|| generated.bars.get(i).copied())
+                .flatten()
         };
         out.extend(series.and_then(|s| s.at(offset)).or_else(generated_bar));
     }
@@ -477,7 +478,11 @@ mod tests {
         let epoch = live.epoch();
         live.follow(&bars, &k, epoch, TICK);
         live.lock().advance(&k, epoch, epoch + TICK, TICK, 1000);
-        assert_eq!(live.lock().changes_since(&k, 0), None, "not at the first tick");
+        assert_eq!(
+            live.lock().changes_since(&k, 0),
+            None,
+            "not at the first tick"
+        );
         live.lock()
             .advance(&k, epoch, epoch + TICK * 2 + TICK / 2, TICK, 1000);
         let changes = live.lock().changes_since(&k, 0).unwrap();
@@ -549,7 +554,8 @@ mod tests {
         let now = moved(&live, &bars, &k, 3, 60_000);
         live.unfollow(&k);
         let before = live.lock().changes_since(&k, 0);
-        live.lock().advance(&k, live.epoch(), now + TICK * 50, TICK, 60_000);
+        live.lock()
+            .advance(&k, live.epoch(), now + TICK * 50, TICK, 60_000);
         assert_eq!(live.lock().changes_since(&k, 0), before);
 
         let other = key("NSE:ITC", "1W");
@@ -579,7 +585,11 @@ mod tests {
         let k = key("NSE:TCS", "1");
         moved(&live, &bars, &k, 2, i64::MAX / 4);
         let changes = live.lock().changes_since(&k, 0).unwrap();
-        assert!(changes.bars.len() <= 2 * MAX_BARS as usize, "{}", changes.bars.len());
+        assert!(
+            changes.bars.len() <= 2 * MAX_BARS as usize,
+            "{}",
+            changes.bars.len()
+        );
         assert!(changes.first_offset >= 0);
     }
 }

@@ -243,7 +243,8 @@ impl Connection {
             )));
             payloads.push(encode_quote_data(session, key, "ok", &all));
             payloads.push(encode_quote_completed(session, key));
-            qs.symbols.insert(key.clone(), QuoteSub { last: all, ..sub });
+            qs.symbols
+                .insert(key.clone(), QuoteSub { last: all, ..sub });
         }
         if !qs.symbols.is_empty() {
             self.arm_live();
