@@ -213,8 +213,9 @@ pub enum ServerMessage<'a> {
         symbol: Cow<'a, str>,
         /// `ok`, or `error` for a symbol the feed does not know (`s`; absent when not sent).
         status: Option<Cow<'a, str>>,
-        /// The fields this packet carries (`v`): all of them at first, then what changed.
-        fields: QuoteFields,
+        /// The fields this packet carries (`v`): all of them at first, then what changed. Boxed:
+        /// it is many times the size of every other variant.
+        fields: Box<QuoteFields>,
     },
     /// `quote_completed`: the first, full data of `symbol` has been sent.
     QuoteCompleted {
@@ -538,7 +539,7 @@ impl<'a> ServerMessage<'a> {
                     session: p.text(0)?,
                     symbol: quote.n.0,
                     status: quote.s.map(|s| s.0),
-                    fields: quote.v,
+                    fields: Box::new(quote.v),
                 }
             }
             "quote_completed" => ServerMessage::QuoteCompleted {

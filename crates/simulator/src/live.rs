@@ -7,11 +7,11 @@
 //! `1D`), its simulated clock runs from [`ANCHOR`] at `time_scale` times real time, moved on by
 //! the ticks of a grid shared by every connection (every `tick_ms` from the first use): at each
 //! tick the close of the newest bar takes a step of the symbol's seeded random walk (high, low
-//! and volume following), and when the clock crosses the bar's end the next bar begins (offset
-//! + 1) at the previous close. A series nobody follows stands still, so the simulator does no
-//! work for it and its history stays what subscribers were last sent. A series starts moving at
-//! the second tick after it is first followed, so a client that fetches history and deletes its
-//! chart session at once, as chartgate does, never changes anything.
+//! and volume following), and when the clock crosses the bar's end the next bar begins, at the
+//! next offset, opening at the previous close. A series nobody follows stands still, so the
+//! simulator does no work for it and its history stays what subscribers were last sent. A
+//! series starts moving at the second tick after it is first followed, so a client that fetches
+//! history and deletes its chart session at once, as chartgate does, never changes anything.
 //!
 //! History answers are read from here: the generated bars up to the anchor, then the live bars
 //! ([`Live::history`]), so a later request returns what live subscribers were sent.

@@ -292,7 +292,7 @@ fn quotes_of(text: &str) -> Vec<(String, String, Option<String>, QuoteFields)> {
                 session.into_owned(),
                 symbol.into_owned(),
                 status.map(|s| s.into_owned()),
-                fields,
+                *fields,
             )),
             _ => None,
         })

@@ -127,7 +127,7 @@ fn server_message() -> impl Strategy<Value = ServerMessage<'static>> {
                 session,
                 symbol,
                 status: Some("ok".into()),
-                fields,
+                fields: Box::new(fields),
             }
         }),
         (s(), s()).prop_map(|(session, symbol)| ServerMessage::QuoteCompleted { session, symbol }),

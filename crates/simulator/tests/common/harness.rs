@@ -26,9 +26,11 @@ pub async fn start(settings: SimulatorSettings) -> Simulator {
 }
 
 pub async fn start_with(faults: Faults) -> Simulator {
-    let mut s = SimulatorSettings::default();
-    s.faults = faults;
-    start(s).await
+    start(SimulatorSettings {
+        faults,
+        ..SimulatorSettings::default()
+    })
+    .await
 }
 
 pub async fn get(url: &str, cookie: Option<&str>) -> (u16, String) {
