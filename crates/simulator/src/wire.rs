@@ -211,6 +211,22 @@ pub fn encode_series_timeframe(
     }))
 }
 
+/// Fields every full `qsd` of a known symbol carries (when its session did not narrow them with
+/// `quote_set_fields`): what clients read for a price.
+pub const FULL_QUOTE_FIELDS: [&str; 11] = [
+    "lp",
+    "ch",
+    "chp",
+    "volume",
+    "bid",
+    "ask",
+    "lp_time",
+    "description",
+    "exchange",
+    "currency_code",
+    "pricescale",
+];
+
 /// A `qsd` packet: quote data `v` of `symbol` (named exactly as the client wrote it) with status
 /// `ok` or `error`. Unstamped, like the capture's.
 pub fn encode_quote_data(

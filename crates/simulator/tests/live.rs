@@ -14,6 +14,7 @@ use chartgate_protocol::client::{ClientMessage, SymbolSpec};
 use chartgate_protocol::clock::unix_ms;
 use chartgate_protocol::server::{IndexedBar, ServerMessage};
 use chartgate_protocol::{Bar, QuoteFields};
+use chartgate_simulator::wire::FULL_QUOTE_FIELDS;
 use chartgate_simulator::{Faults, SimStats, Simulator, SimulatorSettings, expected_bars};
 use serde_json::Value;
 
@@ -379,19 +380,7 @@ async fn quotes_come_in_full_then_as_changes_keyed_by_the_symbol_as_written() {
     );
     let daily = expected_bars("NSE:TCS", "1D", 2);
     let tcs = &full[0].3;
-    for name in [
-        "lp",
-        "ch",
-        "chp",
-        "volume",
-        "bid",
-        "ask",
-        "lp_time",
-        "description",
-        "exchange",
-        "currency_code",
-        "pricescale",
-    ] {
+    for name in FULL_QUOTE_FIELDS {
         assert!(names(tcs).contains(name), "{name} in the full qsd");
     }
     assert_eq!(tcs.lp, Some(daily[1].close), "lp is the last daily close");

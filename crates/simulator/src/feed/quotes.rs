@@ -306,19 +306,7 @@ mod tests {
     #[test]
     fn a_quote_has_the_fields_clients_read_and_a_move_changes_only_some() {
         let first = quote_fields_object(&quote_fields(&info(), &day(100.5, 10), "streaming"));
-        for name in [
-            "lp",
-            "ch",
-            "chp",
-            "volume",
-            "bid",
-            "ask",
-            "lp_time",
-            "description",
-            "exchange",
-            "currency_code",
-            "pricescale",
-        ] {
+        for name in crate::wire::FULL_QUOTE_FIELDS {
             assert!(first.contains_key(name), "{name}");
         }
         assert_eq!(first["lp"], 100.5);
