@@ -22,6 +22,22 @@ pub struct SymbolSpec {
     pub symbol: String,
 }
 
+impl SymbolSpec {
+    /// Reads a symbol as clients write it in `resolve_symbol` and `quote_add_symbols`: a plain
+    /// `EXCHANGE:TICKER`, or `=` and a JSON spec (`={"adjustment":"dividends","symbol":"NSE:TCS"}`,
+    /// other keys such as `currency-id` ignored). `None` when the JSON spec is not one.
+    pub fn parse(raw: &str) -> Option<SymbolSpec> {
+        match raw.strip_prefix('=') {
+            Some(spec) => serde_json::from_str(spec).ok(),
+            None => Some(SymbolSpec {
+                adjustment: None,
+                session: None,
+                symbol: raw.to_string(),
+            }),
+        }
+    }
+}
+
 /// A client-to-server message.
 #[derive(Clone, PartialEq, Eq)]
 pub enum ClientMessage {
@@ -73,7 +89,33 @@ pub enum ClientMessage {
         session: String,
         series_id: String,
     },
-    /// Anything else (quotes, studies, tick marks): decoded only so it can be ignored.
+    QuoteCreateSession {
+        session: String,
+    },
+    QuoteDeleteSession {
+        session: String,
+    },
+    /// The fields the quote session's `qsd` packets are to carry.
+    QuoteSetFields {
+        session: String,
+        fields: Vec<String>,
+    },
+    /// Symbols as the client writes them (`NSE:TCS` or `={"symbol":"NSE:TCS",...}`): the feed's
+    /// `qsd` packets name each one by this exact text.
+    QuoteAddSymbols {
+        session: String,
+        symbols: Vec<String>,
+    },
+    /// Symbols the client wants updated fast (already added ones, as the capture shows).
+    QuoteFastSymbols {
+        session: String,
+        symbols: Vec<String>,
+    },
+    QuoteRemoveSymbols {
+        session: String,
+        symbols: Vec<String>,
+    },
+    /// Anything else (studies, tick marks): decoded only so it can be ignored.
     Other {
         name: String,
     },
@@ -136,6 +178,20 @@ impl fmt::Debug for ClientMessage {
             ClientMessage::RemoveSeries { session, series_id } => {
                 write!(f, "RemoveSeries({session}, {series_id})")
             }
+            ClientMessage::QuoteCreateSession { session } => {
+                write!(f, "QuoteCreateSession({session})")
+            }
+            ClientMessage::QuoteDeleteSession { session } => {
+                write!(f, "QuoteDeleteSession({session})")
+            }
+            ClientMessage::QuoteSetFields { session, fields } => {
+                write!(f, "QuoteSetFields({session}, {fields:?})")
+            }
+            ClientMessage::QuoteAddSymbols { session, symbols }
+            | ClientMessage::QuoteFastSymbols { session, symbols }
+            | ClientMessage::QuoteRemoveSymbols { session, symbols } => {
+                write!(f, "{}({session}, {symbols:?})", self.name())
+            }
             ClientMessage::Other { name } => write!(f, "Other({name})"),
         }
     }
@@ -166,6 +222,12 @@ impl ClientMessage {
             ClientMessage::ModifySeries { .. } => "modify_series",
             ClientMessage::RequestMoreData { .. } => "request_more_data",
             ClientMessage::RemoveSeries { .. } => "remove_series",
+            ClientMessage::QuoteCreateSession { .. } => "quote_create_session",
+            ClientMessage::QuoteDeleteSession { .. } => "quote_delete_session",
+            ClientMessage::QuoteSetFields { .. } => "quote_set_fields",
+            ClientMessage::QuoteAddSymbols { .. } => "quote_add_symbols",
+            ClientMessage::QuoteFastSymbols { .. } => "quote_fast_symbols",
+            ClientMessage::QuoteRemoveSymbols { .. } => "quote_remove_symbols",
             ClientMessage::Other { name } => name,
         }
     }
@@ -214,6 +276,29 @@ impl ClientMessage {
                 count,
             } => json!([session, series_id, count]),
             ClientMessage::RemoveSeries { session, series_id } => json!([session, series_id]),
+            ClientMessage::QuoteCreateSession { session }
+            | ClientMessage::QuoteDeleteSession { session } => json!([session]),
+            ClientMessage::QuoteSetFields {
+                session,
+                fields: list,
+            }
+            | ClientMessage::QuoteAddSymbols {
+                session,
+                symbols: list,
+            }
+            | ClientMessage::QuoteFastSymbols {
+                session,
+                symbols: list,
+            }
+            | ClientMessage::QuoteRemoveSymbols {
+                session,
+                symbols: list,
+            } => {
+                let mut p = Vec::with_capacity(list.len() + 1);
+                p.push(session);
+                p.extend(list);
+                json!(p)
+            }
             ClientMessage::Other { .. } => json!([]),
         };
         to_ascii_string(&json!({ "m": self.name(), "p": p }))
@@ -241,6 +326,19 @@ impl ClientMessage {
                 .map(str::to_string)
                 .ok_or_else(invalid)
         };
+        // Parameters `1..` as strings: a quote session's fields or symbols. In symbol lists, an
+        // object (the `{"flags":["force_permission"]}` some clients append) is skipped.
+        let list = |skip_objects: bool| {
+            let mut out = Vec::with_capacity(p.len().saturating_sub(1));
+            for value in p.iter().skip(1) {
+                match value {
+                    Value::String(text) => out.push(text.clone()),
+                    Value::Object(_) if skip_objects => {}
+                    _ => return Err(invalid()),
+                }
+            }
+            Ok(out)
+        };
         let n = |i: usize| {
             p.get(i)
                 .and_then(Value::as_u64)
@@ -259,22 +357,11 @@ impl ClientMessage {
                 session: s(0)?,
                 timezone: s(1)?,
             },
-            "resolve_symbol" => {
-                let raw = s(2)?;
-                let spec = match raw.strip_prefix('=') {
-                    Some(spec) => serde_json::from_str(spec).map_err(|_| invalid())?,
-                    None => SymbolSpec {
-                        adjustment: None,
-                        session: None,
-                        symbol: raw,
-                    },
-                };
-                ClientMessage::ResolveSymbol {
-                    session: s(0)?,
-                    symbol_id: s(1)?,
-                    spec,
-                }
-            }
+            "resolve_symbol" => ClientMessage::ResolveSymbol {
+                session: s(0)?,
+                symbol_id: s(1)?,
+                spec: SymbolSpec::parse(&s(2)?).ok_or_else(invalid)?,
+            },
             "create_series" => ClientMessage::CreateSeries {
                 session: s(0)?,
                 series_id: s(1)?,
@@ -308,6 +395,24 @@ impl ClientMessage {
             "remove_series" => ClientMessage::RemoveSeries {
                 session: s(0)?,
                 series_id: s(1)?,
+            },
+            "quote_create_session" => ClientMessage::QuoteCreateSession { session: s(0)? },
+            "quote_delete_session" => ClientMessage::QuoteDeleteSession { session: s(0)? },
+            "quote_set_fields" => ClientMessage::QuoteSetFields {
+                session: s(0)?,
+                fields: list(false)?,
+            },
+            "quote_add_symbols" => ClientMessage::QuoteAddSymbols {
+                session: s(0)?,
+                symbols: list(true)?,
+            },
+            "quote_fast_symbols" => ClientMessage::QuoteFastSymbols {
+                session: s(0)?,
+                symbols: list(true)?,
+            },
+            "quote_remove_symbols" => ClientMessage::QuoteRemoveSymbols {
+                session: s(0)?,
+                symbols: list(true)?,
             },
             other => ClientMessage::Other {
                 name: other.to_string(),
@@ -363,9 +468,15 @@ mod tests {
             })
         );
         assert_eq!(
-            ClientMessage::from_payload(r#"{"m":"quote_add_symbols","p":["qs",1]}"#).unwrap(),
+            ClientMessage::from_payload(r#"{"m":"quote_add_symbols","p":["qs",1]}"#),
+            Err(ClientDecodeError::InvalidParameters {
+                method: "quote_add_symbols".into()
+            })
+        );
+        assert_eq!(
+            ClientMessage::from_payload(r#"{"m":"create_study","p":["cs",1]}"#).unwrap(),
             ClientMessage::Other {
-                name: "quote_add_symbols".into()
+                name: "create_study".into()
             }
         );
         assert_eq!(

@@ -9,7 +9,7 @@
 //!   JSON, and decoded again (a server reads them).
 //! - [`server`]: the messages the feed answers with, decoded by borrowing from the message text,
 //!   including bar extraction from `timescale_update` and `du` (with a fast path for the feed's
-//!   own way of writing them).
+//!   own way of writing them) and quotes (`qsd` as partial [`QuoteFields`], `quote_completed`).
 //! - [`json`]: the ASCII-only JSON writer both directions share, and the one number writer.
 //! - [`clock`]: wall-clock Unix time, in which the feed stamps messages and tokens expire.
 //! - [`token`]: the claims of the feed's JSON Web Tokens (`exp`, `max_connections`).
@@ -29,4 +29,4 @@ pub mod token;
 
 pub use client::ClientMessage;
 pub use framing::{FrameError, Packet, decode_message, encode_heartbeat, encode_packet};
-pub use server::{Bar, IndexedBar, ServerError, ServerMessage, SymbolInfo};
+pub use server::{Bar, IndexedBar, QuoteFields, ServerError, ServerMessage, SymbolInfo};

@@ -66,6 +66,74 @@ pub struct Bar {
     pub volume: Option<f64>,
 }
 
+/// Declares [`QuoteFields`] once: the struct (every field optional, absent when not sent) and
+/// its merge, so a new field is added in one place.
+macro_rules! quote_fields {
+    ($($(#[$attr:meta])* $name:ident: $ty:ty,)*) => {
+        /// The fields of a `qsd` packet's `v` that chartgate reads, each optional: a `qsd` is a
+        /// partial update (the feed sends a field again only when it changed), so a client keeps
+        /// the last known fields per symbol and [`QuoteFields::merge`]s each update into them.
+        /// The feed sends many more keys (fundamentals, logos); they are skipped.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        pub struct QuoteFields {
+            $(
+                $(#[$attr])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl QuoteFields {
+            /// Takes every field `update` carries; the others keep their value.
+            pub fn merge(&mut self, update: &QuoteFields) {
+                $(
+                    if let Some(value) = &update.$name {
+                        self.$name = Some(value.clone());
+                    }
+                )*
+            }
+        }
+    };
+}
+
+quote_fields! {
+    /// Last price.
+    lp: f64,
+    /// Time of the last price, Unix seconds.
+    lp_time: i64,
+    /// Change from the previous session's close.
+    ch: f64,
+    /// `ch` in percent.
+    chp: f64,
+    /// Volume of the current session.
+    volume: f64,
+    bid: f64,
+    ask: f64,
+    bid_size: f64,
+    ask_size: f64,
+    open_price: f64,
+    high_price: f64,
+    low_price: f64,
+    prev_close_price: f64,
+    description: String,
+    short_name: String,
+    pro_name: String,
+    original_name: String,
+    exchange: String,
+    listed_exchange: String,
+    currency_code: String,
+    currency_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    pricescale: u64,
+    minmov: u64,
+    fractional: bool,
+    /// `streaming`, or `delayed_streaming_900` for delayed data.
+    update_mode: String,
+    /// `market`, `pre_market`, `post_market`, `out_of_session`.
+    current_session: String,
+}
+
 /// A bar with the feed's index: 0.. for the first answer, negative for `request_more_data`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IndexedBar {
@@ -136,6 +204,23 @@ pub enum ServerMessage<'a> {
     /// `protocol_error`, e.g. `bad auth token`: the whole connection is unusable.
     ProtocolError {
         reason: String,
+    },
+    /// `qsd`: quote data of one symbol of a quote session.
+    QuoteData {
+        session: Cow<'a, str>,
+        /// The symbol exactly as the client wrote it in `quote_add_symbols` (`n`): the key to
+        /// merge updates under.
+        symbol: Cow<'a, str>,
+        /// `ok`, or `error` for a symbol the feed does not know (`s`; absent when not sent).
+        status: Option<Cow<'a, str>>,
+        /// The fields this packet carries (`v`): all of them at first, then what changed. Boxed:
+        /// it is many times the size of every other variant.
+        fields: Box<QuoteFields>,
+    },
+    /// `quote_completed`: the first, full data of `symbol` has been sent.
+    QuoteCompleted {
+        session: Cow<'a, str>,
+        symbol: Cow<'a, str>,
     },
     Other {
         name: Cow<'a, str>,
@@ -245,6 +330,17 @@ struct SeriesPayload<'a> {
     s: Option<SeriesBars>,
     #[serde(default, borrow)]
     t: Option<Cow<'a, str>>,
+}
+
+/// The object of a `qsd` packet: `{"n": symbol, "s": status, "v": fields}`.
+#[derive(Deserialize)]
+struct QuotePayload<'a> {
+    #[serde(borrow)]
+    n: Text<'a>,
+    #[serde(default, borrow)]
+    s: Option<Text<'a>>,
+    #[serde(default)]
+    v: QuoteFields,
 }
 
 /// A string borrowed from the message text when it has no escapes (serde's own `Cow` impl always
@@ -437,6 +533,19 @@ impl<'a> ServerMessage<'a> {
             "protocol_error" => ServerMessage::ProtocolError {
                 reason: p.texts(0).join(": "),
             },
+            "qsd" => {
+                let quote: QuotePayload<'a> = p.value(1, "missing quote data")?;
+                ServerMessage::QuoteData {
+                    session: p.text(0)?,
+                    symbol: quote.n.0,
+                    status: quote.s.map(|s| s.0),
+                    fields: Box::new(quote.v),
+                }
+            }
+            "quote_completed" => ServerMessage::QuoteCompleted {
+                session: p.text(0)?,
+                symbol: p.text(1)?,
+            },
             _ => ServerMessage::Other { name: method },
         })
     }
@@ -455,6 +564,8 @@ impl<'a> ServerMessage<'a> {
             ServerMessage::SeriesError { .. } => "series_error",
             ServerMessage::CriticalError { .. } => "critical_error",
             ServerMessage::ProtocolError { .. } => "protocol_error",
+            ServerMessage::QuoteData { .. } => "qsd",
+            ServerMessage::QuoteCompleted { .. } => "quote_completed",
             ServerMessage::Other { name } => name,
         }
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chartgate_protocol::client::{ClientMessage, SymbolSpec};
-use chartgate_protocol::server::{IndexedBar, ServerMessage, into_ascending};
+use chartgate_protocol::server::{IndexedBar, QuoteFields, ServerMessage, into_ascending};
 use chartgate_protocol::{Packet, decode_message, encode_heartbeat, encode_packet};
 use proptest::prelude::*;
 use serde::Deserialize;
@@ -118,6 +118,182 @@ fn every_sent_message_decodes_as_a_client_message() {
     assert_eq!(names["resolve_symbol"], 2);
     assert_eq!(names["set_auth_token"], 1);
     assert_eq!(names["request_more_data"], 1);
+}
+
+#[test]
+fn every_sent_quote_call_decodes_typed_and_reencodes_byte_for_byte() {
+    let mut quote_calls = 0;
+    for message in capture().into_iter().filter(|m| m.dir == "send") {
+        for packet in decode_message(&message.data).unwrap() {
+            let Packet::Json(json) = packet else { continue };
+            let msg = ClientMessage::from_payload(json).expect("client message");
+            // `quote_hibernate_all` is a browser tab going idle: not one of the quote calls.
+            if !msg.name().starts_with("quote_") || msg.name() == "quote_hibernate_all" {
+                continue;
+            }
+            assert!(
+                !matches!(msg, ClientMessage::Other { .. }),
+                "{} decodes typed",
+                msg.name()
+            );
+            assert_eq!(msg.to_payload(), json);
+            quote_calls += 1;
+        }
+    }
+    assert_eq!(quote_calls, 22);
+    // The browser's `={...}` symbol form is kept exactly as written.
+    let add = r#"{"m":"quote_add_symbols","p":["qs_1","={\"adjustment\":\"dividends\",\"symbol\":\"NSE:JUNIPER\"}",{"flags":["force_permission"]}]}"#;
+    let ClientMessage::QuoteAddSymbols { symbols, .. } = ClientMessage::from_payload(add).unwrap()
+    else {
+        panic!("quote_add_symbols")
+    };
+    assert_eq!(
+        symbols,
+        [r#"={"adjustment":"dividends","symbol":"NSE:JUNIPER"}"#],
+        "the flags object some clients append is skipped"
+    );
+    assert_eq!(
+        SymbolSpec::parse(&symbols[0]).map(|s| s.symbol),
+        Some("NSE:JUNIPER".to_string())
+    );
+}
+
+/// The JSON packets of the capture's `recv` side with method `m`, as text.
+fn received_packets(m: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for message in received() {
+        for packet in decode_message(&message).unwrap() {
+            let Packet::Json(json) = packet else { continue };
+            let value: serde_json::Value = serde_json::from_str(json).unwrap();
+            if value["m"] == m {
+                out.push(json.to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_captured_qsd_decodes_with_its_symbol_status_and_typed_fields() {
+    let packets = received_packets("qsd");
+    assert_eq!(packets.len(), 49);
+    let mut typed_fields = 0;
+    for json in &packets {
+        let raw: serde_json::Value = serde_json::from_str(json).unwrap();
+        let ServerMessage::QuoteData {
+            session,
+            symbol,
+            status,
+            fields,
+        } = ServerMessage::decode(json).expect("qsd decodes")
+        else {
+            panic!("qsd is QuoteData: {json:.200}")
+        };
+        assert_eq!(session, raw["p"][0].as_str().unwrap());
+        assert_eq!(
+            symbol,
+            raw["p"][1]["n"].as_str().unwrap(),
+            "n exactly as sent"
+        );
+        assert_eq!(status.as_deref(), Some("ok"));
+        // Every field read is the value the packet carries; every field the packet carries
+        // among those read is read.
+        let read = serde_json::to_value(&fields).unwrap();
+        let v = raw["p"][1]["v"].as_object().unwrap();
+        for (name, value) in read.as_object().unwrap() {
+            assert_eq!(&v[name], value, "{name} in {json:.120}");
+            typed_fields += 1;
+        }
+        for (name, value) in v {
+            // A field QuoteFields knows reads on its own into a non-empty QuoteFields.
+            let alone: QuoteFields =
+                serde_json::from_value(serde_json::json!({ name: value })).unwrap_or_default();
+            if alone != QuoteFields::default() {
+                assert!(read.get(name).is_some(), "{name} read from {json:.120}");
+            }
+        }
+    }
+    assert!(typed_fields > 150, "{typed_fields}");
+
+    let completed = received_packets("quote_completed");
+    assert_eq!(completed.len(), 12);
+    for json in &completed {
+        let raw: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            ServerMessage::decode(json).unwrap(),
+            ServerMessage::QuoteCompleted {
+                session: raw["p"][0].as_str().unwrap().into(),
+                symbol: raw["p"][1].as_str().unwrap().into(),
+            }
+        );
+    }
+}
+
+#[test]
+fn partial_quotes_merge_into_the_last_known_fields() {
+    let packets = received_packets("qsd");
+    let mut by_symbol: BTreeMap<String, QuoteFields> = BTreeMap::new();
+    for json in &packets {
+        if let ServerMessage::QuoteData { symbol, fields, .. } =
+            ServerMessage::decode(json).unwrap()
+        {
+            by_symbol
+                .entry(symbol.into_owned())
+                .or_default()
+                .merge(&fields);
+        }
+    }
+    let juniper = &by_symbol["NSE:JUNIPER"];
+    assert_eq!(
+        juniper.description.as_deref(),
+        Some("Juniper Hotels Limited")
+    );
+    assert_eq!(juniper.pricescale, Some(100));
+    // The last bid/ask update of the capture wins, and fields it did not carry stay.
+    assert_eq!((juniper.bid, juniper.ask), (Some(253.0), Some(253.25)));
+    assert!(juniper.ch.is_some() && juniper.lp.is_some());
+    assert_eq!(by_symbol["NSE:CNX500"].lp, Some(23418.6));
+    // Three spellings of JUNIPER are three keys, merged apart.
+    assert_eq!(
+        by_symbol
+            .keys()
+            .filter(|k| k.contains("NSE:JUNIPER"))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn every_captured_du_decodes_and_a_series_du_reads_the_same_on_both_paths() {
+    let packets = received_packets("du");
+    assert_eq!(packets.len(), 15);
+    for json in &packets {
+        let raw: serde_json::Value = serde_json::from_str(json).unwrap();
+        let ServerMessage::DataUpdate { session, series } = ServerMessage::decode(json).unwrap()
+        else {
+            panic!("du is DataUpdate")
+        };
+        assert_eq!(session, raw["p"][0].as_str().unwrap());
+        // The capture's du packets are studies (`st`, no `s`): no series bars in them.
+        assert!(series.is_empty(), "{json:.200}");
+    }
+    // A series du in the simulator's shape (the series element of a timescale_update, stamped):
+    // the fast path and serde (keys reordered) read the same bars.
+    let du = r#"{"m":"du","p":["cs_1",{"sds_1":{"node":"sim-series-1","s":[{"i":299,"v":[1765929600.0,3012.5,3031.0,2990.15,3024.35,1234567.0]},{"i":300,"v":[1766016000.0,3024.35,3024.35,3020.0,3021.1,812.0]}],"ns":{"d":"","indexes":[]},"t":"s1","lbs":{"bar_close_time":1766016000}}}],"t":1766031047,"t_ms":1766031047747}"#;
+    let swapped = p_first(du).unwrap();
+    let (fast, serde) = (
+        ServerMessage::decode(du).unwrap(),
+        ServerMessage::decode(&swapped).unwrap(),
+    );
+    assert_eq!(fast, serde);
+    let ServerMessage::DataUpdate { series, .. } = fast else {
+        panic!("du")
+    };
+    assert_eq!(series[0].series_id, "sds_1");
+    assert_eq!(series[0].turnaround.as_deref(), Some("s1"));
+    let indices: Vec<i64> = series[0].bars.iter().map(|b| b.index).collect();
+    assert_eq!(indices, [299, 300]);
+    assert_eq!(series[0].bars[1].bar.close, 3021.1);
 }
 
 /// All series bars the capture carries, by (chart session, series id).
@@ -505,6 +681,17 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         }),
         (text(), text())
             .prop_map(|(session, series_id)| ClientMessage::RemoveSeries { session, series_id }),
+        text().prop_map(|session| ClientMessage::QuoteCreateSession { session }),
+        text().prop_map(|session| ClientMessage::QuoteDeleteSession { session }),
+        (text(), proptest::collection::vec(text(), 0..4))
+            .prop_map(|(session, fields)| ClientMessage::QuoteSetFields { session, fields }),
+        (text(), proptest::collection::vec(text(), 0..4))
+            .prop_map(|(session, symbols)| ClientMessage::QuoteAddSymbols { session, symbols }),
+        (text(), proptest::collection::vec(text(), 0..4))
+            .prop_map(|(session, symbols)| ClientMessage::QuoteFastSymbols { session, symbols }),
+        (text(), proptest::collection::vec(text(), 0..4)).prop_map(|(session, symbols)| {
+            ClientMessage::QuoteRemoveSymbols { session, symbols }
+        }),
     ]
 }
 

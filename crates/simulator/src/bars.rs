@@ -174,23 +174,76 @@ fn times_newest_first(res: SimResolution, n: usize) -> Vec<i64> {
     out
 }
 
-fn round2(x: f64) -> f64 {
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+/// The open time of the bar after the one that opens at `time` (aligned as the history is):
+/// the way live bars follow the newest generated one.
+pub(crate) fn next_bar_time(res: SimResolution, time: i64) -> i64 {
+    match res {
+        SimResolution::Minutes(m) => {
+            let step = i64::from(m) * 60;
+            let mut t = time + step;
+            while weekday(t.div_euclid(DAY)) >= 5 {
+                t += step;
+            }
+            t
+        }
+        SimResolution::Days(1) => {
+            let mut d = time.div_euclid(DAY) + 1;
+            while weekday(d) >= 5 {
+                d += 1;
+            }
+            d * DAY
+        }
+        SimResolution::Days(k) => time + i64::from(k) * DAY,
+        SimResolution::Week => time + 7 * DAY,
+        SimResolution::Month => {
+            let (y, m) = civil_year_month(time.div_euclid(DAY));
+            let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            days_from_civil(y, m, 1) * DAY
+        }
+    }
+}
+
+/// How the walk of one (symbol, resolution) moves: its typical move and volume per bar.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WalkScale {
+    /// The symbol's price level, which the history is pulled towards.
+    pub level: f64,
+    /// Standard deviation of one bar's log return.
+    pub sigma: f64,
+    /// Typical volume of one bar.
+    pub bar_volume: f64,
+}
+
+impl WalkScale {
+    /// Per-symbol level and liquidity do not depend on the resolution, so charts of one symbol
+    /// at different resolutions sit at similar prices.
+    pub fn of(symbol: &str, res: SimResolution) -> WalkScale {
+        let mut sym_rng = SplitMix64::new(stable_hash(symbol));
+        let level = 10f64.powf(1.3 + sym_rng.unit() * 2.4);
+        let daily_volume = 10f64.powf(4.0 + sym_rng.unit() * 2.2);
+        let minutes = res.trading_minutes();
+        WalkScale {
+            level,
+            sigma: (0.018 * (minutes / 375.0).sqrt()).clamp(0.0008, 0.12),
+            // Written as the history always computed it, so its volumes stay bit for bit.
+            bar_volume: daily_volume * (minutes / 375.0),
+        }
+    }
 }
 
 /// The newest `n` bars of the walk of (symbol, resolution), oldest first.
 fn generate(symbol: &str, res: SimResolution, n: usize, volumeless: bool) -> Vec<Bar> {
     let canonical = res.canonical();
     let mut rng = SplitMix64::new(stable_hash((symbol, canonical)));
-    // Per-symbol level and liquidity do not depend on the resolution, so charts of one symbol
-    // at different resolutions sit at similar prices.
-    let mut sym_rng = SplitMix64::new(stable_hash(symbol));
-    let level = 10f64.powf(1.3 + sym_rng.unit() * 2.4);
-    let daily_volume = 10f64.powf(4.0 + sym_rng.unit() * 2.2);
-
-    let minutes = res.trading_minutes();
-    let sigma = (0.018 * (minutes / 375.0).sqrt()).clamp(0.0008, 0.12);
-    let volume_scale = minutes / 375.0;
+    let WalkScale {
+        level,
+        sigma,
+        bar_volume,
+    } = WalkScale::of(symbol, res);
     let times = times_newest_first(res, n);
 
     let mut close = round2(level * (0.9 + 0.2 * rng.unit())).max(0.05);
@@ -205,9 +258,7 @@ fn generate(symbol: &str, res: SimResolution, n: usize, volumeless: bool) -> Vec
         let wick_down = rng.normal().abs() * sigma * 0.6;
         let high = ((open.max(close) * (1.0 + wick_up)) * 100.0).ceil() / 100.0;
         let low = (((open.min(close) * (1.0 - wick_down)) * 100.0).floor() / 100.0).max(0.01);
-        let volume = (daily_volume * volume_scale * (0.3 + 1.4 * rng.unit()))
-            .round()
-            .max(1.0);
+        let volume = (bar_volume * (0.3 + 1.4 * rng.unit())).round().max(1.0);
         bars.push(Bar {
             time,
             open,
@@ -409,6 +460,18 @@ mod tests {
                 .volume
                 .is_none()
         );
+    }
+
+    #[test]
+    fn the_bar_after_each_generated_bar_is_the_next_generated_one() {
+        for res in ["1", "5", "188", "60", "1440", "1D", "3D", "1W", "1M"] {
+            let r = SimResolution::parse(res).unwrap();
+            let times: Vec<i64> = times_newest_first(r, 400).into_iter().rev().collect();
+            for w in times.windows(2) {
+                assert_eq!(next_bar_time(r, w[0]), w[1], "{res} after {}", w[0]);
+            }
+            assert!(next_bar_time(r, *times.last().unwrap()) > ANCHOR, "{res}");
+        }
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //!   chart sessions, symbols, the schedule of series answers, composing answers).
 //! - [`wire`]: the feed's answers written in the capture's shapes, with the simulator's constants.
 //! - [`bars`]: deterministic bars per (symbol, resolution, count); each simulator's volumeless
-//!   symbols and its cache of generated series; [`expected_bars`] is what tests compare against.
+//!   symbols and its cache of generated series; [`expected_bars`] is what tests compare against
+//!   (the history of a series that has not been followed live).
+//! - `live`: what series do after their history, one shared state per (symbol, resolution): the
+//!   `du` updates of live series and the prices of quotes, and what later history answers read.
 //! - [`screen`]: `GET /run/screen?key=`, MarketInOut's pipe-separated stock lists.
 //! - [`tokens`]: `GET /chart/`, the page that carries the feed JWT, and the simulator's own
 //!   signing and checking of those tokens.
@@ -21,7 +24,8 @@
 //! - `rng`: SplitMix64, the generator whose fixed sequence the fake data is made from.
 //!
 //! Control routes: `GET /sim/stats` (the [`SimStats`] JSON), `GET /sim/faults` and
-//! `POST /sim/faults` (JSON with any keys of [`Faults`]; `{}` resets every fault to off).
+//! `POST /sim/faults` (JSON with any keys of [`Faults`], the pace of live data included; `{}`
+//! resets every fault to off and the pace to its defaults).
 
 #![forbid(unsafe_code)]
 // `json!` of the feed's full `symbol_resolved` object nests deeper than the default allows.
@@ -29,6 +33,7 @@
 
 pub mod bars;
 pub mod feed;
+mod live;
 mod rng;
 pub mod screen;
 pub mod settings;

@@ -1,8 +1,10 @@
 //! The simulator's settings: what it serves (heartbeat interval, screens, volumeless symbols) and
 //! the faults it injects, read from the `simulator.*` keys of chartgate's configuration and, for
-//! faults, changed at run time by `POST /sim/faults`.
+//! faults, changed at run time by `POST /sim/faults`. The pace of live data (`tick_ms`,
+//! `time_scale`) is set with the faults, so a test or a benchmark can speed it up at run time.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +54,33 @@ pub struct Faults {
     pub token_ttl_secs: u64,
     /// Symbols that answer `symbol_error`.
     pub unknown_symbols: Vec<String>,
+    /// Interval of live updates (`du` for live series, `qsd` for quotes), in milliseconds
+    /// (0: the default of 1000).
+    pub tick_ms: u64,
+    /// Simulated time that passes for live series per unit of real time (0: the default of 1,
+    /// real time). With 600, a 1-minute series begins a new bar every 100 ms.
+    pub time_scale: u64,
+}
+
+/// Live updates when `tick_ms` is 0.
+const DEFAULT_TICK: Duration = Duration::from_millis(1000);
+
+impl Faults {
+    /// The interval of live updates.
+    pub fn live_tick(&self) -> Duration {
+        if self.tick_ms == 0 {
+            DEFAULT_TICK
+        } else {
+            Duration::from_millis(self.tick_ms)
+        }
+    }
+
+    /// Simulated milliseconds that one tick moves live series by: `tick_ms` × `time_scale`.
+    pub fn simulated_ms_per_tick(&self) -> i64 {
+        let tick = u64::try_from(self.live_tick().as_millis()).unwrap_or(u64::MAX);
+        let scaled = tick.saturating_mul(self.time_scale.max(1));
+        i64::try_from(scaled).unwrap_or(i64::MAX)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,6 +119,8 @@ impl Default for SimulatorSettings {
             default_formula_stocks: 40,
             faults: Faults {
                 token_ttl_secs: 3600,
+                tick_ms: 1000,
+                time_scale: 1,
                 ..Faults::default()
             },
         }

@@ -1,6 +1,7 @@
 //! State shared by every connection and route of one simulator: the current faults, the counters
 //! behind `GET /sim/stats`, the token key, the per-token connection count that the
-//! `max_connections` fault limits, and the simulator's bars (its volumeless symbols and cache).
+//! `max_connections` fault limits, the simulator's bars (its volumeless symbols and cache) and
+//! its live series.
 //! Nothing here is process-global: two simulators in one process share nothing.
 //!
 //! Faults are read at the moment they matter (an upgrade, a send, a series answer), so
@@ -14,6 +15,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::bars::Bars;
+use crate::live::Live;
 use crate::settings::{Faults, SimulatorSettings};
 use crate::wire::symbol_resolved_object;
 use chartgate_protocol::SymbolInfo;
@@ -40,6 +42,13 @@ pub struct SimStats {
     pub heartbeats_echoed: u64,
     /// JWTs issued by `GET /chart/`.
     pub tokens_issued: u64,
+    /// Series subscribed live now (answered, and not removed, modified or deleted since), on
+    /// every connection: shows whether live series were shared, and returns to 0 when they end.
+    pub live_series: u64,
+    /// Quote symbols subscribed now (per quote session and symbol key), on every connection.
+    pub quote_symbols: u64,
+    /// Live update packets written since start: every `du` of a live series and every `qsd`.
+    pub updates_sent: u64,
 }
 
 /// Lock-free counters behind [`SimStats`]; every field is bumped from any worker thread.
@@ -53,11 +62,23 @@ pub(crate) struct Counters {
     pub heartbeats_sent: AtomicU64,
     pub heartbeats_echoed: AtomicU64,
     pub tokens_issued: AtomicU64,
+    pub live_series: AtomicU64,
+    pub quote_symbols: AtomicU64,
+    pub updates_sent: AtomicU64,
 }
 
 impl Counters {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes one off a gauge (never below 0).
+    pub fn drop_one(counter: &AtomicU64) {
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     fn snapshot(&self) -> SimStats {
@@ -71,6 +92,9 @@ impl Counters {
             heartbeats_sent: get(&self.heartbeats_sent),
             heartbeats_echoed: get(&self.heartbeats_echoed),
             tokens_issued: get(&self.tokens_issued),
+            live_series: get(&self.live_series),
+            quote_symbols: get(&self.quote_symbols),
+            updates_sent: get(&self.updates_sent),
         }
     }
 }
@@ -95,6 +119,9 @@ pub(crate) struct SimState {
     pub heartbeat: Duration,
     /// The volumeless symbols and the generated series of this simulator.
     pub bars: Bars,
+    /// What has happened to series since their history: one state per (symbol, resolution),
+    /// shared by every connection, so history answers and live updates agree.
+    pub live: Live,
     /// Screen sizes by key (lower-case hex).
     pub formulas: HashMap<String, usize>,
     pub default_formula_stocks: usize,
@@ -123,6 +150,7 @@ impl SimState {
             symbol_objects: moka::sync::Cache::new(SYMBOL_OBJECTS_MAX),
             heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),
             bars: Bars::new(&settings.volumeless),
+            live: Live::default(),
             formulas: settings
                 .formulas
                 .iter()
@@ -215,9 +243,6 @@ impl OpenConnection {
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.state
-            .counters
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+        Counters::drop_one(&self.state.counters.connections_open);
     }
 }

@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 
 use chartgate_protocol::json::{Whole, to_ascii_string, write_number};
-use chartgate_protocol::{Bar, ServerMessage, SymbolInfo};
-use serde_json::{Value, json};
+use chartgate_protocol::{Bar, QuoteFields, ServerMessage, SymbolInfo};
+use serde_json::{Map, Value, json};
 
 /// The `s` array of a series update: `[{"i":0,"v":[t,o,h,l,c,v]},...]`, numbers written as the
 /// feed writes them (times and prices as floats). Kept separate so a server can cache it.
@@ -211,6 +211,49 @@ pub fn encode_series_timeframe(
     }))
 }
 
+/// Fields every full `qsd` of a known symbol carries (when its session did not narrow them with
+/// `quote_set_fields`): what clients read for a price.
+pub const FULL_QUOTE_FIELDS: [&str; 11] = [
+    "lp",
+    "ch",
+    "chp",
+    "volume",
+    "bid",
+    "ask",
+    "lp_time",
+    "description",
+    "exchange",
+    "currency_code",
+    "pricescale",
+];
+
+/// A `qsd` packet: quote data `v` of `symbol` (named exactly as the client wrote it) with status
+/// `ok` or `error`. Unstamped, like the capture's.
+pub fn encode_quote_data(
+    session: &str,
+    symbol: &str,
+    status: &str,
+    fields: &Map<String, Value>,
+) -> String {
+    to_ascii_string(&json!({
+        "m": "qsd",
+        "p": [session, {"n": symbol, "s": status, "v": fields}],
+    }))
+}
+
+/// A `quote_completed` packet: the first, full `qsd` of `symbol` has been sent. Unstamped.
+pub fn encode_quote_completed(session: &str, symbol: &str) -> String {
+    to_ascii_string(&json!({"m": "quote_completed", "p": [session, symbol]}))
+}
+
+/// `fields` as the JSON object of a `qsd`'s `v` (absent fields left out).
+pub fn quote_fields_object(fields: &QuoteFields) -> Map<String, Value> {
+    match serde_json::to_value(fields) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
 /// Encodes a message as the feed would, stamped with `now_ms` (Unix milliseconds) where the
 /// feed stamps it. `Other` cannot be encoded and gives an empty object.
 pub fn encode_message(message: &ServerMessage<'_>, now_ms: i64) -> String {
@@ -303,6 +346,20 @@ pub fn encode_message(message: &ServerMessage<'_>, now_ms: i64) -> String {
         }
         ServerMessage::ProtocolError { reason } => {
             to_ascii_string(&json!({"m": "protocol_error", "p": [reason]}))
+        }
+        ServerMessage::QuoteData {
+            session,
+            symbol,
+            status,
+            fields,
+        } => encode_quote_data(
+            session,
+            symbol,
+            status.as_deref().unwrap_or("ok"),
+            &quote_fields_object(fields),
+        ),
+        ServerMessage::QuoteCompleted { session, symbol } => {
+            encode_quote_completed(session, symbol)
         }
         ServerMessage::Other { .. } => "{}".to_string(),
     }

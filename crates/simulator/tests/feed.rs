@@ -5,25 +5,25 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::TcpListener;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::time::Instant;
 
-use chartgate_protocol::Bar;
 use chartgate_protocol::client::ClientMessage;
 use chartgate_protocol::clock::{unix_ms, unix_secs};
-use chartgate_protocol::server::{IndexedBar, ServerMessage};
+use chartgate_protocol::server::ServerMessage;
 use chartgate_protocol::{Packet, decode_message, encode_packet};
 use chartgate_simulator::{Faults, SimulatorSettings};
 use chartgate_simulator::{SimStats, Simulator, expected_bars};
 
+use common::harness::{
+    WAIT, bars_of, connect_unauthorized, fetch_chart, get, is_completed_or_error, json_packets,
+    keys, plain, post_faults, start, start_with, stats_eventually,
+};
 use common::sim_client::{
     ConnectError, Incoming, SimClient, chart_calls, is_heartbeat_only, kinds, messages,
 };
-
-const WAIT: Duration = Duration::from_secs(10);
 
 fn fixture(name: &str) -> String {
     let path = format!("{}/../../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -32,19 +32,6 @@ fn fixture(name: &str) -> String {
 
 fn settings() -> SimulatorSettings {
     SimulatorSettings::default()
-}
-
-async fn start(settings: SimulatorSettings) -> Simulator {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    Simulator::start(&settings, listener)
-        .await
-        .expect("start the simulator")
-}
-
-async fn start_with(faults: Faults) -> Simulator {
-    let mut s = settings();
-    s.faults = faults;
-    start(s).await
 }
 
 /// A token from the simulator's `/chart/` page.
@@ -59,100 +46,6 @@ async fn fetch_token(sim: &Simulator) -> String {
     body[start..start + len].to_string()
 }
 
-async fn get(url: &str, cookie: Option<&str>) -> (u16, String) {
-    let client = awc::Client::default();
-    let mut req = client.get(url);
-    if let Some(cookie) = cookie {
-        req = req.insert_header(("Cookie", cookie));
-    }
-    let mut resp = req.send().await.expect("GET");
-    let body = resp.body().await.expect("body");
-    (
-        resp.status().as_u16(),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
-}
-
-async fn post_faults(sim: &Simulator, body: &str) -> (u16, String) {
-    let client = awc::Client::default();
-    let mut resp = client
-        .post(format!("http://{}/sim/faults", sim.addr()))
-        .insert_header(("Content-Type", "application/json"))
-        .send_body(body.to_string())
-        .await
-        .expect("POST /sim/faults");
-    let body = resp.body().await.expect("body");
-    (
-        resp.status().as_u16(),
-        String::from_utf8_lossy(&body).into_owned(),
-    )
-}
-
-/// Waits (briefly) until the stats satisfy `ok`.
-async fn stats_eventually(sim: &Simulator, ok: impl Fn(&SimStats) -> bool) -> SimStats {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let stats = sim.stats();
-        if ok(&stats) || Instant::now() > deadline {
-            return stats;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Connects, reads the hello, authenticates as unauthorised.
-async fn connect_unauthorized(sim: &Simulator) -> SimClient {
-    let mut client = SimClient::connect_auth(&sim.feed_url(), "unauthorized_user_token").await;
-    let hello = client.next_text(WAIT).await;
-    assert_eq!(kinds(&hello), ["hello"]);
-    client
-}
-
-fn is_completed_or_error(m: &ServerMessage<'_>) -> bool {
-    matches!(
-        m,
-        ServerMessage::SeriesCompleted { .. }
-            | ServerMessage::SeriesError { .. }
-            | ServerMessage::CriticalError { .. }
-            | ServerMessage::ProtocolError { .. }
-    )
-}
-
-/// Requests one chart on a fresh session and returns the answer's messages.
-async fn fetch_chart(
-    client: &mut SimClient,
-    session: &str,
-    symbol: &str,
-    resolution: &str,
-    count: u32,
-) -> Vec<String> {
-    client
-        .send(&chart_calls(session, symbol, resolution, count))
-        .await;
-    client.collect_until(WAIT, is_completed_or_error).await
-}
-
-/// All bars carried by the `timescale_update`s of `texts` for `session`.
-fn bars_of(texts: &[String], session: &str) -> Vec<IndexedBar> {
-    let mut out = Vec::new();
-    for text in texts {
-        for m in messages(text) {
-            if let ServerMessage::TimescaleUpdate { session: s, series } = m
-                && s == session
-            {
-                for data in series {
-                    out.extend(data.bars);
-                }
-            }
-        }
-    }
-    out
-}
-
-fn plain(bars: &[IndexedBar]) -> Vec<Bar> {
-    bars.iter().map(|b| b.bar).collect()
-}
-
 /// A first series answer is one message: loading, the owed symbol, the bars, completed.
 fn assert_one_answer_message(answer: &[String]) {
     assert_eq!(answer.len(), 1, "one message");
@@ -165,24 +58,6 @@ fn assert_one_answer_message(answer: &[String]) {
             "series_completed"
         ]
     );
-}
-
-/// The JSON payloads of a message (skipping heartbeats and anything not JSON).
-fn json_packets(text: &str) -> Vec<Value> {
-    decode_message(text)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|p| match p {
-            Packet::Json(j) => serde_json::from_str(j).ok(),
-            Packet::Heartbeat(_) => None,
-        })
-        .collect()
-}
-
-fn keys(v: &Value) -> BTreeSet<String> {
-    v.as_object()
-        .map(|o| o.keys().cloned().collect())
-        .unwrap_or_default()
 }
 
 /// The shape of a JSON value: types, recursively for arrays' positions.

@@ -2,7 +2,7 @@
 //! message the simulator can encode decodes to itself, whichever order its keys come in.
 
 use chartgate_protocol::server::SeriesData;
-use chartgate_protocol::{Bar, IndexedBar, ServerMessage, SymbolInfo};
+use chartgate_protocol::{Bar, IndexedBar, QuoteFields, ServerMessage, SymbolInfo};
 use chartgate_simulator::wire::encode_message;
 use proptest::prelude::*;
 
@@ -122,7 +122,39 @@ fn server_message() -> impl Strategy<Value = ServerMessage<'static>> {
             }
         ),
         text().prop_map(|reason| ServerMessage::ProtocolError { reason }),
+        (s(), s(), quote_fields()).prop_map(|(session, symbol, fields)| {
+            ServerMessage::QuoteData {
+                session,
+                symbol,
+                status: Some("ok".into()),
+                fields: Box::new(fields),
+            }
+        }),
+        (s(), s()).prop_map(|(session, symbol)| ServerMessage::QuoteCompleted { session, symbol }),
     ]
+}
+
+/// Partial quotes: any subset of a few fields of each type.
+fn quote_fields() -> impl Strategy<Value = QuoteFields> {
+    (
+        proptest::option::of(price()),
+        proptest::option::of(0i64..4_000_000_000),
+        proptest::option::of(price()),
+        proptest::option::of(text()),
+        proptest::option::of(1u64..100_000),
+        proptest::option::of(any::<bool>()),
+    )
+        .prop_map(
+            |(lp, lp_time, volume, description, pricescale, fractional)| QuoteFields {
+                lp,
+                lp_time,
+                volume,
+                description,
+                pricescale,
+                fractional,
+                ..QuoteFields::default()
+            },
+        )
 }
 
 proptest! {

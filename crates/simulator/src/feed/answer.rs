@@ -7,6 +7,11 @@
 //!   indices (none when the series already holds the most bars the feed gives);
 //! - `modify_series` to the range the series holds: two `series_timeframe` (as in the capture).
 //!
+//! Bars come from the simulator's live state: the generated history, then whatever the series
+//! has done live since, so an answer agrees with what live subscribers were sent. Once an answer
+//! with bars (or a timeframe) has gone out, the series is live: it is followed and gets updates
+//! until it is removed, modified or deleted.
+//!
 //! An answer waiting out `latency_ms` is written when it starts waiting ([`prepare`]) and only
 //! sent when due, so answers that fall due together cost the simulator nothing but the sending.
 
@@ -15,6 +20,7 @@ use chartgate_protocol::{Bar, ServerMessage, encode_packet};
 
 use super::Connection;
 use crate::bars::SimResolution;
+use crate::live::HistoryBars;
 use crate::settings::Faults;
 use crate::state::{Counters, SimState};
 use crate::wire::{
@@ -30,10 +36,12 @@ pub(super) enum Work {
         count: u32,
     },
     /// Older bars for request_more_data: the series had `loaded` bars and now has `total`, of
-    /// which `base` came with its first answer (indices from 0).
+    /// which `base` came with its first answer (indices from 0), whose anchor bar (offset 0 of
+    /// the live bars) is at `anchor_index`.
     Older {
         resolution: SimResolution,
         base: u32,
+        anchor_index: i64,
         loaded: u32,
         total: u32,
     },
@@ -71,6 +79,8 @@ pub(super) struct Prepared {
     packets: u64,
     /// It delivers bars (counted in `seriesServed`).
     served: bool,
+    /// Where its bars sit among the live ones (see [`Composed::live_start`]).
+    live_start: Option<(i64, u64)>,
 }
 
 impl Prepared {
@@ -90,6 +100,9 @@ impl Prepared {
 struct Composed {
     payloads: Vec<String>,
     served: bool,
+    /// For an answer with the newest bars: the index of the anchor bar in it, and the version of
+    /// the live bars it holds, from which its live updates go on.
+    live_start: Option<(i64, u64)>,
 }
 
 /// The packets answering `job`, stamped `now_ms`.
@@ -123,27 +136,42 @@ fn compose(
         };
         encode_series_update("timescale_update", session, &[part], now_ms)
     };
+    let mut live_start = None;
     let served = match &job.work {
         Work::Full { resolution, count } => {
-            let cached = state.bars.series(&job.symbol, *resolution, *count);
-            payloads.push(timescale_update(
-                &cached.json,
-                &cached.bars,
-                &cached.tick_marks,
-            ));
+            let key = (job.symbol.clone(), *resolution);
+            let history = state.live.history(&state.bars, &key, *count);
+            live_start = Some((history.anchor_index, history.version));
+            payloads.push(match &history.bars {
+                HistoryBars::Generated(cached) => {
+                    timescale_update(&cached.json, &cached.bars, &cached.tick_marks)
+                }
+                HistoryBars::Live {
+                    bars,
+                    json,
+                    tick_marks,
+                } => timescale_update(json, bars, tick_marks),
+            });
             true
         }
         Work::Older {
             resolution,
             base,
+            anchor_index,
             loaded,
             total,
         } => {
             if total > loaded {
-                let cached = state.bars.series(&job.symbol, *resolution, *total);
-                let added = (total - loaded) as usize;
-                let older: Vec<Bar> = cached.bars.iter().take(added).copied().collect();
                 let first_index = -i64::from(total - base);
+                let last_index = -i64::from(loaded - base) - 1;
+                let key = (job.symbol.clone(), *resolution);
+                let older = state.live.window(
+                    &state.bars,
+                    &key,
+                    first_index - anchor_index,
+                    last_index - anchor_index,
+                    *total,
+                );
                 payloads.push(timescale_update(
                     &bars_json(&older, first_index),
                     &older,
@@ -180,7 +208,11 @@ fn compose(
         },
         now_ms,
     ));
-    Composed { payloads, served }
+    Composed {
+        payloads,
+        served,
+        live_start,
+    }
 }
 
 /// Writes `job`'s answer while it waits out its latency, stamped with its due time, so that when
@@ -198,7 +230,11 @@ pub(super) fn prepare(
     if faults.malformed_every > 0 {
         return None;
     }
-    let Composed { payloads, served } = compose(state, job, None, status, due_ms);
+    let Composed {
+        payloads,
+        served,
+        live_start,
+    } = compose(state, job, None, status, due_ms);
     let mut text = String::with_capacity(payloads.iter().map(|p| p.len() + 16).sum());
     let mut after_loading = 0;
     for (n, payload) in payloads.iter().enumerate() {
@@ -213,12 +249,14 @@ pub(super) fn prepare(
         after_loading,
         packets: payloads.len() as u64,
         served,
+        live_start,
     })
 }
 
 impl Connection {
     /// Sends the answer of a series whose turn has come, the one `prepared` for it if that is
-    /// still right (same status, no packets to corrupt), else a freshly composed one.
+    /// still right (same status, no packets to corrupt), else a freshly composed one; then the
+    /// series is live.
     pub(super) async fn answer(&mut self, job: Job, prepared: Option<Prepared>) {
         let owed = self.take_pending_resolve(&job.session, &job.symbol_id);
         if !self
@@ -234,23 +272,23 @@ impl Connection {
         let status = self.auth.status();
         let faults = self.state.faults();
         let prepared = prepared.filter(|p| p.status == status && faults.malformed_every == 0);
-        let served = match prepared {
+        let (served, live_start) = match prepared {
             Some(prepared) => {
                 let p = prepared.with_owed(owed);
                 self.out.send_framed(p.text, p.packets, &faults).await;
-                p.served
+                (p.served, p.live_start)
             }
             None => {
-                let Composed { payloads, served } =
-                    compose(&self.state, &job, owed, status, unix_ms());
-                let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+                let composed = compose(&self.state, &job, owed, status, unix_ms());
+                let refs: Vec<&str> = composed.payloads.iter().map(String::as_str).collect();
                 self.out.send(&refs).await;
-                served
+                (composed.served, composed.live_start)
             }
         };
         if served {
             self.series_answered += 1;
             Counters::bump(&self.state.counters.series_served);
+            self.go_live(&job, live_start);
         }
     }
 }

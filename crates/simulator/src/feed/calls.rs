@@ -1,6 +1,6 @@
 //! The client's calls: each incoming message decoded into packets, heartbeat echoes taken, and
-//! every call (`set_auth_token`, chart sessions, `resolve_symbol`, series) checked against the
-//! connection's sessions, then answered at once or handed to the schedule.
+//! every call (`set_auth_token`, chart sessions, `resolve_symbol`, series, quotes) checked against
+//! the connection's sessions, then answered at once or handed to the schedule.
 //!
 //! Errors are per call (`critical_error ["invalid parameters", method]`), per symbol
 //! (`symbol_error`), per series (`series_error`) or, for authentication, per connection
@@ -95,7 +95,13 @@ impl Connection {
             ClientMessage::RemoveSeries { session, series_id } => {
                 self.sessions.remove_series(session, series_id);
             }
-            // Locale and time zone change nothing here; quotes and studies are not simulated.
+            ClientMessage::QuoteCreateSession { .. }
+            | ClientMessage::QuoteDeleteSession { .. }
+            | ClientMessage::QuoteSetFields { .. }
+            | ClientMessage::QuoteAddSymbols { .. }
+            | ClientMessage::QuoteFastSymbols { .. }
+            | ClientMessage::QuoteRemoveSymbols { .. } => self.quote_call(call).await,
+            // Locale and time zone change nothing here; studies are not simulated.
             ClientMessage::SetLocale { .. }
             | ClientMessage::SwitchTimezone { .. }
             | ClientMessage::Other { .. } => {}

@@ -1,10 +1,11 @@
 //! The fake chart feed: `GET /socket.io/websocket`, a WebSocket (actix-ws) speaking TradingView's
 //! chart protocol as in the capture.
 //!
-//! One task per connection owns all of its state (chart sessions, series, heartbeats, the queue
-//! of series waiting for a `series_concurrency` slot) and selects over three things: the client's
-//! messages, the heartbeat timer, and series whose `latency_ms` has elapsed. Owning the state in
-//! one task means no locks and a deterministic order of answers.
+//! One task per connection owns all of its state (chart sessions, series, quote sessions,
+//! heartbeats, the queue of series waiting for a `series_concurrency` slot) and selects over four
+//! things: the client's messages, the heartbeat timer, series whose `latency_ms` has elapsed, and
+//! the live tick. Owning the state in one task means no locks (but on the simulator's live
+//! series, shared by every connection) and a deterministic order of answers.
 //!
 //! # Layout
 //!
@@ -16,7 +17,9 @@
 //! - `sessions`: chart sessions, their symbols and series (pure state);
 //! - `symbols`: whether a symbol resolves and what `symbol_resolved` says about it;
 //! - `schedule`: `series_concurrency` slots and the deadline-ordered queue of `latency_ms`;
-//! - `answer`: composing series answers, and writing them ahead of their due time.
+//! - `answer`: composing series answers, and writing them ahead of their due time;
+//! - `updates`: live updates, the `du` of live series and `qsd` of quotes at each tick;
+//! - `quotes`: quote sessions and their symbols.
 //!
 //! Wire behaviour worth knowing:
 //! - The hello goes first; `~h~N` heartbeats follow every `heartbeat_secs`; a client that has not
@@ -33,6 +36,10 @@
 //!   indices), `series_completed`; a `modify_series` to the same symbol and resolution with
 //!   `series_loading`, two `series_timeframe`, `series_completed` (as in the capture), and to
 //!   another symbol or resolution with fresh bars like `create_series`.
+//! - Live: after its `series_completed` a series gets a `du` at each tick (`tick_ms`) with its
+//!   bars that changed (see `crate::live`), until `remove_series`, `modify_series` (whose own
+//!   answer makes it live again, for what it now shows) or `chart_delete_session`. Quote symbols
+//!   get a full `qsd` and `quote_completed`, then a `qsd` of what changed at each tick.
 //!
 //! Texts clients may match on:
 //! - `symbol_error` reasons: `invalid symbol`, `unknown chart session`.
@@ -69,15 +76,18 @@ mod answer;
 mod auth;
 mod calls;
 mod heartbeat;
+mod quotes;
 mod schedule;
 mod sessions;
 mod symbols;
 mod transport;
+mod updates;
 
 pub use auth::{STATUS_DELAYED, STATUS_STREAMING, UNAUTHORIZED_TOKEN};
 
 use auth::Auth;
 use heartbeat::Heartbeats;
+use quotes::QuoteSessions;
 use schedule::Schedule;
 use sessions::Sessions;
 use transport::Transport;
@@ -127,6 +137,8 @@ enum Event {
     Tick(Instant),
     /// The first of the active series is due.
     Due,
+    /// The live tick: live series and quotes move on.
+    Live,
 }
 
 /// One feed connection: everything it holds, owned by its task.
@@ -140,7 +152,10 @@ struct Connection {
     heartbeats: Heartbeats,
     auth: Auth,
     sessions: Sessions,
+    quotes: QuoteSessions,
     schedule: Schedule,
+    /// The next live tick, while something here is live.
+    live_due: Option<Instant>,
     /// Series answered with bars, for the closing log line.
     series_answered: u64,
 }
@@ -155,7 +170,9 @@ impl Connection {
             heartbeats: Heartbeats::new(state.heartbeat),
             auth: Auth::None,
             sessions: Sessions::default(),
+            quotes: QuoteSessions::default(),
             schedule: Schedule::default(),
+            live_due: None,
             series_answered: 0,
             state,
         }
@@ -172,10 +189,12 @@ impl Connection {
         let mut ticker = self.heartbeats.interval();
         while self.out.is_open() {
             let next_due = self.schedule.next_due();
+            let live_due = self.live_due;
             let event = tokio::select! {
                 incoming = stream.recv() => Event::Incoming(incoming),
                 at = ticker.tick() => Event::Tick(at),
                 () = sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => Event::Due,
+                () = sleep_until(live_due.unwrap_or_else(Instant::now)), if live_due.is_some() => Event::Live,
             };
             match event {
                 Event::Incoming(Some(Ok(AggregatedMessage::Text(text)))) => {
@@ -204,6 +223,7 @@ impl Connection {
                     }
                     self.pump().await;
                 }
+                Event::Live => self.live_tick().await,
             }
         }
         let how = self.out.finish().await;

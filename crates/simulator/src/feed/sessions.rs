@@ -1,6 +1,8 @@
 //! Chart sessions and what they hold: the symbols each resolved and the series each asked for,
 //! with the bookkeeping behind every answer (how many bars a series holds, which `symbol_resolved`
-//! is still owed, which answers are for a series that no longer exists).
+//! is still owed, which answers are for a series that no longer exists) and behind its live
+//! updates (where its bars sit among the live ones, what it has been sent, its hold on the live
+//! series while it is subscribed).
 //!
 //! Every chart session answers only for itself. What one client can make a connection hold is
 //! bounded here; beyond a bound the call is refused with the reason the caller sends.
@@ -11,7 +13,9 @@ use std::collections::HashMap;
 use chartgate_protocol::SymbolInfo;
 
 use super::answer::{Job, Work};
+use super::updates::Follow;
 use crate::bars::{MAX_BARS, SimResolution};
+use crate::live::SeriesKey;
 
 /// Bounds on what one client can make a connection hold.
 const MAX_CHART_SESSIONS: usize = 4096;
@@ -48,6 +52,24 @@ struct SeriesEntry {
     /// Older bars added by `request_more_data` (negative indices).
     older: u32,
     turnaround: String,
+    /// Index, in this series' answers and updates, of the anchor bar (offset 0 of the live
+    /// bars): set by each answer with bars.
+    anchor_index: i64,
+    /// The version of the live bars this series has been sent.
+    sent_version: u64,
+    /// From its answer's `series_completed` until it is removed, modified or deleted: the
+    /// series is followed live and gets `du` updates.
+    live: Option<Follow>,
+}
+
+/// A live series of this connection, as its tick sees it.
+pub(super) struct LiveView<'a> {
+    pub session: &'a str,
+    pub series_id: &'a str,
+    pub turnaround: &'a str,
+    pub key: &'a SeriesKey,
+    pub anchor_index: i64,
+    pub sent_version: &'a mut u64,
 }
 
 #[derive(Default)]
@@ -226,13 +248,18 @@ impl Sessions {
                 count,
                 older: 0,
                 turnaround: call.turnaround.to_string(),
+                anchor_index: i64::from(count) - 1,
+                sent_version: 0,
+                live: None,
             },
         );
         Ok(call.job(epoch, symbol, Work::Full { resolution, count }))
     }
 
     /// `modify_series` to `symbol` (checked by [`Sessions::series_target`]): the timeframe when
-    /// symbol and resolution stay, else fresh bars, as many as the series had at first.
+    /// symbol and resolution stay, else fresh bars, as many as the series had at first. Either
+    /// way its live updates stop until the answer completes; to the same target they then resume
+    /// where they were.
     pub fn modify_series(
         &mut self,
         call: SeriesCall<'_>,
@@ -241,6 +268,7 @@ impl Sessions {
         range: &str,
     ) -> Result<Job, &'static str> {
         let entry = self.series_mut(call.session, call.series_id)?;
+        entry.live = None;
         let work = if entry.symbol_id == call.symbol_id && entry.resolution == resolution {
             Work::Timeframe {
                 first_index: -i64::from(entry.older),
@@ -282,6 +310,7 @@ impl Sessions {
         let work = Work::Older {
             resolution: entry.resolution,
             base: entry.count,
+            anchor_index: entry.anchor_index,
             loaded,
             total,
         };
@@ -294,6 +323,49 @@ impl Sessions {
             .get(session)
             .and_then(|cs| cs.series.get(series_id))
             .is_some_and(|s| s.epoch == epoch)
+    }
+
+    /// The answer of the series created in `epoch` completed: it is followed live (by `follow`)
+    /// until removed, modified or deleted. An answer with bars says where they sit among the
+    /// live bars (`start`: the anchor's index and the version sent).
+    pub fn go_live(
+        &mut self,
+        session: &str,
+        series_id: &str,
+        epoch: u64,
+        start: Option<(i64, u64)>,
+        follow: impl FnOnce(SeriesKey) -> Follow,
+    ) {
+        let Ok(entry) = self.series_mut(session, series_id) else {
+            return;
+        };
+        if entry.epoch != epoch {
+            return;
+        }
+        if let Some((anchor_index, version)) = start {
+            entry.anchor_index = anchor_index;
+            entry.sent_version = version;
+        }
+        if entry.live.is_none() {
+            entry.live = Some(follow((entry.symbol.clone(), entry.resolution)));
+        }
+    }
+
+    /// Every series of this connection that is live now.
+    pub fn live_series_mut(&mut self) -> impl Iterator<Item = LiveView<'_>> {
+        self.charts.iter_mut().flat_map(|(session, cs)| {
+            cs.series.iter_mut().filter_map(move |(series_id, entry)| {
+                let follow = entry.live.as_ref()?;
+                Some(LiveView {
+                    session,
+                    series_id,
+                    turnaround: &entry.turnaround,
+                    key: follow.key(),
+                    anchor_index: entry.anchor_index,
+                    sent_version: &mut entry.sent_version,
+                })
+            })
+        })
     }
 
     fn series_mut(
@@ -394,6 +466,7 @@ mod tests {
             more.work,
             Work::Older {
                 base: 10,
+                anchor_index: 9,
                 loaded: 10,
                 total: 30,
                 ..

@@ -1,3 +1,4 @@
 //! Helpers shared by the simulator's test binaries.
 
+pub mod harness;
 pub mod sim_client;
