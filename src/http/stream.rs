@@ -216,6 +216,24 @@ struct Envelope<'a, T> {
 }
 
 /// One group of consecutive stocks and the outcomes of its charts as they arrive.
+///
+/// Its fetches are a plain vector polled behind a counting waker ([`Gate`]) rather than a
+/// `FuturesUnordered`, for two things that structure cannot do:
+///
+/// - Wake the stream once per batch. A `FuturesUnordered` wakes its task whenever any of its
+///   futures wakes, since it hands out each one as it finishes; the gate wakes the stream only
+///   when every fetch of the batch has woken, the first moment the stream has anything to send.
+///   The stream's task is its HTTP connection (actix-http's dispatcher polls the response body),
+///   so a wake-up polls the connection, the body and the keep-alive timer: once per chart that
+///   is work for nothing, and when many streams show one screen each chart that comes in wakes
+///   every one of them.
+/// - Hold a fetch in one slot of a vector. A `FuturesUnordered` puts each future in a
+///   reference-counted node of its own and keeps a ready queue per set. An open stream is mostly
+///   the fetches it waits for, so that is memory added to every open stream and every chart in
+///   flight, and memory per open stream is what bounds how many streams an instance holds.
+///
+/// The price is the care in [`Batch::poll_fetches`] and [`Gate`] (armed before the fetches are
+/// polled, polled again when every remaining fetch woke meanwhile), which the unit tests pin down.
 struct Batch {
     /// 0-based.
     index: usize,
