@@ -9,10 +9,9 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 /// The server hello, the first packet of every connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,76 +371,120 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 
 /// The series map of a `timescale_update` or `du` (`{"sds_1": {"s": [...], "t": "s1"}, ...}`),
 /// ascending by series id, series without `s` left out.
-fn series_of<'a>(
-    map: BTreeMap<Text<'a>, SeriesPayload<'a>>,
-) -> Result<Vec<SeriesData<'a>>, String> {
-    let mut series = Vec::with_capacity(map.len());
-    for (series_id, payload) in map {
-        let Some(bars) = payload.s else { continue };
-        if let Some(short) = bars.short {
-            return Err(short);
+struct SeriesMap<'a>(Vec<SeriesData<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for SeriesMap<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<Text<'a>, SeriesPayload<'a>>::deserialize(d)?;
+        let mut series = Vec::with_capacity(map.len());
+        for (series_id, payload) in map {
+            let Some(bars) = payload.s else { continue };
+            if let Some(short) = bars.short {
+                return Err(de::Error::custom(short));
+            }
+            series.push(SeriesData {
+                series_id: series_id.0,
+                turnaround: payload.t,
+                bars: bars.bars,
+            });
         }
-        series.push(SeriesData {
-            series_id: series_id.0,
-            turnaround: payload.t,
-            bars: bars.bars,
-        });
+        Ok(SeriesMap(series))
     }
-    Ok(series)
 }
 
-/// The envelope of every packet but the hello: `{"m": method, "p": [parameters], ...}`, in any key
-/// order (other keys, such as the `t`/`t_ms` stamps, are skipped). Each parameter is kept as the
-/// text it was written as, and read by position once the method is known.
+/// A packet whose method is known, read in one pass and in any key order: `m` (read so that a
+/// packet naming it twice is refused), `p` as `P`, every other key (the `t`/`t_ms` stamps)
+/// skipped.
 #[derive(Deserialize)]
-struct Envelope<'a> {
+#[serde(bound(deserialize = "P: Deserialize<'de>"))]
+struct Packet<'a, P> {
+    #[serde(rename = "m", borrow)]
+    _method: Text<'a>,
+    #[serde(default)]
+    p: Option<P>,
+}
+
+/// The method of a packet, for one whose `m` does not come first (the feed always writes it
+/// first; see [`method_written_first`]).
+#[derive(Deserialize)]
+struct Method<'a> {
     #[serde(borrow)]
     m: Option<Text<'a>>,
-    #[serde(borrow, default)]
-    p: Option<Vec<&'a RawValue>>,
+    /// Named so that an envelope written as an array, `[m, p]`, reads too.
+    #[serde(rename = "p", default)]
+    _params: Option<IgnoredAny>,
 }
 
-/// The parameters of one method, read by position.
-struct Params<'p, 'a> {
-    method: &'p str,
-    raw: &'p [&'a RawValue],
+/// The method of a packet written the feed's way, `{"m":"<method>",...`, without parsing it.
+fn method_written_first(payload: &str) -> Option<&str> {
+    let rest = payload.strip_prefix(r#"{"m":""#)?;
+    let name = &rest[..rest.find('"')?];
+    (!name.contains('\\')).then_some(name)
 }
 
-impl<'a> Params<'_, 'a> {
-    fn bad(&self, detail: String) -> ServerError {
-        ServerError::BadParameters {
-            method: self.method.to_string(),
-            detail,
+/// The leading parameters of a method, typed, in order; any after them are skipped (the feed
+/// adds parameters over time). Errors name the parameter by its position.
+struct Leading<T>(T);
+
+macro_rules! leading {
+    ($($index:tt $param:ident),+) => {
+        impl<'de, $($param: Deserialize<'de>),+> Deserialize<'de> for Leading<($($param,)+)> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V<$($param),+>(std::marker::PhantomData<($($param,)+)>);
+                impl<'de, $($param: Deserialize<'de>),+> Visitor<'de> for V<$($param),+> {
+                    type Value = Leading<($($param,)+)>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("an array of parameters")
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                        let params = ($(
+                            seq.next_element::<$param>()
+                                .map_err(|e| de::Error::custom(format_args!("parameter {}: {e}", $index)))?
+                                .ok_or_else(|| de::Error::custom(format_args!("missing parameter {}", $index)))?,
+                        )+);
+                        while seq.next_element::<IgnoredAny>()?.is_some() {}
+                        Ok(Leading(params))
+                    }
+                }
+                d.deserialize_seq(V(std::marker::PhantomData))
+            }
         }
-    }
+    };
+}
 
-    /// Parameter `i`, read as a `T`; `missing` names it when the feed left it out.
-    fn value<T: Deserialize<'a>>(&self, i: usize, missing: &str) -> Result<T, ServerError> {
-        let raw = self
-            .raw
-            .get(i)
-            .ok_or_else(|| self.bad(missing.to_string()))?;
-        T::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
-            .map_err(|e| self.bad(format!("parameter {i}: {e}")))
-    }
+leading!(0 P0, 1 P1);
+leading!(0 P0, 1 P1, 2 P2);
+leading!(0 P0, 1 P1, 2 P2, 3 P3);
 
-    /// Parameter `i`, a string, borrowed from the packet when it has no escapes.
-    fn text(&self, i: usize) -> Result<Cow<'a, str>, ServerError> {
-        self.value::<Text<'a>>(i, &format!("missing parameter {i}"))
-            .map(|t| t.0)
+/// `p` of a packet whose method is `method`, read as `P`. A packet that is an envelope but whose
+/// parameters have another shape is `BadParameters`; anything else that fails is `NotJson`.
+fn params<'a, P: Deserialize<'a>>(payload: &'a str, method: &str) -> Result<P, ServerError> {
+    let bad = |detail: String| ServerError::BadParameters {
+        method: method.to_string(),
+        detail,
+    };
+    match serde_json::from_str::<Packet<'a, P>>(payload) {
+        Ok(Packet { p: Some(p), .. }) => Ok(p),
+        Ok(Packet { p: None, .. }) => Err(bad("missing parameter 0".into())),
+        // The envelope read alone tells a packet that is not one (not JSON, a key given twice)
+        // from one whose parameters have another shape.
+        Err(e) => match serde_json::from_str::<Method<'_>>(payload) {
+            Ok(_) if e.is_data() => Err(bad(e.to_string())),
+            Ok(_) => Err(ServerError::NotJson(e.to_string())),
+            Err(envelope) => Err(ServerError::NotJson(envelope.to_string())),
+        },
     }
+}
 
-    /// Parameters `from..` as text: strings as they read, anything else as its JSON.
-    fn texts(&self, from: usize) -> Vec<String> {
-        self.raw
-            .iter()
-            .skip(from)
-            .map(|raw| match serde_json::from_str::<Value>(raw.get()) {
-                Ok(Value::String(text)) => text,
-                _ => raw.get().to_string(),
-            })
-            .collect()
-    }
+/// Parameters as text: strings as they read, anything else as its JSON.
+fn texts(values: Vec<Value>) -> Vec<String> {
+    values
+        .into_iter()
+        .map(|value| match value {
+            Value::String(text) => text,
+            other => other.to_string(),
+        })
+        .collect()
 }
 
 impl<'a> ServerMessage<'a> {
@@ -455,66 +498,89 @@ impl<'a> ServerMessage<'a> {
         Self::decode_with_serde(payload)
     }
 
-    /// [`ServerMessage::decode`] without the fast path for series updates.
+    /// [`ServerMessage::decode`] without the fast path for series updates: the method is found
+    /// (by its place in a packet written the feed's way, or else by reading `m` alone), then the
+    /// packet is read in one pass with that method's parameters typed.
     pub(super) fn decode_with_serde(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
-        let envelope: Envelope<'a> =
-            serde_json::from_str(payload).map_err(|e| ServerError::NotJson(e.to_string()))?;
-        let Some(Text(method)) = envelope.m else {
-            let hello: Hello =
-                serde_json::from_str(payload).map_err(|e| ServerError::NotJson(e.to_string()))?;
-            return Ok(ServerMessage::Hello(hello));
-        };
-        let raw = envelope.p.unwrap_or_default();
-        let p = Params {
-            method: &method,
-            raw: &raw,
+        let method = match method_written_first(payload) {
+            Some(method) => Cow::Borrowed(method),
+            None => {
+                let read: Method<'a> = serde_json::from_str(payload)
+                    .map_err(|e| ServerError::NotJson(e.to_string()))?;
+                let Some(Text(method)) = read.m else {
+                    let hello: Hello = serde_json::from_str(payload)
+                        .map_err(|e| ServerError::NotJson(e.to_string()))?;
+                    return Ok(ServerMessage::Hello(hello));
+                };
+                method
+            }
         };
         Ok(match method.as_ref() {
-            "series_loading" => ServerMessage::SeriesLoading {
-                session: p.text(0)?,
-                series_id: p.text(1)?,
-                turnaround: p.text(2)?,
-            },
-            "symbol_resolved" => ServerMessage::SymbolResolved {
-                session: p.text(0)?,
-                symbol_id: p.text(1)?,
-                info: p.value(2, "missing symbol info")?,
-            },
+            "series_loading" => {
+                let Leading((Text(session), Text(series_id), Text(turnaround))) =
+                    params(payload, &method)?;
+                ServerMessage::SeriesLoading {
+                    session,
+                    series_id,
+                    turnaround,
+                }
+            }
+            "symbol_resolved" => {
+                let Leading((Text(session), Text(symbol_id), info)) = params(payload, &method)?;
+                ServerMessage::SymbolResolved {
+                    session,
+                    symbol_id,
+                    info,
+                }
+            }
             "timescale_update" | "du" => {
-                let session = p.text(0)?;
-                let map: BTreeMap<Text<'a>, SeriesPayload<'a>> =
-                    p.value(1, "missing series map")?;
-                let series = series_of(map).map_err(|detail| p.bad(detail))?;
+                let Leading((Text(session), SeriesMap(series))) = params(payload, &method)?;
                 if method == "du" {
                     ServerMessage::DataUpdate { session, series }
                 } else {
                     ServerMessage::TimescaleUpdate { session, series }
                 }
             }
-            "series_completed" => ServerMessage::SeriesCompleted {
-                session: p.text(0)?,
-                series_id: p.text(1)?,
-                status: p.text(2)?,
-                turnaround: p.text(3)?,
-            },
-            "series_timeframe" => ServerMessage::SeriesTimeframe {
-                session: p.text(0)?,
-                series_id: p.text(1)?,
-                turnaround: p.text(2)?,
-            },
-            "symbol_error" => ServerMessage::SymbolError {
-                session: p.text(0)?,
-                symbol_id: p.text(1)?,
-                reason: p.text(2)?,
-            },
-            "series_error" => ServerMessage::SeriesError {
-                session: p.text(0)?,
-                series_id: p.text(1)?,
-                turnaround: p.text(2)?,
-                reason: p.text(3)?,
-            },
+            "series_completed" => {
+                let Leading((Text(session), Text(series_id), Text(status), Text(turnaround))) =
+                    params(payload, &method)?;
+                ServerMessage::SeriesCompleted {
+                    session,
+                    series_id,
+                    status,
+                    turnaround,
+                }
+            }
+            "series_timeframe" => {
+                let Leading((Text(session), Text(series_id), Text(turnaround))) =
+                    params(payload, &method)?;
+                ServerMessage::SeriesTimeframe {
+                    session,
+                    series_id,
+                    turnaround,
+                }
+            }
+            "symbol_error" => {
+                let Leading((Text(session), Text(symbol_id), Text(reason))) =
+                    params(payload, &method)?;
+                ServerMessage::SymbolError {
+                    session,
+                    symbol_id,
+                    reason,
+                }
+            }
+            "series_error" => {
+                let Leading((Text(session), Text(series_id), Text(turnaround), Text(reason))) =
+                    params(payload, &method)?;
+                ServerMessage::SeriesError {
+                    session,
+                    series_id,
+                    turnaround,
+                    reason,
+                }
+            }
             "critical_error" => {
-                let mut all = p.texts(0);
+                let mut all = texts(params(payload, &method)?);
                 let session = match all.first() {
                     Some(first) if first.starts_with("cs_") => Some(Cow::Owned(all.remove(0))),
                     _ => None,
@@ -531,22 +597,27 @@ impl<'a> ServerMessage<'a> {
                 }
             }
             "protocol_error" => ServerMessage::ProtocolError {
-                reason: p.texts(0).join(": "),
+                reason: texts(params(payload, &method)?).join(": "),
             },
             "qsd" => {
-                let quote: QuotePayload<'a> = p.value(1, "missing quote data")?;
+                let Leading((Text(session), quote)): Leading<(Text<'a>, QuotePayload<'a>)> =
+                    params(payload, &method)?;
                 ServerMessage::QuoteData {
-                    session: p.text(0)?,
+                    session,
                     symbol: quote.n.0,
                     status: quote.s.map(|s| s.0),
                     fields: Box::new(quote.v),
                 }
             }
-            "quote_completed" => ServerMessage::QuoteCompleted {
-                session: p.text(0)?,
-                symbol: p.text(1)?,
+            "quote_completed" => {
+                let Leading((Text(session), Text(symbol))) = params(payload, &method)?;
+                ServerMessage::QuoteCompleted { session, symbol }
+            }
+            // Read only to be sure it is JSON; nothing of it is used.
+            _ => match serde_json::from_str::<IgnoredAny>(payload) {
+                Ok(_) => ServerMessage::Other { name: method },
+                Err(e) => return Err(ServerError::NotJson(e.to_string())),
             },
-            _ => ServerMessage::Other { name: method },
         })
     }
 

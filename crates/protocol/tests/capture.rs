@@ -502,7 +502,7 @@ fn bad_parameters_and_bad_json_are_told_apart_in_either_key_order() {
         (
             r#"{"m":"du","p":["cs",{"sds_1":{"s":[{"i":4,"v":[1,2,3]}]}}]}"#,
             r#"{"p":["cs",{"sds_1":{"s":[{"i":4,"v":[1,2,3]}]}}],"m":"du"}"#,
-            Kind::Bad("du", "bar 4 has 3 values, expected 5 or 6"),
+            Kind::Bad("du", "parameter 1: bar 4 has 3 values, expected 5 or 6"),
         ),
         (
             // A later duplicate series id replaces the short one, as a map does.
@@ -513,7 +513,7 @@ fn bad_parameters_and_bad_json_are_told_apart_in_either_key_order() {
         (
             r#"{"m":"du","p":["cs"]}"#,
             r#"{"p":["cs"],"m":"du"}"#,
-            Kind::Bad("du", "missing series map"),
+            Kind::Bad("du", "missing parameter 1"),
         ),
         (
             r#"{"m":"du","p":["cs",{"sds_1":{"s":[{"i":"x","v":[1,2,3,4,5]}]}}]}"#,
@@ -538,7 +538,7 @@ fn bad_parameters_and_bad_json_are_told_apart_in_either_key_order() {
         (
             r#"{"m":"series_loading","p":{"a":1}}"#,
             r#"{"p":{"a":1},"m":"series_loading"}"#,
-            Kind::NotJson,
+            Kind::Bad("series_loading", "invalid type: map"),
         ),
         (
             r#"{"m":"series_loading","p":["a",1,"c"]"#,
@@ -552,6 +552,7 @@ fn bad_parameters_and_bad_json_are_told_apart_in_either_key_order() {
             Kind::NotJson,
         ),
         (
+            // A key given twice: JSON, but not an envelope.
             r#"{"m":"series_loading","p":["a","b","c"],"m":"x"}"#,
             r#"{"p":["a","b","c"],"m":"series_loading","p":[]}"#,
             Kind::NotJson,
@@ -559,7 +560,7 @@ fn bad_parameters_and_bad_json_are_told_apart_in_either_key_order() {
         (
             r#"{"m":"qsd","p":{"x":1}}"#,
             r#"{"p":{"x":1},"m":"qsd"}"#,
-            Kind::NotJson,
+            Kind::Bad("qsd", "invalid type: map"),
         ),
         (
             r#"{"m":"qsd","p":["qs",{"n":"NSE:X","v":{"lp":1.5}}],"t":1}"#,
