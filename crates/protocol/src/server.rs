@@ -1,9 +1,9 @@
 //! Messages the feed sends, decoded by borrowing from the message text.
 //!
 //! Two readers, one answer: a series update written the feed's way (the bulk of every chart
-//! answer) is read by the fast path in `series_scan.rs`; everything else by one serde path, a
-//! typed envelope whose parameters are read by position, bars straight into [`IndexedBar`]s
-//! through a typed visitor (no `serde_json::Value`). Everything this module does not use is kept
+//! answer) is read by the fast path in `series_scan.rs`; everything else by one serde path, which
+//! finds the method and reads the packet once with that method's parameters typed, bars straight
+//! into [`IndexedBar`]s through a typed visitor (no `serde_json::Value`). Everything this module does not use is kept
 //! as [`ServerMessage::Other`] so callers can ignore it.
 
 use std::borrow::Cow;
@@ -490,7 +490,7 @@ fn texts(values: Vec<Value>) -> Vec<String> {
 impl<'a> ServerMessage<'a> {
     /// Decodes one JSON packet. A series update (`timescale_update`, `du`) written the feed's way
     /// is read by the fast path in `series_scan.rs`, only up to the end of its series map; any
-    /// other packet, and a series update written otherwise, by serde (a typed envelope, `Envelope`).
+    /// other packet, and a series update written otherwise, by serde, in one pass.
     pub fn decode(payload: &'a str) -> Result<ServerMessage<'a>, ServerError> {
         if let Some(message) = super::series_scan::series_update(payload) {
             return Ok(message);
