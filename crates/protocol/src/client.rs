@@ -339,6 +339,13 @@ impl ClientMessage {
             }
             Ok(out)
         };
+        // A trailing text parameter some clients leave out (a series' range): empty when absent.
+        let optional_text = |i: usize| {
+            p.get(i)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let n = |i: usize| {
             p.get(i)
                 .and_then(Value::as_u64)
@@ -369,11 +376,7 @@ impl ClientMessage {
                 symbol_id: s(3)?,
                 resolution: s(4)?,
                 count: n(5)?,
-                range: p
-                    .get(6)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
+                range: optional_text(6),
             },
             "modify_series" => ClientMessage::ModifySeries {
                 session: s(0)?,
@@ -381,11 +384,7 @@ impl ClientMessage {
                 turnaround: s(2)?,
                 symbol_id: s(3)?,
                 resolution: s(4)?,
-                range: p
-                    .get(5)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
+                range: optional_text(5),
             },
             "request_more_data" => ClientMessage::RequestMoreData {
                 session: s(0)?,

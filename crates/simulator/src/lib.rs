@@ -125,6 +125,12 @@ impl Simulator {
         (*self.state.faults()).clone()
     }
 
+    /// A token with `claims`, signed as this simulator's token page signs them: for a client or a
+    /// test that needs claims the page does not give (an expiry already past, say).
+    pub fn issue_token(&self, claims: &chartgate_protocol::token::Claims) -> String {
+        tokens::issue(claims, &self.state.token_key)
+    }
+
     /// The same numbers as `GET /sim/stats`.
     pub fn stats(&self) -> SimStats {
         self.state.stats()

@@ -700,9 +700,7 @@ async fn modify_series_answers_with_new_bars_or_the_timeframe() {
 
 #[actix_web::test]
 async fn tokens_decide_streaming_delayed_or_protocol_error() {
-    let mut s = settings();
-    s.faults.token_ttl_secs = 1;
-    let sim = start(s).await;
+    let sim = start(settings()).await;
     let token = fetch_token(&sim).await;
     let status_of = |answer: &[String]| {
         answer
@@ -729,17 +727,15 @@ async fn tokens_decide_streaming_delayed_or_protocol_error() {
     let answer = fetch_chart(&mut silent, "cs_1", "NSE:TCS", "1D", 5).await;
     assert_eq!(status_of(&answer).as_deref(), Some("delayed_streaming_900"));
 
-    // A forged token and, a moment later, the expired real one.
-    let forged = chartgate_simulator::tokens::issue(
-        &chartgate_protocol::token::Claims {
-            exp: 4_000_000_000,
-            max_connections: None,
-            user_id: None,
-        },
-        b"guessed key",
-    );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    for bad in [forged.as_str(), "garbage", token.as_str()] {
+    // A forged token, and one signed with the simulator's own key but already expired.
+    let claims = |exp| chartgate_protocol::token::Claims {
+        exp,
+        max_connections: None,
+        user_id: None,
+    };
+    let forged = chartgate_simulator::tokens::issue(&claims(4_000_000_000), b"guessed key");
+    let expired = sim.issue_token(&claims(unix_secs() - 1));
+    for bad in [forged.as_str(), "garbage", expired.as_str()] {
         let mut client = SimClient::connect_auth(&sim.feed_url(), bad).await;
         let texts = [client.next_text(WAIT).await, client.next_text(WAIT).await];
         assert_eq!(kinds(&texts[0]), ["hello"]);
