@@ -18,6 +18,7 @@ use crate::charts::ChartService;
 use crate::config::{Settings, UpstreamMode};
 use crate::formulas::{FormulaSource, MARKETINOUT_SCREEN_URL, Universe};
 use crate::http::{AppState, configure};
+use crate::live::Live;
 use crate::manager::Manager;
 use crate::telemetry::Metrics;
 use crate::upstream::{CloseAll, Pool, UpstreamTarget};
@@ -114,9 +115,10 @@ impl Chartgate {
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let cache = Arc::new(Cache::new(&settings.cache, &metrics));
+        let live = Live::new(&settings, pool.clone(), cache.clone(), &metrics);
         let state = web::Data::new(AppState {
             settings: settings.clone(),
-            charts: ChartService::new(cache, pool.clone(), &metrics),
+            charts: ChartService::new(cache, pool.clone(), live, &metrics),
             formula_addr: host_port(&settings.formulas.source_url),
             feed_addr: host_port(&settings.upstream.url).unwrap_or_default(),
             formulas,

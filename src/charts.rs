@@ -20,6 +20,7 @@ use futures_util::future::{BoxFuture, Shared, WeakShared};
 use tokio::task::AbortHandle;
 
 use crate::cache::{Cache, ChartKey, Missed};
+use crate::live::Live;
 use crate::ready_chart::ReadyChart;
 use crate::telemetry::Metrics;
 use crate::upstream::{FetchChart, FetchError, Pool};
@@ -159,6 +160,8 @@ struct Flights {
 pub struct ChartService {
     pub cache: Arc<Cache>,
     pub pool: Addr<Pool>,
+    /// Asked before the cache: while a chart's series is live, its charts come from the live bars.
+    pub live: Live,
     flights: Arc<Mutex<Flights>>,
     served: Arc<Served>,
 }
@@ -170,10 +173,11 @@ fn unavailable() -> ChartFailure {
 }
 
 impl ChartService {
-    pub fn new(cache: Arc<Cache>, pool: Addr<Pool>, metrics: &Metrics) -> Self {
+    pub fn new(cache: Arc<Cache>, pool: Addr<Pool>, live: Live, metrics: &Metrics) -> Self {
         ChartService {
             cache,
             pool,
+            live,
             flights: Arc::default(),
             served: Arc::new(Served::new(metrics)),
         }
@@ -182,6 +186,10 @@ impl ChartService {
     /// A chart: from the cache at once when it is there, otherwise a fetch to wait for (started
     /// now, or joined when one for the same key is in flight).
     pub fn lookup(&self, key: ChartKey) -> Lookup {
+        if let Some(live) = self.live.chart(&key) {
+            self.cache.count_missed(Missed::Hit);
+            return Lookup::Ready(self.served.count(Ok((live, true))));
+        }
         if let Some(hit) = self.cache.cached_chart(&key) {
             return Lookup::Ready(self.served.count(Ok((hit, true))));
         }

@@ -239,6 +239,30 @@ impl Default for StreamSettings {
     }
 }
 
+/// Live streams (`live=true`): how long unfollowed series stay subscribed, how many one
+/// connection carries, how far back a live stream can be resumed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LiveSettings {
+    /// An upstream live series with no follower left is kept this long, so a page reload does
+    /// not resubscribe.
+    pub linger_secs: u64,
+    /// Live series one upstream connection carries at once, besides its fetches.
+    pub series_per_connection: usize,
+    /// How far back a live stream can be resumed by `Last-Event-ID` without starting over.
+    pub resume_window_secs: u64,
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        LiveSettings {
+            linger_secs: 30,
+            series_per_connection: 50,
+            resume_window_secs: 300,
+        }
+    }
+}
+
 /// One screen: its public id and name, and where its stock list comes from (never shown to users).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -297,6 +321,7 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub stream: StreamSettings,
     pub formulas: FormulasSettings,
+    pub live: LiveSettings,
     pub simulator: SimulatorSettings,
 }
 
@@ -399,7 +424,7 @@ impl Settings {
                 reason: reason.into(),
             })
         };
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 14] = [
             (
                 "upstream.connect_timeout_ms",
                 self.upstream.connect_timeout_ms,
@@ -427,6 +452,11 @@ impl Settings {
             ("stream.batch_size", self.stream.batch_size as u64),
             ("stream.keep_alive_secs", self.stream.keep_alive_secs),
             ("simulator.heartbeat_secs", self.simulator.heartbeat_secs),
+            (
+                "live.series_per_connection",
+                self.live.series_per_connection as u64,
+            ),
+            ("live.resume_window_secs", self.live.resume_window_secs),
         ];
         for (key, value) in positive {
             if value == 0 {

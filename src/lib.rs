@@ -16,6 +16,8 @@
 //! - [`upstream`]: the actor core's feed side: one actor per WebSocket connection, the pool actor
 //!   that owns them and carries out what its pure policy core decides (lazy opening, queueing,
 //!   retry, backoff, token rotation), and the token provider.
+//! - [`live`]: live series and quotes (`live=true`): one upstream subscription per chart, shared
+//!   by every follower, conflation per follower, the cache kept as updated live.
 //! - [`manager`]: the lease manager actor: refcounted leases, the idle timer that closes the pool,
 //!   the periodic health check.
 //! - [`telemetry`]: one Prometheus registry per running chartgate.
@@ -41,6 +43,7 @@ pub mod domain;
 mod formulas;
 mod hash;
 mod http;
+pub mod live;
 mod log_duration;
 pub mod manager;
 mod ready_chart;

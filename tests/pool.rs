@@ -23,7 +23,8 @@ use chartgate::config::{Secret, Settings};
 use chartgate::domain::{BarCount, Chart, Resolution, Symbol};
 use chartgate::telemetry::Metrics;
 use chartgate::upstream::connection::{
-    ConnEnded, ConnReady, ConnShared, Connection, ConnectionEvents, FetchDone, StartFetch,
+    ConnEnded, ConnReady, ConnShared, Connection, ConnectionEvents, FetchDone, LiveRefused,
+    StartFetch,
 };
 use chartgate::upstream::token::UNAUTHORIZED_USER_TOKEN;
 use chartgate::upstream::{FetchChart, FetchError, GetPoolStats, Pool, UpstreamTarget};
@@ -482,6 +483,13 @@ impl Handler<FetchDone> for Collector {
     fn handle(&mut self, msg: FetchDone, _: &mut Context<Self>) {
         let chart = msg.result.map(|ready| ready.chart.clone());
         let _ = self.0.send(Report::Done(msg.fetch, chart));
+    }
+}
+
+impl Handler<LiveRefused> for Collector {
+    type Result = ();
+    fn handle(&mut self, msg: LiveRefused, _: &mut Context<Self>) {
+        let _ = self.0.send(Report::Ended(format!("live {} refused", msg.live)));
     }
 }
 

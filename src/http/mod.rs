@@ -59,6 +59,7 @@ impl AppState {
             charts: self.charts.clone(),
             formulas: self.formulas.clone(),
             settings: self.settings.stream.clone(),
+            resume_window: std::time::Duration::from_secs(self.settings.live.resume_window_secs),
             shutdown: self.shutdown.clone(),
             open_streams: self.open_streams.clone(),
         }

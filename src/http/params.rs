@@ -74,13 +74,15 @@ impl Query {
 const EVERY_ROUTE: [&str; 2] = ["access_token", "_"];
 
 /// The query parameters of the stream.
-const STREAM_PARAMS: [&str; 6] = [
+const STREAM_PARAMS: [&str; 8] = [
     "formula",
     "symbols",
     "resolutions",
     "bars",
     "barsFormat",
     "lastEventId",
+    "live",
+    "quotes",
 ];
 
 /// The query parameters of `/api/chart-data`.
@@ -102,6 +104,25 @@ pub struct StreamRequest {
     pub format: BarsFormat,
     /// The `lastEventId` parameter; the `Last-Event-ID` header is read by the handler.
     pub last_event_id: Option<String>,
+    /// `live=true`: after `complete`, follow every chart delivered (SPEC 3.5).
+    pub live: bool,
+    /// `quotes=true` (with `live`): follow each stock's quote too.
+    pub quotes: bool,
+}
+
+/// A boolean query parameter: exactly `true` or `false`.
+fn flag(name: &str, value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!(
+                "{name} must be true or false, not {:?}",
+                truncate_for_message(other)
+            ),
+        )),
+    }
 }
 
 /// A list given as a JSON array or as one comma-separated string.
@@ -175,6 +196,15 @@ pub struct StreamBody {
     pub bars_count: Option<NumberParam>,
     pub bars_format: Option<String>,
     pub last_event_id: Option<String>,
+    pub live: Option<bool>,
+    pub quotes: Option<bool>,
+}
+
+/// What a stream request asks for besides its charts.
+struct Extras<'a> {
+    last_event_id: Option<&'a str>,
+    live: bool,
+    quotes: bool,
 }
 
 const DEFAULT_RESOLUTIONS: &str = "1W,1D";
@@ -188,7 +218,11 @@ impl StreamRequest {
             query.get("resolutions")?,
             query.get("bars")?,
             query.get("barsFormat")?,
-            query.get("lastEventId")?,
+            Extras {
+                last_event_id: query.get("lastEventId")?,
+                live: flag("live", query.get("live")?)?,
+                quotes: flag("quotes", query.get("quotes")?)?,
+            },
             max_symbols,
         )
     }
@@ -209,7 +243,11 @@ impl StreamRequest {
             resolutions.as_deref(),
             bars.as_deref(),
             body.bars_format.as_deref(),
-            body.last_event_id.as_deref(),
+            Extras {
+                last_event_id: body.last_event_id.as_deref(),
+                live: body.live.unwrap_or(false),
+                quotes: body.quotes.unwrap_or(false),
+            },
             max_symbols,
         )
     }
@@ -220,9 +258,15 @@ impl StreamRequest {
         resolutions: Option<&str>,
         bars: Option<&str>,
         format: Option<&str>,
-        last_event_id: Option<&str>,
+        extras: Extras<'_>,
         max_symbols: usize,
     ) -> Result<Self, ApiError> {
+        if extras.quotes && !extras.live {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                "quotes=true needs live=true: quotes are followed live, after the history",
+            ));
+        }
         let source = match (formula.map(str::trim), symbols) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad_request(
@@ -250,7 +294,9 @@ impl StreamRequest {
             resolutions: parse_resolutions(resolutions.unwrap_or(DEFAULT_RESOLUTIONS))?,
             bars: bars.map(str::parse).transpose()?.unwrap_or_default(),
             format: format.map(str::parse).transpose()?.unwrap_or_default(),
-            last_event_id: last_event_id.map(str::to_string),
+            last_event_id: extras.last_event_id.map(str::to_string),
+            live: extras.live,
+            quotes: extras.quotes,
         })
     }
 }
@@ -395,6 +441,17 @@ mod tests {
         );
         assert_eq!(code("symbols=,%20,"), "missing_parameter");
         assert_eq!(code("symbols=NSE:TCS&bar=5"), "unknown_parameter");
+        assert_eq!(code("symbols=NSE:TCS&live=yes"), "invalid_parameter");
+        assert_eq!(code("symbols=NSE:TCS&live=1"), "invalid_parameter");
+        assert_eq!(code("symbols=NSE:TCS&quotes=true"), "invalid_parameter");
+        assert_eq!(
+            code("symbols=NSE:TCS&live=false&quotes=true"),
+            "invalid_parameter"
+        );
+        let live = stream("symbols=NSE:TCS&live=true&quotes=true").unwrap();
+        assert!(live.live && live.quotes);
+        let plain = stream("symbols=NSE:TCS&live=false").unwrap();
+        assert!(!plain.live && !plain.quotes);
         let message = stream("symbols=NSE:TCS&resolutions=1D,,1W")
             .unwrap_err()
             .message;
@@ -406,7 +463,7 @@ mod tests {
         assert_eq!(
             message,
             "unknown parameter \"barsformat\"; this route takes formula, symbols, resolutions, \
-             bars, barsFormat, lastEventId (and access_token)"
+             bars, barsFormat, lastEventId, live, quotes (and access_token)"
         );
     }
 
@@ -430,5 +487,15 @@ mod tests {
             assert_eq!(err.code, code, "{json}");
         }
         assert!(serde_json::from_str::<StreamBody>(r#"{"formula":"x"}"#).is_err());
+        assert!(serde_json::from_str::<StreamBody>(r#"{"formulaId":"x","live":"yes"}"#).is_err());
+        let body: StreamBody =
+            serde_json::from_str(r#"{"formulaId":"x","live":true,"quotes":true}"#).unwrap();
+        let r = StreamRequest::from_body(body, 10).unwrap();
+        assert!(r.live && r.quotes);
+        let body: StreamBody = serde_json::from_str(r#"{"formulaId":"x","quotes":true}"#).unwrap();
+        assert_eq!(
+            StreamRequest::from_body(body, 10).unwrap_err().code,
+            "invalid_parameter"
+        );
     }
 }

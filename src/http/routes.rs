@@ -19,6 +19,7 @@ use super::params::{ChartRequest, Query, StreamBody, StreamRequest, formula_para
 use super::stream;
 use crate::cache::{CacheStats, ChartKey};
 use crate::formulas::FormulaResult;
+use crate::live::LiveStats;
 use crate::manager::{
     Acquire, ForceCleanup, GetManagerStats, LeaseInfo, ManagerStats, Release, Renew,
     acquire_implicit,
@@ -422,6 +423,7 @@ pub struct StatsBody {
     #[serde(flatten)]
     manager: ManagerStats,
     cache: CacheStats,
+    live: LiveStats,
 }
 
 /// Leases, connection health, the pool and the cache (SPEC 3.4).
@@ -437,5 +439,10 @@ pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         .await
         .map_err(|_| lease_unavailable())?;
     let cache = state.charts.cache.stats().await;
-    Ok(HttpResponse::Ok().json(StatsBody { manager, cache }))
+    let live = state.charts.live.stats();
+    Ok(HttpResponse::Ok().json(StatsBody {
+        manager,
+        cache,
+        live,
+    }))
 }

@@ -154,6 +154,43 @@ impl EventBuilder {
     }
 }
 
+/// Many small events written into one buffer (a live stream's `bar` and `quote` events of one
+/// drain), handed to the body as one [`Event`]: one write and one wake-up for all of them.
+#[derive(Debug, Default)]
+pub struct EventBatch {
+    buf: BytesMut,
+    events: usize,
+}
+
+impl EventBatch {
+    /// Appends an event whose data is `data`, one line of JSON.
+    pub fn push(&mut self, name: &str, id: &str, data: &[u8]) {
+        self.buf
+            .reserve(data.len() + name.len() + id.len() + 24);
+        let _ = write!(self.buf, "event: {name}\nid: {id}\ndata: ");
+        self.buf.extend_from_slice(data);
+        self.buf.extend_from_slice(b"\n\n");
+        self.events += 1;
+    }
+
+    /// Events written so far.
+    pub fn len(&self) -> usize {
+        self.events
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events == 0
+    }
+
+    /// The events as one, leaving the batch empty for reuse.
+    pub fn take(&mut self) -> Event {
+        self.events = 0;
+        Event {
+            parts: vec![self.buf.split().freeze()],
+        }
+    }
+}
+
 /// The response body: events already known when the response starts (for a new stream,
 /// `formula-results`, so it leaves with the response head), then the events of `rest`,
 /// pulled one at a time as the connection takes them. Dropping the body (the client went away)

@@ -15,6 +15,14 @@
 //!
 //! Pulling rather than a producer task and a channel keeps an open stream small: an idle stream
 //! is its connection, this state and the fetches it waits for.
+//!
+//! With `live=true` the stream follows its charts (and with `quotes=true` its stocks' quotes)
+//! from the request on ([`crate::live`]), so the upstream series are warm by `complete`; after
+//! `complete` it writes, whenever something changed, one chunk of `bar` and `quote` events: the
+//! newest state of what changed since it last wrote. Each of those events' id says up to when the
+//! client has had every change (see [`super::stream_id`]), and a client that comes back with it
+//! within `live.resume_window_secs` gets, per chart, the bars changed since, then the live
+//! updates, with no history again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,9 +39,10 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::params::{StreamRequest, SymbolSource};
-use super::sse::{Event, EventBuilder, EventStream};
+use super::sse::{Event, EventBatch, EventBuilder, EventStream};
 use super::stream_id::{Progress, Sent, StreamId, list_hash, request_hash};
 use crate::cache::ChartKey;
+use crate::live::{Cursor, Follower, LiveCounters};
 use crate::charts::{ChartOutcome, ChartService, Lookup};
 use crate::config::StreamSettings;
 use crate::domain::{BarsFormat, Resolution};
@@ -47,6 +56,8 @@ pub struct StreamDeps {
     pub charts: ChartService,
     pub formulas: FormulaSource,
     pub settings: StreamSettings,
+    /// `live.resume_window_secs`.
+    pub resume_window: Duration,
     /// Flips to `true` when the server shuts down: open streams end with a `stream-error`.
     pub shutdown: watch::Receiver<bool>,
     /// `chartgate_sse_streams_open`.
@@ -129,19 +140,149 @@ pub async fn open(
     }
     let list = stock_list(&deps, &request, previous.as_ref()).await?;
     let list_key = list_hash_of(&list.stocks);
+    let follower = if request.live {
+        Some(follow(&deps, &list, &request)?)
+    } else {
+        None
+    };
+    let retry = Duration::from_millis(deps.settings.retry_ms);
+    let live_resume = previous
+        .as_ref()
+        .filter(|id| follower.is_some() && id.list == list_key)
+        .and_then(|id| live_resume_point(id, deps.resume_window));
+    if let Some(since_ms) = live_resume {
+        // A live id marks every batch as sent: no history, no `complete`, only what changed.
+        let id = StreamId::new(request_key, list_key).live(since_ms.unsigned_abs());
+        let mut producer = Producer::new(deps, request, list, id, true, lease, follower);
+        if let Some(live) = producer.live.as_mut() {
+            live.cursors.fill(Cursor::SinceMs(since_ms));
+            live.begin(since_ms, Duration::ZERO);
+        }
+        producer.retry = Some(retry);
+        return Ok(EventStream::new(Vec::new(), producer.into_events()).into_response());
+    }
     let (id, resumed) = match previous {
         Some(id) if id.list == list_key && fits(&id, &list, &request, &deps.settings) => (id, true),
         _ => (StreamId::new(request_key, list_key), false),
     };
-    let retry = Duration::from_millis(deps.settings.retry_ms);
     let first = if resumed {
         Vec::new()
     } else {
         vec![formula_results(&list, &request, id.to_string()).with_retry(retry)]
     };
-    let mut producer = Producer::new(deps, request, list, id, resumed, lease);
+    let mut producer = Producer::new(deps, request, list, id, resumed, lease, follower);
     producer.retry = resumed.then_some(retry);
     Ok(EventStream::new(first, producer.into_events()).into_response())
+}
+
+/// How far before an event's own time its live id says "everything before this was sent": a
+/// change is stamped when it arrives and marked for its followers right after, so one that
+/// arrived just before a stream wrote may not have been marked yet; a resume re-sends what
+/// changed in this margin rather than risk missing it.
+const LIVE_ID_MARGIN_MS: i64 = 1_000;
+
+/// The wall-clock milliseconds a live id resumes from, if it is one and within the window.
+fn live_resume_point(id: &StreamId, window: Duration) -> Option<i64> {
+    let Progress::Live(since) = id.progress else {
+        return None;
+    };
+    let since = i64::try_from(since).ok()?;
+    let age = clock::unix_ms().saturating_sub(since);
+    (age <= i64::try_from(window.as_millis()).unwrap_or(i64::MAX)).then_some(since)
+}
+
+/// Follows every chart of the stream (and each stock's quote with `quotes`), or refuses the
+/// request when the new series would not fit.
+fn follow(
+    deps: &StreamDeps,
+    list: &StockList,
+    request: &StreamRequest,
+) -> Result<LiveFollow, ApiError> {
+    let charts: Vec<ChartKey> = list
+        .stocks
+        .iter()
+        .flat_map(|stock| {
+            request.resolutions.iter().map(|resolution| ChartKey {
+                symbol: stock.symbol.clone(),
+                resolution: *resolution,
+                bars: request.bars,
+            })
+        })
+        .collect();
+    let quotes: Vec<_> = if request.quotes {
+        list.stocks.iter().map(|s| s.symbol.clone()).collect()
+    } else {
+        Vec::new()
+    };
+    let live = &deps.charts.live;
+    let follower = live.follow(&charts, &quotes).map_err(|e| {
+        ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "live_capacity",
+            e.to_string(),
+        )
+    })?;
+    Ok(LiveFollow {
+        cursors: vec![Cursor::History; follower.chart_count()],
+        follower,
+        counters: live.counters().clone(),
+        batch: EventBatch::default(),
+        since_ms: 0,
+        following: false,
+    })
+}
+
+/// A live stream's following, held by its producer.
+struct LiveFollow {
+    follower: Follower,
+    /// Where each chart starts once the history is out, set as its batch is sent.
+    cursors: Vec<Cursor>,
+    counters: std::sync::Arc<LiveCounters>,
+    /// Reused for each chunk of live events.
+    batch: EventBatch,
+    /// What the next live event's id says: every change before this was sent.
+    since_ms: i64,
+    /// The history is out (`complete` sent, or a resumed live stream): changes are written.
+    following: bool,
+}
+
+impl LiveFollow {
+    /// After the history (or on a resume), changes go out from each chart's cursor. A chart
+    /// whose history went out before a resume (so no cursor was set here) gets every bar
+    /// changed within the resume window, at least its last.
+    fn begin(&mut self, since_ms: i64, window: Duration) {
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        let earlier = Cursor::SinceMs(clock::unix_ms().saturating_sub(window_ms));
+        for (index, cursor) in std::mem::take(&mut self.cursors).into_iter().enumerate() {
+            let cursor = if cursor == Cursor::History {
+                earlier
+            } else {
+                cursor
+            };
+            self.follower.start(index, cursor);
+        }
+        self.follower.start_quotes();
+        self.since_ms = since_ms;
+        self.following = true;
+    }
+
+    /// The next chunk of `bar` and `quote` events, once something changed.
+    async fn next_chunk(&mut self, id: &StreamId) -> Event {
+        loop {
+            std::future::poll_fn(|cx| self.follower.poll_changed(cx)).await;
+            let drain_started = clock::unix_ms();
+            let live_id = id.live(self.since_ms.max(0).unsigned_abs()).to_string();
+            let drained = self.follower.drain(&mut self.batch, &live_id);
+            self.since_ms = drain_started - LIVE_ID_MARGIN_MS;
+            if let Some(oldest) = drained.oldest {
+                self.counters
+                    .delivered(Instant::now().saturating_duration_since(oldest));
+            }
+            if !self.batch.is_empty() {
+                return self.batch.take();
+            }
+        }
+    }
 }
 
 /// Whether the figures an id carries for the batches it marks as sent are possible for this
@@ -340,6 +481,10 @@ struct Producer {
     ended: bool,
     /// The `retry:` still to be sent, in the next event (not a comment): a resumed stream's.
     retry: Option<Duration>,
+    /// With `live=true`: the following of its charts and quotes.
+    live: Option<LiveFollow>,
+    /// `live.resume_window_secs`.
+    resume_window: Duration,
     /// Held for the stream's life; dropping it releases the lease.
     _lease: LeaseGuard,
     _open: OpenStream,
@@ -382,6 +527,7 @@ impl Producer {
         id: StreamId,
         resumed: bool,
         lease: LeaseGuard,
+        live: Option<LiveFollow>,
     ) -> Producer {
         let id_sent = id.sent;
         let per_stock = request.resolutions.len();
@@ -438,6 +584,8 @@ impl Producer {
             loaded: total_charts - remaining,
             ended: false,
             retry: None,
+            live,
+            resume_window: deps.resume_window,
             _lease: lease,
             _open: OpenStream::new(deps.open_streams),
             started: Instant::now(),
@@ -473,28 +621,53 @@ impl Producer {
         }
         let keep_alive = Duration::from_secs(self.settings.keep_alive_secs);
         loop {
+            let mut shutdown = self.shutdown.clone();
+            let keep_alive_at = self.last_sent + keep_alive;
+            if let Some(live) = self.live.as_mut().filter(|l| l.following) {
+                let id = &self.id;
+                tokio::select! {
+                    event = live.next_chunk(id) => return Some(event),
+                    _ = tokio::time::sleep_until(keep_alive_at) => {
+                        return Some(Event::comment("keep-alive"));
+                    }
+                    _ = shutdown.wait_for(|stopping| *stopping) => return Some(self.shutting_down()),
+                }
+            }
             if let Some(event) = self.finished_batch() {
                 return Some(event);
             }
             if self.batches.iter().all(|b| b.sent) {
-                self.ended = true;
-                return Some(self.complete());
+                let complete = self.complete();
+                let since = i64::try_from(self.started_epoch_ms).unwrap_or(0) - LIVE_ID_MARGIN_MS;
+                match self.live.as_mut() {
+                    Some(live) => live.begin(since, self.resume_window),
+                    None => self.ended = true,
+                }
+                return Some(complete);
             }
-            let mut shutdown = self.shutdown.clone();
-            let keep_alive_at = self.last_sent + keep_alive;
             tokio::select! {
                 () = std::future::poll_fn(|cx| self.poll_fetches(cx)) => {}
                 _ = tokio::time::sleep_until(keep_alive_at) => {
                     return Some(Event::comment("keep-alive"));
                 }
-                _ = shutdown.wait_for(|stopping| *stopping) => {
-                    self.ended = true;
-                    let data = ErrorData { code: "shutting_down", message: "the server is shutting down; reconnect to resume" };
-                    let kind = "stream-error";
-                    return Some(Event::json(kind, &self.id.to_string(), &Envelope { kind, data }));
-                }
+                _ = shutdown.wait_for(|stopping| *stopping) => return Some(self.shutting_down()),
             }
         }
+    }
+
+    /// The `stream-error` of a server shutting down; the client can resume from its id.
+    fn shutting_down(&mut self) -> Event {
+        self.ended = true;
+        let data = ErrorData {
+            code: "shutting_down",
+            message: "the server is shutting down; reconnect to resume",
+        };
+        let kind = "stream-error";
+        let id = match self.live.as_ref().filter(|l| l.following) {
+            Some(live) => self.id.live(live.since_ms.max(0).unsigned_abs()),
+            None => self.id.clone(),
+        };
+        Event::json(kind, &id.to_string(), &Envelope { kind, data })
     }
 
     /// Ready when some batch has all its charts.
@@ -518,6 +691,19 @@ impl Producer {
         let batch = self.batches.iter_mut().find(|b| !b.sent && b.complete())?;
         batch.sent = true;
         self.loaded += batch.outcomes.len();
+        if let Some(live) = self.live.as_mut() {
+            let first = batch.first_stock * self.resolutions.len();
+            for (n, outcome) in batch.outcomes.iter().enumerate() {
+                live.cursors[first + n] = match outcome {
+                    Some(Ok((chart, _))) => chart
+                        .chart
+                        .bars
+                        .last()
+                        .map_or(Cursor::SinceMs(0), |bar| Cursor::FromTime(bar.time)),
+                    Some(Err(_)) | None => Cursor::Dropped,
+                };
+            }
+        }
         for outcome in batch.outcomes.iter().flatten() {
             self.counts.add(outcome);
         }
@@ -594,7 +780,16 @@ impl Producer {
             )
         );
         let kind = "complete";
-        Event::json(kind, &self.id.done().to_string(), &Envelope { kind, data })
+        let id = match self.live {
+            // A live stream goes on after `complete`: its id resumes live, from the history's
+            // start (everything that changed since is sent after `complete`).
+            Some(_) => self.id.live(
+                self.started_epoch_ms
+                    .saturating_sub(LIVE_ID_MARGIN_MS.unsigned_abs()),
+            ),
+            None => self.id.done(),
+        };
+        Event::json(kind, &id.to_string(), &Envelope { kind, data })
     }
 }
 

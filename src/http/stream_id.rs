@@ -5,7 +5,10 @@
 //! about, the set of batches already sent (a hex bitmap, since batches go out in whatever order
 //! they finish), and what those batches held and took ([`Sent`], in hex), so that the `complete`
 //! of a resumed stream can describe the whole stream. A completed stream's id is
-//! `<request>.<list>.done`. Resuming needs nothing else: the request comes again in the URL, the
+//! `<request>.<list>.done`. A live event's id (and a live stream's `complete`) is
+//! `<request>.<list>.live.<ms>`: every change the feed sent before that wall-clock millisecond has
+//! reached the client, so resuming sends each chart's bars changed since then. Resuming needs
+//! nothing else: the request comes again in the URL, the
 //! list from the formula cache; if the list hash no longer matches, or the figures do not fit the
 //! batches (see [`StreamId::delivered_charts`]), the stream starts over. Ids are ASCII hex and
 //! dots only, so they never hold CR, LF or NUL.
@@ -23,6 +26,8 @@ pub enum Progress {
     Batches(Vec<u8>),
     /// The stream completed.
     Done,
+    /// A live stream: every change stamped before these Unix milliseconds has been sent.
+    Live(u64),
 }
 
 /// What the batches already sent held, and how long the stream had been at work when the last
@@ -70,7 +75,16 @@ impl StreamId {
             Progress::Batches(bits) => bits
                 .get(index / 8)
                 .is_some_and(|b| b & (1 << (index % 8)) != 0),
-            Progress::Done => true,
+            Progress::Done | Progress::Live(_) => true,
+        }
+    }
+
+    /// The id of a live event: changes before `since_ms` have been sent.
+    pub fn live(&self, since_ms: u64) -> StreamId {
+        StreamId {
+            progress: Progress::Live(since_ms),
+            sent: Sent::default(),
+            ..self.clone()
         }
     }
 
@@ -109,6 +123,21 @@ impl StreamId {
         let parts: Vec<&str> = raw.trim().split('.').collect();
         let (request, list, progress, figures) = match parts.as_slice() {
             [request, list, "done"] => (request, list, "done", &[][..]),
+            [request, list, "live", ms] => {
+                let ms = (!ms.is_empty() && ms.len() <= 16)
+                    .then(|| u64::from_str_radix(ms, 16).ok())
+                    .flatten()?;
+                return Some(StreamId {
+                    request: u64::from_str_radix(request, 16)
+                        .ok()
+                        .filter(|_| request.len() == 16)?,
+                    list: u64::from_str_radix(list, 16)
+                        .ok()
+                        .filter(|_| list.len() == 16)?,
+                    progress: Progress::Live(ms),
+                    sent: Sent::default(),
+                });
+            }
             [request, list, progress, figures @ ..]
                 if figures.len() == 4 && *progress != "done" =>
             {
@@ -163,6 +192,7 @@ impl fmt::Display for StreamId {
         write!(f, "{:016x}.{:016x}.", self.request, self.list)?;
         match &self.progress {
             Progress::Done => return f.write_str("done"),
+            Progress::Live(ms) => return write!(f, "live.{ms:x}"),
             Progress::Batches(bits) if bits.is_empty() => f.write_str("00")?,
             Progress::Batches(bits) => bits.iter().try_for_each(|b| write!(f, "{b:02x}"))?,
         }
@@ -196,13 +226,21 @@ pub fn request_hash(request: &StreamRequest, batch_size: usize) -> u64 {
         BarsFormat::Objects => "objects",
         BarsFormat::Columns => "columns",
     };
-    fnv1a(&[
-        source.as_bytes(),
-        resolutions.join(",").as_bytes(),
-        request.bars.get().to_string().as_bytes(),
-        format.as_bytes(),
-        batch_size.to_string().as_bytes(),
-    ])
+    let live = match (request.live, request.quotes) {
+        (false, _) => "",
+        (true, false) => "live",
+        (true, true) => "live+quotes",
+    };
+    let resolutions = resolutions.join(",");
+    let mut parts: Vec<&[u8]> = vec![source.as_bytes(), resolutions.as_bytes()];
+    let bars = request.bars.get().to_string();
+    let batch_size = batch_size.to_string();
+    parts.extend([bars.as_bytes(), format.as_bytes(), batch_size.as_bytes()]);
+    // A stream without live keeps the hash it had before live existed.
+    if !live.is_empty() {
+        parts.push(live.as_bytes());
+    }
+    fnv1a(&parts)
 }
 
 /// The stable hash of a stock list.
@@ -238,6 +276,9 @@ mod tests {
         let done = id.done();
         assert_eq!(StreamId::parse(&done.to_string()).unwrap(), done);
         assert!(done.to_string().ends_with("2a.done"));
+        let live = id.live(0x18c_0000_0000);
+        assert!(live.to_string().ends_with("2a.live.18c00000000"), "{live}");
+        assert_eq!(StreamId::parse(&live.to_string()).unwrap(), live);
     }
 
     #[test]
@@ -276,6 +317,11 @@ mod tests {
             "00000000deadbeef.000000000000002a.01.1..0.1",
             "00000000deadbeef.000000000000002a.01.1.0.0.11111111111111111",
             "00000000deadbeef.000000000000002a.done.1.0.0.1",
+            "00000000deadbeef.000000000000002a.live",
+            "00000000deadbeef.000000000000002a.live.",
+            "00000000deadbeef.000000000000002a.live.xyz",
+            "00000000deadbeef.000000000000002a.live.1.2",
+            "deadbeef.000000000000002a.live.1",
             "a.b.c.d",
         ] {
             assert_eq!(StreamId::parse(bad), None, "{bad:?}");

@@ -6,6 +6,11 @@
 //! never see each other's bars. It echoes every heartbeat at once and records when upstream last
 //! said anything, so the pool can tell a quiet connection from a live one.
 //!
+//! Live subscriptions the pool places here (see [`crate::live`]) get chart sessions of their own
+//! that stay open after `series_completed`: the answer, then every `du`, goes straight into the
+//! series' shared feed, on this connection's thread. Quote symbols share one quote session per
+//! connection, whose `qsd` updates go into each symbol's feed.
+//!
 //! It decides no policy: it reports `ready`, each fetch's outcome and its own end to the pool, which
 //! retries, replaces and backs off. Turning WebSocket frames into whole messages (continuation
 //! frames, the size cap) is `frames`'s; this module does what the messages say.
@@ -31,6 +36,7 @@ use self::frames::{FrameReader, Incoming, with_read_buffer};
 use super::FetchError;
 use crate::config::{Secret, Settings};
 use crate::domain::{BarCount, Chart, ChartMetadata, Resolution, Symbol};
+use crate::live::{LiveId, LiveTarget, QuoteFeed, SeriesFeed};
 use crate::ready_chart::ReadyChart;
 use chartgate_protocol::client::SymbolSpec;
 use chartgate_protocol::server::{IndexedBar, into_ascending};
@@ -190,26 +196,59 @@ pub struct StartFetch {
     pub bars: BarCount,
 }
 
-/// Where a connection reports: the pool, or in tests any actor that handles the three reports.
+/// Pool → connection: subscribe a live series (in a chart session of its own) or a quote symbol
+/// (in the connection's quote session).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartLive {
+    pub live: LiveId,
+    pub target: LiveTarget,
+}
+
+/// Pool → connection: unsubscribe it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopLive {
+    pub live: LiveId,
+}
+
+/// Connection → pool: the feed refused a live subscription (`symbol_error`, `series_error`,
+/// `critical_error`), so placing it elsewhere would not help.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LiveRefused {
+    pub conn: u64,
+    pub live: LiveId,
+    pub error: FetchError,
+}
+
+/// Where a connection reports: the pool, or in tests any actor that handles the reports.
 #[derive(Clone)]
 pub struct ConnectionEvents {
     pub ready: Recipient<ConnReady>,
     pub ended: Recipient<ConnEnded>,
     pub done: Recipient<FetchDone>,
+    pub refused: Recipient<LiveRefused>,
 }
 
 impl ConnectionEvents {
     pub fn to<A>(addr: &Addr<A>) -> Self
     where
-        A: Actor + Handler<ConnReady> + Handler<ConnEnded> + Handler<FetchDone>,
+        A: Actor
+            + Handler<ConnReady>
+            + Handler<ConnEnded>
+            + Handler<FetchDone>
+            + Handler<LiveRefused>,
         A::Context: actix::dev::ToEnvelope<A, ConnReady>
             + actix::dev::ToEnvelope<A, ConnEnded>
-            + actix::dev::ToEnvelope<A, FetchDone>,
+            + actix::dev::ToEnvelope<A, FetchDone>
+            + actix::dev::ToEnvelope<A, LiveRefused>,
     {
         ConnectionEvents {
             ready: addr.clone().recipient(),
             ended: addr.clone().recipient(),
             done: addr.clone().recipient(),
+            refused: addr.clone().recipient(),
         }
     }
 }
@@ -241,6 +280,29 @@ struct FetchState {
     timer: SpawnHandle,
 }
 
+/// A live series on this connection, in its own chart session.
+struct LiveSeries {
+    live: LiveId,
+    feed: Arc<SeriesFeed>,
+    /// Bars of the first answer, until its `series_completed`.
+    answer: Vec<IndexedBar>,
+    metadata: Option<ChartMetadata>,
+    /// The first answer is in: updates go to the feed as they come.
+    completed: bool,
+}
+
+/// The connection's quote session and the symbols subscribed in it.
+struct Quotes {
+    session: String,
+    /// By the symbol exactly as sent in `quote_add_symbols` (the `n` of each `qsd`).
+    symbols: HashMap<String, (LiveId, Arc<QuoteFeed>)>,
+}
+
+/// The fields a quote session asks for: what a `quote` event shows.
+const QUOTE_FIELDS: [&str; 8] = [
+    "lp", "ch", "chp", "volume", "bid", "ask", "lp_time", "description",
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Connecting,
@@ -263,6 +325,12 @@ pub struct Connection {
     sink: Option<SinkWrite<ws::Message, WsSink>>,
     /// Fetches by chart session id.
     sessions: HashMap<String, FetchState>,
+    /// Live series by chart session id.
+    live_sessions: HashMap<String, LiveSeries>,
+    /// The chart session of each live series, by its id.
+    live_ids: HashMap<LiveId, String>,
+    /// Created with the first quote symbol.
+    quotes: Option<Quotes>,
     /// Frames to messages, capped at `upstream.max_frame_bytes`.
     frames: FrameReader,
     /// Set once; reported in `stopped()`.
@@ -290,6 +358,9 @@ impl Connection {
             state: State::Connecting,
             sink: None,
             sessions: HashMap::new(),
+            live_sessions: HashMap::new(),
+            live_ids: HashMap::new(),
+            quotes: None,
             frames,
             end: None,
         }
@@ -351,6 +422,131 @@ impl Connection {
         );
     }
 
+    /// The feed refused a live series: its session goes, and the pool is told.
+    fn refuse_live(&mut self, session: &str, error: FetchError, ctx: &mut Context<Self>) {
+        let Some(live) = self.live_sessions.remove(session) else {
+            return;
+        };
+        self.live_ids.remove(&live.live);
+        self.events.refused.do_send(LiveRefused {
+            conn: self.id,
+            live: live.live,
+            error,
+        });
+        self.send_messages(
+            &[ClientMessage::ChartDeleteSession {
+                session: session.to_string(),
+            }],
+            ctx,
+        );
+    }
+
+    /// A `qsd` of this connection's quote session.
+    fn on_quote(
+        &mut self,
+        session: &str,
+        symbol: &str,
+        status: Option<&str>,
+        fields: &chartgate_protocol::QuoteFields,
+    ) {
+        let Some(quotes) = self.quotes.as_ref().filter(|q| q.session == session) else {
+            return;
+        };
+        let Some((live, feed)) = quotes.symbols.get(symbol) else {
+            return;
+        };
+        if status == Some("error") {
+            self.events.refused.do_send(LiveRefused {
+                conn: self.id,
+                live: *live,
+                error: FetchError::UnknownSymbol(symbol.to_string()),
+            });
+            return;
+        }
+        feed.merge(fields, chartgate_protocol::clock::unix_ms());
+    }
+
+    /// Subscribes a live series in a new chart session, or a quote symbol in the quote session.
+    fn start_live(&mut self, live: LiveId, target: LiveTarget, ctx: &mut Context<Self>) {
+        match target {
+            LiveTarget::Series { feed, bars } => {
+                let session = new_session_id();
+                let messages = series_request(&session, &feed.key.symbol, feed.key.resolution.as_str(), bars);
+                self.live_ids.insert(live, session.clone());
+                self.live_sessions.insert(
+                    session,
+                    LiveSeries {
+                        live,
+                        feed,
+                        answer: Vec::new(),
+                        metadata: None,
+                        completed: false,
+                    },
+                );
+                self.send_messages(&messages, ctx);
+            }
+            LiveTarget::Quote { feed } => {
+                let mut messages = Vec::new();
+                let quotes = self.quotes.get_or_insert_with(|| {
+                    let session = format!("qs_{}", &new_session_id()[3..]);
+                    messages.push(ClientMessage::QuoteCreateSession {
+                        session: session.clone(),
+                    });
+                    messages.push(ClientMessage::QuoteSetFields {
+                        session: session.clone(),
+                        fields: QUOTE_FIELDS.iter().map(|f| f.to_string()).collect(),
+                    });
+                    Quotes {
+                        session,
+                        symbols: HashMap::new(),
+                    }
+                });
+                let symbol = feed.symbol.to_string();
+                messages.push(ClientMessage::QuoteAddSymbols {
+                    session: quotes.session.clone(),
+                    symbols: vec![symbol.clone()],
+                });
+                quotes.symbols.insert(symbol, (live, feed));
+                self.send_messages(&messages, ctx);
+            }
+        }
+    }
+
+    /// Unsubscribes a live series (its chart session is deleted) or a quote symbol.
+    fn stop_live(&mut self, live: LiveId, ctx: &mut Context<Self>) {
+        if let Some(session) = self.live_ids.remove(&live) {
+            self.live_sessions.remove(&session);
+            self.send_messages(
+                &[
+                    ClientMessage::RemoveSeries {
+                        session: session.clone(),
+                        series_id: SERIES_ID.into(),
+                    },
+                    ClientMessage::ChartDeleteSession { session },
+                ],
+                ctx,
+            );
+            return;
+        }
+        let Some(quotes) = self.quotes.as_mut() else {
+            return;
+        };
+        let Some(symbol) = quotes
+            .symbols
+            .iter()
+            .find(|(_, (id, _))| *id == live)
+            .map(|(symbol, _)| symbol.clone())
+        else {
+            return;
+        };
+        quotes.symbols.remove(&symbol);
+        let message = ClientMessage::QuoteRemoveSymbols {
+            session: quotes.session.clone(),
+            symbols: vec![symbol],
+        };
+        self.send_messages(&[message], ctx);
+    }
+
     fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
         let packets = match decode_message(text) {
             Ok(p) => p,
@@ -405,14 +601,45 @@ impl Connection {
             ServerMessage::SymbolResolved { session, info, .. } => {
                 if let Some(f) = self.sessions.get_mut(session.as_ref()) {
                     f.metadata = Some(ChartMetadata::from(&info));
+                } else if let Some(l) = self.live_sessions.get_mut(session.as_ref()) {
+                    l.metadata = Some(ChartMetadata::from(&info));
                 }
             }
             ServerMessage::TimescaleUpdate { session, series }
             | ServerMessage::DataUpdate { session, series } => {
+                let ours = series.into_iter().filter(|s| s.series_id == SERIES_ID);
                 if let Some(f) = self.sessions.get_mut(session.as_ref()) {
-                    for s in series.into_iter().filter(|s| s.series_id == SERIES_ID) {
+                    for s in ours {
                         f.bars.extend(s.bars);
                     }
+                } else if let Some(l) = self.live_sessions.get_mut(session.as_ref()) {
+                    for s in ours {
+                        if l.completed {
+                            let bars: Vec<_> = into_ascending(s.bars);
+                            l.feed.apply(&bars, chartgate_protocol::clock::unix_ms());
+                        } else {
+                            l.answer.extend(s.bars);
+                        }
+                    }
+                }
+            }
+            ServerMessage::SeriesCompleted {
+                session,
+                series_id,
+                turnaround,
+                ..
+            } if series_id == SERIES_ID
+                && turnaround == TURNAROUND
+                && self.live_sessions.contains_key(session.as_ref()) =>
+            {
+                if let Some(l) = self.live_sessions.get_mut(session.as_ref())
+                    && !l.completed
+                {
+                    l.completed = true;
+                    let bars = into_ascending(std::mem::take(&mut l.answer));
+                    let metadata = l.metadata.take().unwrap_or_default();
+                    l.feed
+                        .reset(bars, metadata, chartgate_protocol::clock::unix_ms());
                 }
             }
             ServerMessage::SeriesCompleted {
@@ -434,6 +661,12 @@ impl Connection {
                     ctx,
                 );
             }
+            ServerMessage::SymbolError { session, .. }
+                if self.live_sessions.contains_key(session.as_ref()) =>
+            {
+                let symbol = self.live_sessions[session.as_ref()].feed.key.symbol.to_string();
+                self.refuse_live(&session, FetchError::UnknownSymbol(symbol), ctx);
+            }
             ServerMessage::SymbolError { session, .. } => {
                 self.finish(
                     &session,
@@ -444,9 +677,19 @@ impl Connection {
             ServerMessage::SeriesError {
                 session, reason, ..
             } => {
-                let reason = reason.into_owned();
-                self.finish(&session, |_| Err(FetchError::SeriesError(reason)), ctx);
+                let error = FetchError::SeriesError(reason.into_owned());
+                if self.live_sessions.contains_key(session.as_ref()) {
+                    self.refuse_live(&session, error, ctx);
+                } else {
+                    self.finish(&session, |_| Err(error), ctx);
+                }
             }
+            ServerMessage::QuoteData {
+                session,
+                symbol,
+                status,
+                fields,
+            } => self.on_quote(&session, &symbol, status.as_deref(), &fields),
             ServerMessage::CriticalError {
                 session: Some(session),
                 reason,
@@ -457,7 +700,12 @@ impl Connection {
                     text.push_str(": ");
                     text.push_str(&d);
                 }
-                self.finish(&session, |_| Err(FetchError::InvalidParameters(text)), ctx);
+                let error = FetchError::InvalidParameters(text);
+                if self.live_sessions.contains_key(session.as_ref()) {
+                    self.refuse_live(&session, error, ctx);
+                } else {
+                    self.finish(&session, |_| Err(error), ctx);
+                }
             }
             ServerMessage::CriticalError {
                 session: None,
@@ -631,29 +879,7 @@ impl Handler<StartFetch> for Connection {
         let timer = ctx.run_later(timeout, move |act, ctx| {
             act.finish(&timer_session, |_| Err(FetchError::Timeout), ctx);
         });
-        let messages = [
-            ClientMessage::ChartCreateSession {
-                session: session.clone(),
-            },
-            ClientMessage::ResolveSymbol {
-                session: session.clone(),
-                symbol_id: SYMBOL_ID.into(),
-                spec: SymbolSpec {
-                    adjustment: Some("splits".into()),
-                    session: None,
-                    symbol: msg.symbol.to_string(),
-                },
-            },
-            ClientMessage::CreateSeries {
-                session: session.clone(),
-                series_id: SERIES_ID.into(),
-                turnaround: TURNAROUND.into(),
-                symbol_id: SYMBOL_ID.into(),
-                resolution: msg.feed_resolution,
-                count: u32::from(msg.bars.get()),
-                range: String::new(),
-            },
-        ];
+        let messages = series_request(&session, &msg.symbol, &msg.feed_resolution, msg.bars);
         self.sessions.insert(
             session,
             FetchState {
@@ -669,12 +895,65 @@ impl Handler<StartFetch> for Connection {
     }
 }
 
+impl Handler<StartLive> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartLive, ctx: &mut Context<Self>) {
+        if self.state != State::Ready {
+            // Racing with this connection's end: the pool places it again via `ConnEnded`.
+            return;
+        }
+        self.start_live(msg.live, msg.target, ctx);
+    }
+}
+
+impl Handler<StopLive> for Connection {
+    type Result = ();
+
+    fn handle(&mut self, msg: StopLive, ctx: &mut Context<Self>) {
+        self.stop_live(msg.live, ctx);
+    }
+}
+
 impl Handler<Shutdown> for Connection {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         self.fail(EndReason::Closed, ctx);
     }
+}
+
+/// The messages that ask for a chart in a new chart session: create it, resolve the symbol,
+/// create the series.
+fn series_request(
+    session: &str,
+    symbol: &Symbol,
+    resolution: &str,
+    bars: BarCount,
+) -> [ClientMessage; 3] {
+    [
+        ClientMessage::ChartCreateSession {
+            session: session.to_string(),
+        },
+        ClientMessage::ResolveSymbol {
+            session: session.to_string(),
+            symbol_id: SYMBOL_ID.into(),
+            spec: SymbolSpec {
+                adjustment: Some("splits".into()),
+                session: None,
+                symbol: symbol.to_string(),
+            },
+        },
+        ClientMessage::CreateSeries {
+            session: session.to_string(),
+            series_id: SERIES_ID.into(),
+            turnaround: TURNAROUND.into(),
+            symbol_id: SYMBOL_ID.into(),
+            resolution: resolution.to_string(),
+            count: u32::from(bars.get()),
+            range: String::new(),
+        },
+    ]
 }
 
 /// `cs_` and twelve random letters and digits, as the browser does.

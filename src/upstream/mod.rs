@@ -3,8 +3,8 @@
 //!
 //! - [`connection`]: one actor per WebSocket. Handshake, auth, heartbeat echo, one chart session
 //!   per fetch, per-fetch timeouts. It reports to the pool and never decides policy.
-//! - [`pool`]: the actor the rest of the crate talks to ([`FetchChart`], [`KeepWarm`],
-//!   [`CloseAll`], [`GetPoolStats`]). It owns the connections, timers and token fetches and
+//! - [`pool`]: the actor the rest of the crate talks to ([`FetchChart`], [`SubscribeLive`],
+//!   [`UnsubscribeLive`], [`KeepWarm`], [`CloseAll`], [`GetPoolStats`]). It owns the connections, timers and token fetches and
 //!   carries out what its policy core decides: lazy opening, least-loaded dispatch, a bounded FIFO
 //!   queue, retry-once, stale replacement, reconnect backoff, token rotation.
 //! - [`backoff`]: the reconnect schedule (exponential, jittered, bounded).
@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::config::Settings;
 use crate::domain::{BarCount, Resolution, Symbol};
+use crate::live::{LiveId, LiveTarget};
 use crate::ready_chart::ReadyChart;
 
 pub use pool::Pool;
@@ -130,6 +131,23 @@ pub struct KeepWarm;
 #[rtype(result = "usize")]
 pub struct CloseAll;
 
+/// Subscribe a live series or quote symbol (see [`crate::live`]): the pool places it on a
+/// connection, keeps it subscribed through connection losses and token rotations, and the
+/// connection writes the feed's updates into the target's feed.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct SubscribeLive {
+    pub live: LiveId,
+    pub target: LiveTarget,
+}
+
+/// Unsubscribe it upstream (`remove_series` / `quote_remove_symbols`).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct UnsubscribeLive {
+    pub live: LiveId,
+}
+
 /// A snapshot of the pool for `/api/connections/stats` and the manager's health check.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "PoolStats")]
@@ -166,4 +184,6 @@ pub struct ConnectionStats {
     pub age_secs: u64,
     /// Seconds since the last message from upstream (heartbeats included).
     pub last_upstream_secs: u64,
+    /// Live series and quote symbols it carries.
+    pub live: usize,
 }

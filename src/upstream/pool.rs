@@ -33,13 +33,15 @@ use self::policy::{
 };
 use super::connection::{
     CancelFetch, ConnEnded, ConnReady, ConnShared, Connection, ConnectionEvents, EndReason,
-    FetchDone, Shutdown, StartFetch,
+    FetchDone, LiveRefused, Shutdown, StartFetch, StartLive, StopLive,
 };
 use super::token::{AuthToken, TokenProvider};
 use super::{
     CloseAll, ConnectionStats, FetchChart, FetchError, GetPoolStats, KeepWarm, PoolStats,
-    UpstreamTarget,
+    SubscribeLive, UnsubscribeLive, UpstreamTarget,
 };
+use crate::charts::ChartFailure;
+use crate::live::{LiveId, LiveTarget};
 use crate::config::Settings;
 use crate::log_duration::LogDuration;
 use crate::telemetry::Metrics;
@@ -108,6 +110,8 @@ pub struct Pool {
     conns: HashMap<ConnId, ConnHandle>,
     requesters: HashMap<FetchId, Requester>,
     next_fetch: FetchId,
+    /// Live subscriptions wanted, with the feed each one's updates go into.
+    live: HashMap<LiveId, LiveTarget>,
     /// Pending timers the policy asked for.
     timers: HashMap<Timer, SpawnHandle>,
     /// Reused for the commands of each event.
@@ -145,6 +149,7 @@ impl Pool {
             conns: HashMap::new(),
             requesters: HashMap::new(),
             next_fetch: 1,
+            live: HashMap::new(),
             timers: HashMap::new(),
             commands: Vec::new(),
             closed_tx,
@@ -193,6 +198,19 @@ impl Pool {
                 }
             }
             Command::Answer { fetch, result } => self.answer(fetch, result, now),
+            Command::StartLive { live, conn } => {
+                if let (Some(target), Some(c)) = (self.live.get(&live), self.conns.get(&conn)) {
+                    c.addr.do_send(StartLive {
+                        live,
+                        target: target.clone(),
+                    });
+                }
+            }
+            Command::StopLive { live, conn } => {
+                if let Some(c) = self.conns.get(&conn) {
+                    c.addr.do_send(StopLive { live });
+                }
+            }
             Command::CancelFetch { fetch, conn } => {
                 if let Some(c) = self.conns.get(&conn) {
                     c.addr.do_send(CancelFetch { fetch });
@@ -402,6 +420,13 @@ fn report(notice: Notice, metrics: &Metrics) {
                 .increment(1);
             log::debug!("pool: dropped fetch {fetch}: nobody waits for it");
         }
+        Notice::LiveMoved {
+            conn,
+            series,
+            quotes,
+        } => log::info!(
+            "live: connection {conn} gone, moving {series} live series and {quotes} quotes to other connections"
+        ),
         Notice::OpenConnections(open) => {
             metrics
                 .gauge("chartgate_upstream_connections_open")
@@ -512,6 +537,58 @@ impl Handler<FetchDone> for Pool {
     }
 }
 
+impl Handler<SubscribeLive> for Pool {
+    type Result = ();
+
+    fn handle(&mut self, msg: SubscribeLive, ctx: &mut Context<Self>) {
+        let series = msg.target.is_series();
+        self.live.insert(msg.live, msg.target);
+        self.feed(
+            Event::LiveWanted {
+                live: msg.live,
+                series,
+            },
+            ctx,
+        );
+    }
+}
+
+impl Handler<UnsubscribeLive> for Pool {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnsubscribeLive, ctx: &mut Context<Self>) {
+        if self.live.remove(&msg.live).is_some() {
+            self.feed(Event::LiveDropped { live: msg.live }, ctx);
+        }
+    }
+}
+
+impl Handler<LiveRefused> for Pool {
+    type Result = ();
+
+    /// The feed refused a live subscription (unknown symbol, series error): its followers drop
+    /// it, and it is not placed again.
+    fn handle(&mut self, msg: LiveRefused, ctx: &mut Context<Self>) {
+        let Some(target) = self.live.remove(&msg.live) else {
+            return;
+        };
+        let failure = ChartFailure::from(&msg.error);
+        match target {
+            LiveTarget::Series { feed, .. } => {
+                log::info!(
+                    "live: {} {} refused by the feed: {}",
+                    feed.key.symbol,
+                    feed.key.resolution.as_str(),
+                    failure.message
+                );
+                feed.fail(failure);
+            }
+            LiveTarget::Quote { feed } => feed.fail(),
+        }
+        self.feed(Event::LiveDropped { live: msg.live }, ctx);
+    }
+}
+
 impl Handler<KeepWarm> for Pool {
     type Result = ();
 
@@ -548,6 +625,7 @@ impl Handler<GetPoolStats> for Pool {
                     .conns
                     .get(&c.id)
                     .map_or(0, |h| h.shared.quiet_for().as_secs()),
+                live: c.live,
             })
             .collect();
         let health = self.policy.health();

@@ -26,12 +26,18 @@
 //! - **Rotation.** A new token moves connections over one at a time: an old connection stops taking
 //!   fetches ([`ConnState::Draining`]), finishes the ones it carries, closes, and is replaced before
 //!   the next one drains.
+//! - **Live subscriptions.** Live series and quote symbols stay on a connection until they are
+//!   dropped: series go to the ready connection carrying the fewest, at most
+//!   `live.series_per_connection` each (they take no fetch slot), quotes to the one with the
+//!   fewest subscriptions. Connections open for waiting ones as for queued fetches. When a
+//!   connection ends (lost, stale, refused, rotated out) its subscriptions wait again and are placed
+//!   on other connections, with the same backoff as fetches when the feed refuses.
 //!
 //! Fetches are kept in a map by id and queued by id; a fetch whose requester went away leaves a
 //! stale id behind in the queue, skipped when it reaches the front (and swept out when stale ids
 //! outnumber live ones), so no event costs a scan over every fetch.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +59,9 @@ pub type ConnId = u64;
 /// A fetch's id: assigned by the caller (who pairs it with the requester), never reused.
 pub type FetchId = u64;
 
+/// A live subscription's id: assigned by the caller, never reused.
+pub type LiveId = u64;
+
 /// What a fetch ends with.
 pub type FetchResult = Result<Arc<ReadyChart>, FetchError>;
 
@@ -71,6 +80,8 @@ pub struct Config {
     pub slots: usize,
     /// `pool.max_queue`: fetches waiting for a slot.
     pub max_queue: usize,
+    /// `live.series_per_connection`: live series one connection carries besides its fetches.
+    pub live_per_connection: usize,
     /// The reconnect schedule of a failure episode.
     pub backoff: Backoff,
     /// A new token can be fetched (session cookies): a rejected token leads to a new one, tokens
@@ -84,6 +95,7 @@ impl Config {
             max_connections: settings.pool.max_connections,
             slots: settings.pool.requests_per_connection.max(1),
             max_queue: settings.pool.max_queue.max(1),
+            live_per_connection: settings.live.series_per_connection.max(1),
             backoff: Backoff::new(
                 Duration::from_millis(settings.manager.reconnect_backoff_ms),
                 settings.manager.max_reconnect_attempts,
@@ -230,6 +242,15 @@ pub enum Event {
         reason: String,
     },
     TimerFired(Timer),
+    /// A live subscription is wanted (`series`: a live series, else a quote symbol).
+    LiveWanted {
+        live: LiveId,
+        series: bool,
+    },
+    /// A live subscription is no longer wanted, or the feed refused it.
+    LiveDropped {
+        live: LiveId,
+    },
     /// A lease exists: keep a connection open, and replace lost ones. Ends a `Down`.
     KeepWarm,
     /// No lease is left: close every connection, fail every fetch.
@@ -243,6 +264,10 @@ pub enum Command {
     Open { conn: ConnId },
     /// Start this fetch on this connection.
     Dispatch { fetch: FetchId, conn: ConnId },
+    /// Subscribe this live series or quote on this connection.
+    StartLive { live: LiveId, conn: ConnId },
+    /// Unsubscribe it there.
+    StopLive { live: LiveId, conn: ConnId },
     /// Give the requester its answer; the policy has forgotten the fetch.
     Answer { fetch: FetchId, result: FetchResult },
     /// Abort a fetch nobody wants on the connection carrying it (its chart session is deleted).
@@ -311,6 +336,12 @@ pub enum Notice {
     },
     /// Connections open (ready or draining) now.
     OpenConnections(usize),
+    /// A connection ended while carrying live subscriptions: they are placed elsewhere.
+    LiveMoved {
+        conn: ConnId,
+        series: usize,
+        quotes: usize,
+    },
 }
 
 /// A connection as the policy tracks it.
@@ -325,6 +356,18 @@ struct Conn {
     generation: u64,
     /// The feed has not refused it: it answered a fetch, or lived through [`PROBATION`].
     proven: bool,
+    /// The live subscriptions it carries.
+    live: HashSet<LiveId>,
+    /// Of `live`, the series (what `live.series_per_connection` bounds).
+    live_series: usize,
+}
+
+/// A live subscription the policy has been asked for.
+#[derive(Debug)]
+struct LiveItem {
+    /// The connection carrying it, or `None` while it waits for one.
+    conn: Option<ConnId>,
+    series: bool,
 }
 
 /// A fetch the policy has accepted and not yet answered.
@@ -344,6 +387,8 @@ pub struct ConnView {
     pub in_flight: usize,
     pub served: u64,
     pub opened_at: Instant,
+    /// Live series and quotes it carries.
+    pub live: usize,
 }
 
 /// The pool's state and decisions. See the module documentation.
@@ -358,6 +403,9 @@ pub struct PoolPolicy {
     queue: VecDeque<FetchId>,
     /// Live entries of `queue`.
     queued: usize,
+    live: HashMap<LiveId, LiveItem>,
+    /// Live subscriptions waiting for a connection, oldest first.
+    live_waiting: BTreeSet<LiveId>,
     /// The current token's `max_connections` claim; `None` while there is no token.
     token: Option<Option<usize>>,
     /// A [`Command::RequestToken`] is unanswered.
@@ -391,6 +439,8 @@ impl PoolPolicy {
             fetches: HashMap::new(),
             queue: VecDeque::new(),
             queued: 0,
+            live: HashMap::new(),
+            live_waiting: BTreeSet::new(),
             token: None,
             token_requested: false,
             generation: 0,
@@ -442,6 +492,12 @@ impl PoolPolicy {
                 self.pump();
             }
             Event::CloseAll => self.close_all(),
+            Event::LiveWanted { live, series } => {
+                self.live.insert(live, LiveItem { conn: None, series });
+                self.live_waiting.insert(live);
+                self.pump();
+            }
+            Event::LiveDropped { live } => self.live_dropped(live),
         }
         std::mem::swap(&mut self.out, out);
     }
@@ -468,6 +524,7 @@ impl PoolPolicy {
             in_flight: c.in_flight.len(),
             served: c.served,
             opened_at: c.opened_at,
+            live: c.live.len(),
         })
     }
 
@@ -607,7 +664,70 @@ impl PoolPolicy {
             }
             self.emit(Command::Dispatch { fetch, conn });
         }
+        self.place_live();
         self.ensure_connections();
+    }
+
+    /// Places waiting live subscriptions on ready connections with room.
+    fn place_live(&mut self) {
+        if self.live_waiting.is_empty() {
+            return;
+        }
+        let per_conn = self.config.live_per_connection;
+        let waiting: Vec<LiveId> = self.live_waiting.iter().copied().collect();
+        for live in waiting {
+            let Some(series) = self.live.get(&live).map(|l| l.series) else {
+                self.live_waiting.remove(&live);
+                continue;
+            };
+            let ready = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.state == ConnState::Ready);
+            let conn = if series {
+                ready
+                    .filter(|(_, c)| c.live_series < per_conn)
+                    .min_by_key(|(_, c)| c.live_series)
+                    .map(|(&id, _)| id)
+            } else {
+                ready.min_by_key(|(_, c)| c.live.len()).map(|(&id, _)| id)
+            };
+            let Some(conn) = conn else {
+                continue;
+            };
+            self.live_waiting.remove(&live);
+            if let Some(item) = self.live.get_mut(&live) {
+                item.conn = Some(conn);
+            }
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.live.insert(live);
+                c.live_series += usize::from(series);
+            }
+            self.emit(Command::StartLive { live, conn });
+        }
+    }
+
+    fn live_dropped(&mut self, live: LiveId) {
+        self.live_waiting.remove(&live);
+        let Some(item) = self.live.remove(&live) else {
+            return;
+        };
+        if let Some(conn) = item.conn
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
+            c.live.remove(&live);
+            c.live_series -= usize::from(item.series);
+            self.emit(Command::StopLive { live, conn });
+        }
+        if !self.keep_warm && self.live.is_empty() && self.fetches.is_empty() {
+            // Connections were kept only for live subscriptions (after an idle timeout closed
+            // the pool): the last one is gone.
+            let open: Vec<ConnId> = self.conns.keys().copied().collect();
+            for conn in open {
+                self.remove_connection(conn, false);
+                self.emit(Command::Shutdown { conn });
+            }
+        }
     }
 
     /// Opens as many connections as waiting fetches (and warmth) need, within the cap and the
@@ -620,7 +740,7 @@ impl PoolPolicy {
             return;
         }
         if self.token.is_none() {
-            if self.queued > 0 || self.keep_warm {
+            if self.queued > 0 || self.keep_warm || !self.live_waiting.is_empty() {
                 self.request_token();
             }
             return;
@@ -642,6 +762,7 @@ impl PoolPolicy {
             }
         }
         let mut need = self.queued.saturating_sub(free).div_ceil(slots) + self.replacements;
+        need = need.max(self.live_need());
         if self.keep_warm && usable == 0 {
             // Warm means at least one; a replacement counted above already is that one.
             need = need.max(1);
@@ -659,6 +780,37 @@ impl PoolPolicy {
         }
     }
 
+    /// Connections the waiting live subscriptions need beyond the usable ones.
+    fn live_need(&self) -> usize {
+        if self.live_waiting.is_empty() {
+            return 0;
+        }
+        let per_conn = self.config.live_per_connection;
+        let (mut room, mut usable) = (0, 0);
+        for c in self.conns.values() {
+            match c.state {
+                ConnState::Connecting => {
+                    room += per_conn;
+                    usable += 1;
+                }
+                ConnState::Ready => {
+                    room += per_conn.saturating_sub(c.live_series);
+                    usable += 1;
+                }
+                ConnState::Draining => {}
+            }
+        }
+        let series = self
+            .live_waiting
+            .iter()
+            .filter(|id| self.live.get(id).is_some_and(|l| l.series))
+            .count();
+        let quotes = self.live_waiting.len() - series;
+        let for_series = series.saturating_sub(room).div_ceil(per_conn);
+        let for_quotes = usize::from(quotes > 0 && usable == 0);
+        for_series.max(for_quotes)
+    }
+
     fn open_connection(&mut self) {
         let conn = self.next_conn;
         self.next_conn += 1;
@@ -671,6 +823,8 @@ impl PoolPolicy {
                 opened_at: self.now,
                 generation: self.generation,
                 proven: false,
+                live: HashSet::new(),
+                live_series: 0,
             },
         );
         self.notice(Notice::Connecting { conn });
@@ -717,7 +871,11 @@ impl PoolPolicy {
                 let PoolHealth::Backoff { attempt, floor, .. } = self.health else {
                     return;
                 };
-                if self.queued == 0 && !self.keep_warm && self.replacements == 0 {
+                if self.queued == 0
+                    && !self.keep_warm
+                    && self.replacements == 0
+                    && self.live_waiting.is_empty()
+                {
                     // Nothing to reconnect for: the episode ends quietly.
                     self.health = PoolHealth::Healthy;
                     return;
@@ -827,6 +985,19 @@ impl PoolPolicy {
             return;
         };
         self.emit(Command::CancelTimer(Timer::Probation(id)));
+        if !conn.live.is_empty() {
+            for live in &conn.live {
+                if let Some(item) = self.live.get_mut(live) {
+                    item.conn = None;
+                    self.live_waiting.insert(*live);
+                }
+            }
+            self.notice(Notice::LiveMoved {
+                conn: id,
+                series: conn.live_series,
+                quotes: conn.live.len() - conn.live_series,
+            });
+        }
         let mut carried: Vec<FetchId> = conn.in_flight.into_iter().collect();
         carried.sort_unstable();
         // Back to the front of the queue, oldest first.
@@ -965,6 +1136,12 @@ impl PoolPolicy {
         for (conn, c) in std::mem::take(&mut self.conns) {
             self.emit(Command::Shutdown { conn });
             self.emit(Command::CancelTimer(Timer::Probation(conn)));
+            for live in c.live {
+                if let Some(item) = self.live.get_mut(&live) {
+                    item.conn = None;
+                    self.live_waiting.insert(live);
+                }
+            }
             for fetch in c.in_flight {
                 if self.fetches.remove(&fetch).is_some() {
                     self.answer(fetch, Err(FetchError::ConnectionLost));
@@ -978,6 +1155,8 @@ impl PoolPolicy {
             self.token = None;
         }
         self.notice(Notice::OpenConnections(0));
+        // Live subscriptions still wanted (their followers are there) move to new connections.
+        self.pump();
     }
 
     /// Drains the next connection still on an old token, unless one is already draining or a

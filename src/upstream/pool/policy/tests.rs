@@ -12,6 +12,7 @@ fn config() -> Config {
         max_connections: 3,
         slots: 2,
         max_queue: 10,
+        live_per_connection: 2,
         backoff: Backoff {
             base: SECOND,
             max_attempts: 3,

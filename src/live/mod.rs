@@ -1,0 +1,513 @@
+//! Live series and quotes (`live=true`): one upstream subscription per chart and per quote,
+//! shared by every stream that follows it.
+//!
+//! - [`Live`], the registry: finds or starts the [`SeriesFeed`] of a (symbol, resolution) and the
+//!   [`QuoteFeed`] of a symbol, counts who holds each, ends one `live.linger_secs` after its last
+//!   follower left, and refuses a request whose new series would exceed the live capacity
+//!   (`pool.max_connections` x `live.series_per_connection`). Placing subscriptions on
+//!   connections, and moving them when a connection goes, is the pool's (see
+//!   [`crate::upstream::pool`]); the connection that carries one writes the feed's updates into
+//!   its feed directly.
+//! - `series` and `quote`: the shared state of one chart and one quote.
+//! - `follower`: a stream's side: its inbox of changed charts, its cursors, conflation.
+//!
+//! The chart cache follows live updates through [`Live::chart`], which [`crate::charts`] asks
+//! before the cache: while a series is live its charts are made from the live bars.
+
+mod follower;
+mod quote;
+mod series;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use actix::Addr;
+use serde::Serialize;
+
+pub use self::follower::{Cursor, Drained, Follower};
+pub use self::quote::{QuoteData, QuoteFeed};
+pub use self::series::{SeriesFeed, SeriesKey};
+use crate::cache::{Cache, ChartKey};
+use crate::config::Settings;
+use crate::domain::{BarCount, Symbol};
+use crate::ready_chart::ReadyChart;
+use crate::telemetry::Metrics;
+use crate::upstream::{Pool, SubscribeLive, UnsubscribeLive};
+
+/// A live subscription's id, for the pool and the connection carrying it.
+pub type LiveId = u64;
+
+/// What the pool places on a connection: a live series or a quote symbol, with the feed its
+/// updates go into.
+#[derive(Debug, Clone)]
+pub enum LiveTarget {
+    Series {
+        feed: Arc<SeriesFeed>,
+        /// Bars asked for in `create_series`.
+        bars: BarCount,
+    },
+    Quote {
+        feed: Arc<QuoteFeed>,
+    },
+}
+
+impl LiveTarget {
+    /// Series count against a connection's `live.series_per_connection`; quotes do not (a quote
+    /// session carries many symbols).
+    pub fn is_series(&self) -> bool {
+        matches!(self, LiveTarget::Series { .. })
+    }
+}
+
+/// A live request needs more new series than the capacity has room for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "this request needs {wanted} new live series but only {free} of {capacity} are free \
+     (pool.max_connections x live.series_per_connection); try fewer symbols or resolutions, or \
+     without live=true"
+)]
+pub struct LiveCapacity {
+    pub wanted: usize,
+    pub free: usize,
+    pub capacity: usize,
+}
+
+/// The `live` object of `/api/connections/stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveStats {
+    /// Live series subscribed upstream (lingering ones included).
+    pub series: usize,
+    /// Quote symbols subscribed upstream.
+    pub quotes: usize,
+    /// Live streams following.
+    pub followers: usize,
+    /// Updates from the feed that changed a series or a quote.
+    pub updates_received: u64,
+    /// `bar` and `quote` events written to followers.
+    pub updates_sent: u64,
+    /// Changes a follower never saw because a newer one replaced them before it wrote.
+    pub conflated: u64,
+}
+
+/// Counts shared by the registry, the feeds (on the connections' threads) and the followers.
+#[derive(Debug)]
+pub struct LiveCounters {
+    received: AtomicU64,
+    sent: AtomicU64,
+    conflated: AtomicU64,
+    received_metric: metrics::Counter,
+    sent_metric: metrics::Counter,
+    conflated_metric: metrics::Counter,
+    delivery: metrics::Histogram,
+}
+
+impl LiveCounters {
+    fn new(metrics: &Metrics) -> Self {
+        LiveCounters {
+            received: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            conflated: AtomicU64::new(0),
+            received_metric: metrics.counter("chartgate_live_updates_received_total", &[]),
+            sent_metric: metrics.counter("chartgate_live_updates_sent_total", &[]),
+            conflated_metric: metrics.counter("chartgate_live_conflated_total", &[]),
+            delivery: metrics.histogram("chartgate_live_delivery_seconds"),
+        }
+    }
+
+    /// An update arrived that changed something and told `told` followers, `conflated` of which
+    /// had not written the previous change yet.
+    pub fn received(&self, conflated: usize) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.received_metric.increment(1);
+        if conflated > 0 {
+            self.conflated
+                .fetch_add(conflated as u64, Ordering::Relaxed);
+            self.conflated_metric.increment(conflated as u64);
+        }
+    }
+
+    fn sent(&self, events: usize) {
+        if events > 0 {
+            self.sent.fetch_add(events as u64, Ordering::Relaxed);
+            self.sent_metric.increment(events as u64);
+        }
+    }
+
+    /// A follower wrote changes whose oldest arrived `latency` ago.
+    pub fn delivered(&self, latency: Duration) {
+        self.delivery.record(latency.as_secs_f64());
+    }
+}
+
+/// A hold on a series or quote: the registry counts it as followed while this lives.
+pub struct Hold {
+    live: Live,
+    /// Taken when dropped.
+    what: Option<Held>,
+}
+
+enum Held {
+    Series(SeriesKey),
+    Quote(Symbol),
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(what) = self.what.take() {
+            self.live.release(what);
+        }
+    }
+}
+
+struct SeriesEntry {
+    id: LiveId,
+    feed: Arc<SeriesFeed>,
+    /// Bars its subscription asked for.
+    bars: BarCount,
+    holds: usize,
+    /// Bumped whenever `holds` falls to 0, so a linger timer can tell whether it is still the
+    /// latest.
+    idle_generation: u64,
+}
+
+struct QuoteEntry {
+    id: LiveId,
+    feed: Arc<QuoteFeed>,
+    holds: usize,
+    idle_generation: u64,
+}
+
+#[derive(Default)]
+struct Registry {
+    series: HashMap<SeriesKey, SeriesEntry>,
+    quotes: HashMap<Symbol, QuoteEntry>,
+    next_id: LiveId,
+    followers: usize,
+}
+
+struct Inner {
+    linger: Duration,
+    capacity: usize,
+    pool: Addr<Pool>,
+    cache: Arc<Cache>,
+    registry: Mutex<Registry>,
+    counters: Arc<LiveCounters>,
+    series_gauge: metrics::Gauge,
+    followers_gauge: metrics::Gauge,
+}
+
+/// The live registry. See the module documentation.
+#[derive(Clone)]
+pub struct Live {
+    inner: Arc<Inner>,
+}
+
+impl Live {
+    pub fn new(settings: &Settings, pool: Addr<Pool>, cache: Arc<Cache>, metrics: &Metrics) -> Live {
+        Live {
+            inner: Arc::new(Inner {
+                linger: Duration::from_secs(settings.live.linger_secs),
+                capacity: settings
+                    .pool
+                    .max_connections
+                    .saturating_mul(settings.live.series_per_connection),
+                pool,
+                cache,
+                registry: Mutex::default(),
+                counters: Arc::new(LiveCounters::new(metrics)),
+                series_gauge: metrics.gauge("chartgate_live_series"),
+                followers_gauge: metrics.gauge("chartgate_live_followers"),
+            }),
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn counters(&self) -> &Arc<LiveCounters> {
+        &self.inner.counters
+    }
+
+    /// Follows `charts` (in order: the follower's chart `i` is `charts[i]`) and `quotes`,
+    /// subscribing upstream whatever is not live yet. Refused, with nothing followed, when the
+    /// new series would not fit; lingering series nobody follows make room first.
+    pub fn follow(&self, charts: &[ChartKey], quotes: &[Symbol]) -> Result<Follower, LiveCapacity> {
+        let mut registry = self.registry();
+        let mut new: Vec<SeriesKey> = Vec::new();
+        for key in charts {
+            let key = series_key(key);
+            if !registry.series.contains_key(&key) && !new.contains(&key) {
+                new.push(key);
+            }
+        }
+        let capacity = self.inner.capacity;
+        let mut over = (registry.series.len() + new.len()).saturating_sub(capacity);
+        if over > 0 {
+            let idle: Vec<SeriesKey> = registry
+                .series
+                .iter()
+                .filter(|(_, e)| e.holds == 0)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if idle.len() < over {
+                let busy = registry.series.len() - idle.len();
+                return Err(LiveCapacity {
+                    wanted: new.len(),
+                    free: capacity.saturating_sub(busy),
+                    capacity,
+                });
+            }
+            for key in idle {
+                if over == 0 {
+                    break;
+                }
+                self.end_series(&mut registry, &key, "to make room");
+                over -= 1;
+            }
+        }
+        let mut held = Vec::with_capacity(charts.len());
+        for key in charts {
+            let feed = self.hold_series(&mut registry, key);
+            let hold = Hold {
+                live: self.clone(),
+                what: Some(Held::Series(series_key(key))),
+            };
+            held.push((feed, hold));
+        }
+        let mut held_quotes = Vec::with_capacity(quotes.len());
+        for symbol in quotes {
+            let feed = self.hold_quote(&mut registry, symbol);
+            let hold = Hold {
+                live: self.clone(),
+                what: Some(Held::Quote(symbol.clone())),
+            };
+            held_quotes.push((feed, hold));
+        }
+        registry.followers += 1;
+        self.inner.followers_gauge.set(registry.followers as f64);
+        self.inner
+            .series_gauge
+            .set(registry.series.len() as f64);
+        drop(registry);
+        Ok(Follower::new(
+            held,
+            held_quotes,
+            self.inner.counters.clone(),
+            FollowerGone(self.clone()),
+        ))
+    }
+
+    fn hold_series(&self, registry: &mut Registry, key: &ChartKey) -> Arc<SeriesFeed> {
+        let series = series_key(key);
+        if let Some(entry) = registry.series.get_mut(&series) {
+            entry.holds += 1;
+            return entry.feed.clone();
+        }
+        registry.next_id += 1;
+        let id = registry.next_id;
+        let seed = self.inner.cache.peek_chart(key);
+        let feed = SeriesFeed::new(
+            series.clone(),
+            seed.as_ref().map(|c| &c.chart),
+            self.inner.counters.clone(),
+        );
+        log::info!(
+            "live: following {} {} upstream (live series: {})",
+            series.symbol,
+            series.resolution.as_str(),
+            registry.series.len() + 1
+        );
+        self.inner.pool.do_send(SubscribeLive {
+            live: id,
+            target: LiveTarget::Series {
+                feed: feed.clone(),
+                bars: key.bars,
+            },
+        });
+        registry.series.insert(
+            series,
+            SeriesEntry {
+                id,
+                feed: feed.clone(),
+                bars: key.bars,
+                holds: 1,
+                idle_generation: 0,
+            },
+        );
+        feed
+    }
+
+    fn hold_quote(&self, registry: &mut Registry, symbol: &Symbol) -> Arc<QuoteFeed> {
+        if let Some(entry) = registry.quotes.get_mut(symbol) {
+            entry.holds += 1;
+            return entry.feed.clone();
+        }
+        registry.next_id += 1;
+        let id = registry.next_id;
+        let feed = QuoteFeed::new(symbol.clone(), self.inner.counters.clone());
+        self.inner.pool.do_send(SubscribeLive {
+            live: id,
+            target: LiveTarget::Quote { feed: feed.clone() },
+        });
+        registry.quotes.insert(
+            symbol.clone(),
+            QuoteEntry {
+                id,
+                feed: feed.clone(),
+                holds: 1,
+                idle_generation: 0,
+            },
+        );
+        feed
+    }
+
+    /// A hold ended: when it was the last one, the series or quote lingers, then ends.
+    fn release(&self, what: Held) {
+        let mut registry = self.registry();
+        let generation = match &what {
+            Held::Series(key) => {
+                let Some(entry) = registry.series.get_mut(key) else {
+                    return;
+                };
+                entry.holds = entry.holds.saturating_sub(1);
+                if entry.holds > 0 {
+                    return;
+                }
+                entry.idle_generation += 1;
+                entry.idle_generation
+            }
+            Held::Quote(symbol) => {
+                let Some(entry) = registry.quotes.get_mut(symbol) else {
+                    return;
+                };
+                entry.holds = entry.holds.saturating_sub(1);
+                if entry.holds > 0 {
+                    return;
+                }
+                entry.idle_generation += 1;
+                entry.idle_generation
+            }
+        };
+        if self.inner.linger.is_zero() {
+            self.end_if_idle(&mut registry, &what, generation);
+            return;
+        }
+        drop(registry);
+        let (live, linger) = (self.clone(), self.inner.linger);
+        actix_web::rt::spawn(async move {
+            tokio::time::sleep(linger).await;
+            let mut registry = live.registry();
+            live.end_if_idle(&mut registry, &what, generation);
+        });
+    }
+
+    /// Ends what `what` names if nobody took it up again since it became idle (`generation`).
+    fn end_if_idle(&self, registry: &mut Registry, what: &Held, generation: u64) {
+        match what {
+            Held::Series(key) => {
+                if registry
+                    .series
+                    .get(key)
+                    .is_some_and(|e| e.holds == 0 && e.idle_generation == generation)
+                {
+                    let why = format!("no follower for {} s", self.inner.linger.as_secs());
+                    self.end_series(registry, key, &why);
+                }
+            }
+            Held::Quote(symbol) => {
+                if registry
+                    .quotes
+                    .get(symbol)
+                    .is_some_and(|e| e.holds == 0 && e.idle_generation == generation)
+                    && let Some(entry) = registry.quotes.remove(symbol)
+                {
+                    log::debug!("live: quote {symbol} ended");
+                    self.inner
+                        .pool
+                        .do_send(UnsubscribeLive { live: entry.id });
+                }
+            }
+        }
+    }
+
+    /// Unsubscribes a series upstream; the cache keeps its last state for the bar counts asked.
+    fn end_series(&self, registry: &mut Registry, key: &SeriesKey, why: &str) {
+        let Some(entry) = registry.series.remove(key) else {
+            return;
+        };
+        self.inner.pool.do_send(UnsubscribeLive { live: entry.id });
+        for bars in entry.feed.asked_counts(entry.bars) {
+            if let Some(chart) = entry.feed.chart(bars.get()) {
+                let cache_key = ChartKey {
+                    symbol: key.symbol.clone(),
+                    resolution: key.resolution,
+                    bars,
+                };
+                self.inner.cache.insert_chart(cache_key, chart);
+            }
+        }
+        self.inner
+            .series_gauge
+            .set(registry.series.len() as f64);
+        log::info!(
+            "live: {} {} ended, {why} (live series: {})",
+            key.symbol,
+            key.resolution.as_str(),
+            registry.series.len()
+        );
+    }
+
+    /// A follower stream ended.
+    fn follower_gone(&self) {
+        let mut registry = self.registry();
+        registry.followers = registry.followers.saturating_sub(1);
+        self.inner.followers_gauge.set(registry.followers as f64);
+    }
+
+    /// The chart as the live series holds it, while `key`'s series is live and has the bars.
+    pub fn chart(&self, key: &ChartKey) -> Option<Arc<ReadyChart>> {
+        let feed = self.registry().series.get(&series_key(key))?.feed.clone();
+        feed.chart(key.bars.get())
+    }
+
+    /// Whether a series is subscribed (or lingering) for `key`'s symbol and resolution.
+    pub fn is_live(&self, key: &ChartKey) -> bool {
+        self.registry().series.contains_key(&series_key(key))
+    }
+
+    pub fn stats(&self) -> LiveStats {
+        let registry = self.registry();
+        let c = &self.inner.counters;
+        LiveStats {
+            series: registry.series.len(),
+            quotes: registry.quotes.len(),
+            followers: registry.followers,
+            updates_received: c.received.load(Ordering::Relaxed),
+            updates_sent: c.sent.load(Ordering::Relaxed),
+            conflated: c.conflated.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Tells the registry a follower stream ended, when the [`Follower`] holding it is dropped.
+pub struct FollowerGone(Live);
+
+impl Drop for FollowerGone {
+    fn drop(&mut self) {
+        self.0.follower_gone();
+    }
+}
+
+fn series_key(key: &ChartKey) -> SeriesKey {
+    SeriesKey {
+        symbol: key.symbol.clone(),
+        resolution: key.resolution,
+    }
+}
