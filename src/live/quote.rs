@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use chartgate_protocol::QuoteFields;
+use chartgate_protocol::json::{Whole, write_number};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -39,11 +40,12 @@ pub struct QuoteFeed {
 }
 
 /// The `data` of a `quote` event (SPEC 3.5): the stock's latest quote, fields the feed has not
-/// given yet left out.
+/// given yet left out. Written by [`QuoteState::event_data`] (once per change, for every
+/// follower); this type describes it in the API document.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct QuoteData<'a> {
-    symbol: &'a str,
+pub struct QuoteData {
+    symbol: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     price: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,19 +137,30 @@ impl QuoteState {
             return json.clone();
         }
         let f = &self.fields;
-        let data = QuoteData {
-            symbol: symbol.as_str(),
-            price: f.lp,
-            change: f.ch,
-            change_percent: f.chp,
-            volume: f.volume,
-            bid: f.bid,
-            ask: f.ask,
-            time: f.lp_time,
-        };
-        let mut out = String::from("{\"type\":\"quote\",\"data\":");
-        out.push_str(&serde_json::to_string(&data).unwrap_or_else(|_| "{}".into()));
-        out.push('}');
+        let mut out = String::with_capacity(192);
+        out.push_str("{\"type\":\"quote\",\"data\":{\"symbol\":");
+        out.push_str(&serde_json::to_string(symbol.as_str()).unwrap_or_default());
+        let numbers = [
+            ("price", f.lp),
+            ("change", f.ch),
+            ("changePercent", f.chp),
+            ("volume", f.volume),
+            ("bid", f.bid),
+            ("ask", f.ask),
+        ];
+        for (name, value) in numbers {
+            if let Some(value) = value {
+                out.push_str(",\"");
+                out.push_str(name);
+                out.push_str("\":");
+                write_number(&mut out, value, Whole::Plain);
+            }
+        }
+        if let Some(time) = f.lp_time {
+            out.push_str(",\"time\":");
+            out.push_str(itoa::Buffer::new().format(time));
+        }
+        out.push_str("}}");
         let json = Bytes::from(out);
         self.json = Some((self.seq, json.clone()));
         json
