@@ -104,6 +104,14 @@ impl Chartgate {
         };
         let settings = Arc::new(settings);
         let metrics = Metrics::new();
+        let upkeep = metrics.clone();
+        actix_web::rt::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                upkeep.upkeep();
+            }
+        });
         let target = UpstreamTarget::from_settings(&settings);
         let pool = Pool::new(settings.clone(), target, &metrics).start();
         let manager = Manager::new(settings.clone(), pool.clone(), &metrics).start();

@@ -17,7 +17,7 @@ const BUCKETS: [f64; 12] = [
 
 /// The metrics operators rely on: name, kind, help text. All are registered at zero when the
 /// registry is made, so a dashboard sees every series from the first scrape.
-const DESCRIBED: [(&str, Kind, &str); 11] = [
+const DESCRIBED: [(&str, Kind, &str); 17] = [
     (
         "chartgate_http_requests_total",
         Kind::Counter,
@@ -69,6 +69,42 @@ const DESCRIBED: [(&str, Kind, &str); 11] = [
         Kind::Histogram,
         "time from dispatch to series_completed",
     ),
+    (
+        "chartgate_live_series",
+        Kind::Gauge,
+        "live series subscribed upstream (lingering ones included)",
+    ),
+    (
+        "chartgate_live_followers",
+        Kind::Gauge,
+        "live streams following charts",
+    ),
+    (
+        "chartgate_live_updates_received_total",
+        Kind::Counter,
+        "live updates from the feed that changed a series or a quote",
+    ),
+    (
+        "chartgate_live_updates_sent_total",
+        Kind::Counter,
+        "bar and quote events written to live streams",
+    ),
+    (
+        "chartgate_live_conflated_total",
+        Kind::Counter,
+        "changes a slow follower never saw because a newer state replaced them",
+    ),
+    (
+        "chartgate_live_delivery_seconds",
+        Kind::Histogram,
+        "from a live update's arrival to its write to a follower (the oldest of each write)",
+    ),
+];
+
+/// Buckets of `chartgate_live_delivery_seconds`: a live update reaches a reader in well under a
+/// millisecond to a few, unless the reader is slow.
+const DELIVERY_BUCKETS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
 #[derive(Clone, Copy)]
@@ -94,7 +130,11 @@ impl Metrics {
     /// A new, empty registry with every described metric at zero.
     pub fn new() -> Metrics {
         let builder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+            .set_buckets_for_metric(
+                Matcher::Full("chartgate_live_delivery_seconds".into()),
+                &DELIVERY_BUCKETS,
+            )
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS))
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let metrics = Metrics {
             recorder: Arc::new(builder.build_recorder()),
@@ -143,6 +183,12 @@ impl Metrics {
             .register_histogram(&Key::from_static_name(name), &META)
     }
 
+    /// Folds recorded histogram samples into their buckets. The recorder keeps samples until
+    /// then; [`crate::app`] calls this every few seconds so an unscraped registry stays small.
+    pub fn upkeep(&self) {
+        self.recorder.handle().run_upkeep();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.recorder.handle().render()
@@ -180,5 +226,28 @@ mod tests {
             None
         );
         assert!(b.contains("# HELP chartgate_cache_joined_total"), "{b}");
+    }
+
+    #[test]
+    fn live_delivery_has_sub_millisecond_buckets_and_upkeep_folds_samples() {
+        let m = Metrics::new();
+        m.histogram("chartgate_live_delivery_seconds")
+            .record(0.0002);
+        m.histogram("chartgate_chart_fetch_seconds").record(0.2);
+        m.upkeep();
+        let text = m.render();
+        assert_eq!(
+            value(
+                &text,
+                "chartgate_live_delivery_seconds_bucket{le=\"0.00025\"} "
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "chartgate_chart_fetch_seconds_bucket{le=\"0.25\"} "),
+            Some(1.0),
+            "{text}"
+        );
     }
 }

@@ -512,6 +512,21 @@ async fn real_stream_events_have_exactly_the_documented_fields() {
     .await;
     check_events(&doc, &s, "a stream cut by shutdown", &mut seen);
 
+    // bar and quote: a live stream, read until both have come after `complete`.
+    let live = spawn_app(|s| s.simulator.faults.tick_ms = 50).await;
+    let mut live_seen = BTreeSet::new();
+    let s = read_stream_until(
+        live.get(&format!(
+            "{STREAM}?symbols=NSE:TCS,NSE:NIFTY&resolutions=1D&bars=5&live=true&quotes=true"
+        )),
+        |event| {
+            live_seen.insert(event.event.clone());
+            live_seen.contains("bar") && live_seen.contains("quote")
+        },
+    )
+    .await;
+    check_events(&doc, &s, "a live stream", &mut seen);
+
     // Every documented event was seen and checked.
     let documented: BTreeSet<String> = response_schema(&doc, "get", STREAM, 200)["$ref"]
         .as_str()
@@ -527,9 +542,16 @@ async fn real_stream_events_have_exactly_the_documented_fields() {
                 .to_string()
         })
         .collect();
-    let want: BTreeSet<String> = ["formula-results", "chart-batch", "complete", "stream-error"]
-        .map(String::from)
-        .into();
+    let want: BTreeSet<String> = [
+        "formula-results",
+        "chart-batch",
+        "complete",
+        "stream-error",
+        "bar",
+        "quote",
+    ]
+    .map(String::from)
+    .into();
     assert_eq!(documented, want);
     assert_eq!(seen, want, "events seen");
 }

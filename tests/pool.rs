@@ -489,7 +489,9 @@ impl Handler<FetchDone> for Collector {
 impl Handler<LiveRefused> for Collector {
     type Result = ();
     fn handle(&mut self, msg: LiveRefused, _: &mut Context<Self>) {
-        let _ = self.0.send(Report::Ended(format!("live {} refused", msg.live)));
+        let _ = self
+            .0
+            .send(Report::Ended(format!("live {} refused", msg.live)));
     }
 }
 

@@ -34,6 +34,7 @@ use super::error::ErrorBody;
 use super::stream::{CompleteData, ErrorData, FormulaResultsData};
 use super::{DocumentedRoute, RouteSink, is_api_path, route_table};
 use crate::domain::{BarCount, BarsFormat, ChartMetadata, Resolution, Symbol};
+use crate::live::QuoteData;
 
 /// The document as served: made on first use, the same bytes afterwards.
 pub fn json() -> &'static Bytes {
@@ -118,7 +119,9 @@ When `server.api_token` is set, every `/api` route (this document included) need
 `Authorization: Bearer <token>` or `?access_token=<token>`, and answers `401 unauthorized` \
 without it; when it is empty no token is needed (the empty security requirement).\n\n\
 The stream's events are described by the `StreamEvent` schema: each SSE event's `event:` field \
-is the payload's `type`, its single `data:` line the payload's JSON.";
+is the payload's `type`, its single `data:` line the payload's JSON. With `live=true` the stream \
+goes on after `complete` with `bar` (and, with `quotes=true`, `quote`) events; their ids resume \
+a live stream within `live.resume_window_secs` (the bars changed since, no history again).";
 
 /// Gathers the route table's operations and schemas.
 #[derive(Default)]
@@ -187,6 +190,22 @@ pub(super) enum StreamEvent {
     /// A failure that ends the stream early (`shutting_down`: reconnect with `Last-Event-ID` to
     /// resume); then the response ends.
     StreamError(ErrorData<'static>),
+    /// `live=true`, after `complete`: a chart's bar at `time` is now this. A bar with the time of
+    /// the chart's last bar replaces it; a later time begins a new bar (the one before is then
+    /// final, and was sent in its final state first). One bar object, whatever `barsFormat`.
+    Bar(BarEventData),
+    /// `live=true&quotes=true`, after `complete`: a stock's latest quote, in full first, then
+    /// whenever it changes (fields the feed has not given yet are left out).
+    Quote(QuoteData),
+}
+
+/// The data of a `bar` event.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct BarEventData {
+    symbol: Symbol,
+    resolution: Resolution,
+    bar: BarObject,
 }
 
 /// The data of a `chart-batch` event. Every requested (symbol, resolution) appears once in the whole stream, in `chartData` or in
@@ -317,6 +336,12 @@ pub(super) struct StreamQuery {
     bars_format: Option<String>,
     /// Resume after this event id (the `Last-Event-ID` header wins when both are given).
     last_event_id: Option<String>,
+    /// `true`: after `complete`, stay open and send `bar` events as the charts move (SPEC 3.5).
+    #[param(default = false)]
+    live: Option<bool>,
+    /// `true` (with `live=true`): also a `quote` event per stock, first in full, then on change.
+    #[param(default = false)]
+    quotes: Option<bool>,
 }
 
 /// The query of `/api/chart-data` (SPEC 3.2).

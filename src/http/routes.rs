@@ -134,10 +134,10 @@ fn lease_unavailable() -> ApiError {
     responses(
         (status = 200, description = "the stream; every event's `data:` is one `StreamEvent`", content_type = "text/event-stream", body = StreamEvent),
         (status = 204, description = "the `Last-Event-ID` names a stream that already completed"),
-        (status = 400, description = "bad parameter: `missing_parameter`, `conflicting_parameters`, `duplicate_parameter`, `too_many_symbols`, `invalid_symbol`, `invalid_resolution`, `invalid_bars`, `invalid_bars_format`, `invalid_query`, `unknown_parameter`", body = ErrorBody),
+        (status = 400, description = "bad parameter: `missing_parameter`, `conflicting_parameters`, `duplicate_parameter`, `too_many_symbols`, `invalid_symbol`, `invalid_resolution`, `invalid_bars`, `invalid_bars_format`, `invalid_query`, `unknown_parameter`, `invalid_parameter` (`live`/`quotes` not a boolean, `quotes` without `live`)", body = ErrorBody),
         (status = 404, description = "`unknown_formula`", body = ErrorBody),
         (status = 502, description = "`formula_source_error`: MarketInOut failed or answered non-2xx", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the connection manager is not running", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the connection manager is not running; `live_capacity`: the live series this request needs do not fit (`pool.max_connections` x `live.series_per_connection`)", body = ErrorBody),
     ),
 )]
 #[get("/api/formula-results-with-charts")]

@@ -165,8 +165,7 @@ pub struct EventBatch {
 impl EventBatch {
     /// Appends an event whose data is `data`, one line of JSON.
     pub fn push(&mut self, name: &str, id: &str, data: &[u8]) {
-        self.buf
-            .reserve(data.len() + name.len() + id.len() + 24);
+        self.buf.reserve(data.len() + name.len() + id.len() + 24);
         let _ = write!(self.buf, "event: {name}\nid: {id}\ndata: ");
         self.buf.extend_from_slice(data);
         self.buf.extend_from_slice(b"\n\n");

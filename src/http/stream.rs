@@ -42,11 +42,11 @@ use super::params::{StreamRequest, SymbolSource};
 use super::sse::{Event, EventBatch, EventBuilder, EventStream};
 use super::stream_id::{Progress, Sent, StreamId, list_hash, request_hash};
 use crate::cache::ChartKey;
-use crate::live::{Cursor, Follower, LiveCounters};
 use crate::charts::{ChartOutcome, ChartService, Lookup};
 use crate::config::StreamSettings;
 use crate::domain::{BarsFormat, Resolution};
 use crate::formulas::{FormulaResult, FormulaSource, Stock};
+use crate::live::{Cursor, Follower, LiveCounters};
 use crate::log_duration::LogDuration;
 use crate::manager::LeaseGuard;
 

@@ -79,7 +79,11 @@ impl Inbox {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty();
-        if waiting { Poll::Ready(()) } else { Poll::Pending }
+        if waiting {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -225,7 +229,7 @@ impl Follower {
                         continue;
                     }
                     (Phase::Live, Cursor::FromTime(t)) => {
-                        state.from_time(t).min(state.bars.len().saturating_sub(1))
+                        state.at_or_after(t).min(state.bars.len().saturating_sub(1))
                     }
                     (Phase::Live, Cursor::SinceMs(ms)) => {
                         state.since_ms(ms).min(state.bars.len().saturating_sub(1))

@@ -206,7 +206,12 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(settings: &Settings, pool: Addr<Pool>, cache: Arc<Cache>, metrics: &Metrics) -> Live {
+    pub fn new(
+        settings: &Settings,
+        pool: Addr<Pool>,
+        cache: Arc<Cache>,
+        metrics: &Metrics,
+    ) -> Live {
         Live {
             inner: Arc::new(Inner {
                 linger: Duration::from_secs(settings.live.linger_secs),
@@ -292,9 +297,7 @@ impl Live {
         }
         registry.followers += 1;
         self.inner.followers_gauge.set(registry.followers as f64);
-        self.inner
-            .series_gauge
-            .set(registry.series.len() as f64);
+        self.inner.series_gauge.set(registry.series.len() as f64);
         drop(registry);
         Ok(Follower::new(
             held,
@@ -429,9 +432,7 @@ impl Live {
                     && let Some(entry) = registry.quotes.remove(symbol)
                 {
                     log::debug!("live: quote {symbol} ended");
-                    self.inner
-                        .pool
-                        .do_send(UnsubscribeLive { live: entry.id });
+                    self.inner.pool.do_send(UnsubscribeLive { live: entry.id });
                 }
             }
         }
@@ -444,7 +445,15 @@ impl Live {
         };
         self.inner.pool.do_send(UnsubscribeLive { live: entry.id });
         for bars in entry.feed.asked_counts(entry.bars) {
-            if let Some(chart) = entry.feed.chart(bars.get()) {
+            let base = self.inner.cache.peek_chart(&ChartKey {
+                symbol: key.symbol.clone(),
+                resolution: key.resolution,
+                bars,
+            });
+            if let Some(chart) = entry
+                .feed
+                .chart(bars.get(), base.as_ref().map(|c| &c.chart))
+            {
                 let cache_key = ChartKey {
                     symbol: key.symbol.clone(),
                     resolution: key.resolution,
@@ -453,9 +462,7 @@ impl Live {
                 self.inner.cache.insert_chart(cache_key, chart);
             }
         }
-        self.inner
-            .series_gauge
-            .set(registry.series.len() as f64);
+        self.inner.series_gauge.set(registry.series.len() as f64);
         log::info!(
             "live: {} {} ended, {why} (live series: {})",
             key.symbol,
@@ -471,15 +478,15 @@ impl Live {
         self.inner.followers_gauge.set(registry.followers as f64);
     }
 
-    /// The chart as the live series holds it, while `key`'s series is live and has the bars.
+    /// The chart as the live series holds it, while `key`'s series is live: from its bars, or
+    /// the cached chart with the live bars laid over it when more bars are asked than it holds.
     pub fn chart(&self, key: &ChartKey) -> Option<Arc<ReadyChart>> {
         let feed = self.registry().series.get(&series_key(key))?.feed.clone();
-        feed.chart(key.bars.get())
-    }
-
-    /// Whether a series is subscribed (or lingering) for `key`'s symbol and resolution.
-    pub fn is_live(&self, key: &ChartKey) -> bool {
-        self.registry().series.contains_key(&series_key(key))
+        if let Some(chart) = feed.chart(key.bars.get(), None) {
+            return Some(chart);
+        }
+        let base = self.inner.cache.peek_chart(key)?;
+        feed.chart(key.bars.get(), Some(&base.chart))
     }
 
     pub fn stats(&self) -> LiveStats {

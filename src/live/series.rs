@@ -24,6 +24,9 @@ use crate::ready_chart::ReadyChart;
 /// Bars a live series keeps at most: the feed's own limit for one request.
 const MAX_BARS: usize = 5000;
 
+/// Charts made from the live bars kept per series, one per bar count asked (the oldest goes).
+const MAX_DERIVED: usize = 4;
+
 /// What identifies a live series upstream: one per symbol and resolution, whatever the bar counts
 /// its followers asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -261,11 +264,13 @@ impl SeriesFeed {
             .retain(|(other, _)| !Arc::ptr_eq(other, inbox));
     }
 
-    /// The live chart with the newest `bars` bars, when the series is live and has that many;
-    /// made once per change and bar count.
-    pub fn chart(&self, bars: u16) -> Option<Arc<ReadyChart>> {
+    /// The live chart with the newest `bars` bars, when the series is live and has that many,
+    /// or when `base` (the chart as cached, with more bars than the series holds) can be brought
+    /// up to date with the live bars laid over it; made once per change and bar count.
+    pub fn chart(&self, bars: u16, base: Option<&Chart>) -> Option<Arc<ReadyChart>> {
         let mut state = self.lock();
-        if state.phase != Phase::Live || state.bars.len() < usize::from(bars) {
+        let wanted = usize::from(bars);
+        if state.phase != Phase::Live || state.bars.is_empty() {
             return None;
         }
         let seq = state.seq;
@@ -276,8 +281,28 @@ impl SeriesFeed {
         {
             return Some(chart.clone());
         }
-        let chart = ReadyChart::prepared(state.chart(&self.key, usize::from(bars)));
+        let chart = if state.bars.len() >= wanted {
+            state.chart(&self.key, wanted)
+        } else {
+            let base = base?;
+            let first_live = state.bars[0].bar.time;
+            let older = base.bars.partition_point(|b| b.time < first_live);
+            let mut merged: Vec<Bar> = base.bars[..older].to_vec();
+            merged.extend(state.bars.iter().map(|s| s.bar));
+            let from = merged.len().saturating_sub(wanted);
+            merged.drain(..from);
+            Chart {
+                symbol: self.key.symbol.clone(),
+                resolution: self.key.resolution,
+                bars: merged,
+                metadata: state.metadata.clone(),
+            }
+        };
+        let chart = ReadyChart::prepared(chart);
         state.derived.retain(|(count, _, _)| *count != bars);
+        if state.derived.len() >= MAX_DERIVED {
+            state.derived.remove(0);
+        }
         state.derived.push((bars, seq, chart.clone()));
         Some(chart)
     }
@@ -334,14 +359,16 @@ impl SeriesState {
     }
 
     /// Index of the first bar at or after `time`.
-    pub fn from_time(&self, time: i64) -> usize {
+    pub fn at_or_after(&self, time: i64) -> usize {
         self.bars.partition_point(|s| s.bar.time < time)
     }
 
     /// The `data` of the `bar` event for bar `index`.
     pub fn bar_json(&self, key: &SeriesKey, index: usize) -> &Bytes {
         let stamped = &self.bars[index];
-        stamped.json.get_or_init(|| bar_event_data(key, &stamped.bar))
+        stamped
+            .json
+            .get_or_init(|| bar_event_data(key, &stamped.bar))
     }
 }
 
@@ -411,7 +438,11 @@ mod tests {
     #[test]
     fn updates_replace_the_last_bar_or_begin_a_new_one() {
         let feed = SeriesFeed::new(key(), None, counters());
-        feed.reset(vec![bar(10, 1.0), bar(20, 2.0)], ChartMetadata::default(), 5);
+        feed.reset(
+            vec![bar(10, 1.0), bar(20, 2.0)],
+            ChartMetadata::default(),
+            5,
+        );
         assert_eq!(seqs(&feed), [1, 1]);
         let applied = feed.apply(&[bar(20, 2.5)], 6);
         assert_eq!(applied.changed, 1);
@@ -422,7 +453,7 @@ mod tests {
         assert_eq!(state.bars[1].bar.close, 2.6);
         assert_eq!(state.since_seq(2), 1, "the final state of 20, then 30");
         assert_eq!(state.since_ms(7), 1);
-        assert_eq!(state.from_time(30), 2);
+        assert_eq!(state.at_or_after(30), 2);
     }
 
     #[test]
@@ -472,14 +503,27 @@ mod tests {
     #[test]
     fn the_live_chart_is_made_once_per_change() {
         let feed = SeriesFeed::new(key(), None, counters());
-        assert!(feed.chart(1).is_none(), "not live yet");
-        feed.reset(vec![bar(10, 1.0), bar(20, 2.0)], ChartMetadata::default(), 5);
-        let a = feed.chart(2).unwrap();
-        assert!(Arc::ptr_eq(&a, &feed.chart(2).unwrap()));
-        assert!(feed.chart(3).is_none(), "fewer bars than asked");
+        assert!(feed.chart(1, None).is_none(), "not live yet");
+        feed.reset(
+            vec![bar(10, 1.0), bar(20, 2.0)],
+            ChartMetadata::default(),
+            5,
+        );
+        let a = feed.chart(2, None).unwrap();
+        assert!(Arc::ptr_eq(&a, &feed.chart(2, None).unwrap()));
+        assert!(feed.chart(3, None).is_none(), "fewer bars than asked");
         feed.apply(&[bar(20, 2.5)], 6);
-        let b = feed.chart(1).unwrap();
+        let b = feed.chart(1, None).unwrap();
         assert_eq!(b.chart.bars, [bar(20, 2.5)]);
+        // More bars than the series holds: the cached chart, brought up to date.
+        let base = Chart {
+            symbol: key().symbol,
+            resolution: Resolution::Day,
+            bars: vec![bar(0, 0.5), bar(10, 1.0), bar(20, 2.0)],
+            metadata: ChartMetadata::default(),
+        };
+        let c = feed.chart(3, Some(&base)).unwrap();
+        assert_eq!(c.chart.bars, [bar(0, 0.5), bar(10, 1.0), bar(20, 2.5)]);
     }
 
     #[test]

@@ -300,7 +300,14 @@ struct Quotes {
 
 /// The fields a quote session asks for: what a `quote` event shows.
 const QUOTE_FIELDS: [&str; 8] = [
-    "lp", "ch", "chp", "volume", "bid", "ask", "lp_time", "description",
+    "lp",
+    "ch",
+    "chp",
+    "volume",
+    "bid",
+    "ask",
+    "lp_time",
+    "description",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,7 +478,12 @@ impl Connection {
         match target {
             LiveTarget::Series { feed, bars } => {
                 let session = new_session_id();
-                let messages = series_request(&session, &feed.key.symbol, feed.key.resolution.as_str(), bars);
+                let messages = series_request(
+                    &session,
+                    &feed.key.symbol,
+                    feed.key.resolution.as_str(),
+                    bars,
+                );
                 self.live_ids.insert(live, session.clone());
                 self.live_sessions.insert(
                     session,
@@ -664,7 +676,11 @@ impl Connection {
             ServerMessage::SymbolError { session, .. }
                 if self.live_sessions.contains_key(session.as_ref()) =>
             {
-                let symbol = self.live_sessions[session.as_ref()].feed.key.symbol.to_string();
+                let symbol = self.live_sessions[session.as_ref()]
+                    .feed
+                    .key
+                    .symbol
+                    .to_string();
                 self.refuse_live(&session, FetchError::UnknownSymbol(symbol), ctx);
             }
             ServerMessage::SymbolError { session, .. } => {

@@ -41,8 +41,8 @@ use super::{
     SubscribeLive, UnsubscribeLive, UpstreamTarget,
 };
 use crate::charts::ChartFailure;
-use crate::live::{LiveId, LiveTarget};
 use crate::config::Settings;
+use crate::live::{LiveId, LiveTarget};
 use crate::log_duration::LogDuration;
 use crate::telemetry::Metrics;
 

@@ -727,7 +727,10 @@ impl PoolPolicy {
                 self.remove_connection(conn, false);
                 self.emit(Command::Shutdown { conn });
             }
+            return;
         }
+        // Its place may be what a waiting one needs.
+        self.pump();
     }
 
     /// Opens as many connections as waiting fetches (and warmth) need, within the cap and the

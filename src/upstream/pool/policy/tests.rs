@@ -953,3 +953,141 @@ fn close_all_ends_a_failure_episode() {
     assert_eq!(rig.health(), PoolHealth::Healthy);
     assert_eq!(opened(&rig.want().1), vec![2]);
 }
+
+// ----------------------------------------------------------------------------- live
+
+fn started_live(cmds: &[Command]) -> Vec<(LiveId, ConnId)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::StartLive { live, conn } => Some((*live, *conn)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stopped_live(cmds: &[Command]) -> Vec<(LiveId, ConnId)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::StopLive { live, conn } => Some((*live, *conn)),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Rig {
+    fn live(&mut self, live: LiveId, series: bool) -> Vec<Command> {
+        self.step(Event::LiveWanted { live, series })
+    }
+}
+
+#[test]
+fn live_series_fill_connections_up_to_their_live_capacity_beside_fetches() {
+    // Two live series per connection, two fetch slots per connection, three connections.
+    let mut rig = Rig::with_token(config());
+    let cmds = rig.live(1, true);
+    assert_eq!(opened(&cmds), [1], "a connection opens for a live series");
+    assert!(started_live(&rig.ready_and_proven(1)).contains(&(1, 1)));
+    assert_eq!(started_live(&rig.live(2, true)), [(2, 1)]);
+    // The first connection's live capacity is used up: the third needs another connection.
+    let cmds = rig.live(3, true);
+    assert!(started_live(&cmds).is_empty());
+    assert_eq!(opened(&cmds), [2]);
+    assert_eq!(started_live(&rig.ready_and_proven(2)), [(3, 2)]);
+    // Fetches are not held back by live series: connection 1 still takes two.
+    let (fetch, cmds) = rig.want();
+    assert_eq!(dispatched(&cmds), [(fetch, 1)]);
+    // Quotes take no series capacity: they go to the connection with the fewest subscriptions.
+    assert_eq!(started_live(&rig.live(4, false)), [(4, 2)]);
+    let loads: Vec<(ConnId, usize)> = rig.policy.connections().map(|c| (c.id, c.live)).collect();
+    assert_eq!(loads, [(1, 2), (2, 2)]);
+}
+
+#[test]
+fn a_lost_connection_moves_its_live_series_to_the_others() {
+    let mut rig = Rig::with_token(Config {
+        live_per_connection: 5,
+        ..config()
+    });
+    rig.live(1, true);
+    rig.ready_and_proven(1);
+    rig.live(2, true);
+    rig.live(3, false);
+    // A second connection, opened for fetches.
+    rig.want_n(3);
+    rig.ready_and_proven(2);
+    let cmds = rig.ended(1, lost());
+    let moved: Vec<LiveId> = started_live(&cmds).iter().map(|&(l, _)| l).collect();
+    assert_eq!(moved, [1, 2, 3], "every subscription placed again");
+    assert!(started_live(&cmds).iter().all(|&(_, c)| c == 2));
+    assert!(notices(&cmds).iter().any(|n| matches!(
+        n,
+        Notice::LiveMoved {
+            conn: 1,
+            series: 2,
+            quotes: 1
+        }
+    )));
+}
+
+#[test]
+fn live_series_wait_through_the_backoff_when_the_feed_refuses() {
+    let mut rig = Rig::with_token(config());
+    rig.live(1, true);
+    rig.ready_and_proven(1);
+    // The feed drops the connection, then refuses the replacement.
+    let cmds = rig.ended(1, lost());
+    assert_eq!(
+        opened(&cmds),
+        [2],
+        "the waiting series asks for a connection"
+    );
+    let cmds = rig.ended(2, refused());
+    assert!(opened(&cmds).is_empty(), "backing off");
+    let at = scheduled(&cmds, Timer::Reconnect).expect("a reconnect is scheduled");
+    rig.now = at;
+    let cmds = rig.fire(Timer::Reconnect);
+    assert_eq!(
+        opened(&cmds),
+        [3],
+        "the series still waits: the episode goes on"
+    );
+    assert_eq!(started_live(&rig.ready_and_proven(3)), [(1, 3)]);
+    assert_eq!(rig.health(), PoolHealth::Healthy);
+}
+
+#[test]
+fn a_dropped_live_series_is_stopped_where_it_was_and_frees_its_place() {
+    let mut rig = Rig::with_token(Config {
+        live_per_connection: 1,
+        ..config()
+    });
+    rig.step(Event::KeepWarm);
+    rig.live(1, true);
+    rig.ready_and_proven(1);
+    rig.live(2, true);
+    let cmds = rig.step(Event::LiveDropped { live: 1 });
+    assert_eq!(stopped_live(&cmds), [(1, 1)]);
+    assert_eq!(
+        started_live(&cmds),
+        [(2, 1)],
+        "the waiting one takes the freed place"
+    );
+    assert!(shut(&cmds).is_empty(), "a lease keeps the pool warm");
+}
+
+#[test]
+fn after_close_all_live_series_reopen_a_connection_and_the_last_one_dropped_closes_it() {
+    let mut rig = Rig::with_token(config());
+    rig.step(Event::KeepWarm);
+    rig.live(1, true);
+    rig.ready_and_proven(1);
+    // The idle timeout (or force-cleanup): the series is still wanted, so it is placed again.
+    let cmds = rig.step(Event::CloseAll);
+    assert_eq!(shut(&cmds), [1]);
+    assert_eq!(opened(&cmds), [2]);
+    assert_eq!(started_live(&rig.ready_and_proven(2)), [(1, 2)]);
+    // Its last follower's linger is over: nothing keeps the connection open any more.
+    let cmds = rig.step(Event::LiveDropped { live: 1 });
+    assert_eq!(stopped_live(&cmds), [(1, 2)]);
+    assert_eq!(shut(&cmds), [2]);
+}
