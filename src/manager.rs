@@ -305,6 +305,15 @@ impl Manager {
                         );
                         act.last_health = Some(health);
                     }
+                    // A pool that went down ends its episode only on a new request; live
+                    // followers waiting for their series are one, every health check.
+                    if pool.down && pool.live_waiting > 0 {
+                        log::info!(
+                            "manager: pool down with {} live subscriptions waiting; trying again",
+                            pool.live_waiting
+                        );
+                        act.pool.do_send(KeepWarm);
+                    }
                     // Connections opened with no lease (or left over) still get closed.
                     if ref_count == 0
                         && act.idle.is_none()

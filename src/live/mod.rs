@@ -190,6 +190,8 @@ struct Registry {
 
 struct Inner {
     linger: Duration,
+    /// `live.resume_window_secs`.
+    resume_window: Duration,
     capacity: usize,
     pool: Addr<Pool>,
     cache: Arc<Cache>,
@@ -215,6 +217,7 @@ impl Live {
         Live {
             inner: Arc::new(Inner {
                 linger: Duration::from_secs(settings.live.linger_secs),
+                resume_window: Duration::from_secs(settings.live.resume_window_secs),
                 capacity: settings
                     .pool
                     .max_connections
@@ -320,6 +323,7 @@ impl Live {
             series.clone(),
             seed.as_ref().map(|c| &c.chart),
             self.inner.counters.clone(),
+            self.inner.resume_window,
         );
         log::info!(
             "live: following {} {} upstream (live series: {})",

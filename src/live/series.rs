@@ -10,6 +10,7 @@
 //! can resume on any instance).
 
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chartgate_protocol::json::{Whole, write_number};
@@ -94,6 +95,8 @@ pub struct SeriesFeed {
     pub key: SeriesKey,
     state: Mutex<SeriesState>,
     counters: Arc<LiveCounters>,
+    /// `live.resume_window_secs`.
+    resume_window_secs: i64,
 }
 
 /// What one update did, for the registry's counters.
@@ -114,6 +117,7 @@ impl SeriesFeed {
         key: SeriesKey,
         seed: Option<&Chart>,
         counters: Arc<LiveCounters>,
+        resume_window: Duration,
     ) -> Arc<SeriesFeed> {
         let now = Instant::now();
         let (bars, metadata) = match seed {
@@ -138,6 +142,7 @@ impl SeriesFeed {
                 followers: Vec::new(),
             }),
             counters,
+            resume_window_secs: i64::try_from(resume_window.as_secs()).unwrap_or(i64::MAX / 2),
         })
     }
 
@@ -167,14 +172,24 @@ impl SeriesFeed {
             .position(|(new, old)| *new != old.bar)
             .unwrap_or_else(|| bars.len().min(state.bars.len() - keep));
         let changed = bars.len() - differs;
-        let seq = state.seq + u64::from(changed > 0);
+        let (old_seq, seq) = (state.seq, state.seq + u64::from(changed > 0));
         let now = Instant::now();
+        // With nothing known before (no cached chart), bars that ended before the resume window
+        // cannot have changed since any id a client may resume with: they stay unstamped, so a
+        // resume on a fresh series re-sends the window's bars, not the whole history.
+        let horizon = if state.bars.is_empty() {
+            at_ms / 1000 - self.resume_window_secs - self.key.resolution.seconds()
+        } else {
+            i64::MIN
+        };
         state.bars.truncate(keep + differs);
-        state.bars.extend(
-            bars[differs..]
-                .iter()
-                .map(|b| Stamped::new(*b, seq, at_ms, now)),
-        );
+        state.bars.extend(bars[differs..].iter().map(|b| {
+            if b.time < horizon {
+                Stamped::new(*b, old_seq, 0, now)
+            } else {
+                Stamped::new(*b, seq, at_ms, now)
+            }
+        }));
         state.trim();
         state.seq = seq;
         self.told(&state, changed)
@@ -427,6 +442,8 @@ mod tests {
         }
     }
 
+    const WINDOW: Duration = Duration::from_secs(300);
+
     fn counters() -> Arc<LiveCounters> {
         Arc::new(LiveCounters::new(&crate::telemetry::Metrics::new()))
     }
@@ -437,7 +454,7 @@ mod tests {
 
     #[test]
     fn updates_replace_the_last_bar_or_begin_a_new_one() {
-        let feed = SeriesFeed::new(key(), None, counters());
+        let feed = SeriesFeed::new(key(), None, counters(), WINDOW);
         feed.reset(
             vec![bar(10, 1.0), bar(20, 2.0)],
             ChartMetadata::default(),
@@ -458,7 +475,7 @@ mod tests {
 
     #[test]
     fn an_unchanged_update_changes_nothing() {
-        let feed = SeriesFeed::new(key(), None, counters());
+        let feed = SeriesFeed::new(key(), None, counters(), WINDOW);
         feed.reset(vec![bar(10, 1.0)], ChartMetadata::default(), 5);
         assert_eq!(feed.apply(&[bar(10, 1.0)], 6), Applied::default());
         assert_eq!(feed.lock().seq, 1);
@@ -466,7 +483,7 @@ mod tests {
 
     #[test]
     fn an_older_bar_that_changes_restamps_every_bar_after_it() {
-        let feed = SeriesFeed::new(key(), None, counters());
+        let feed = SeriesFeed::new(key(), None, counters(), WINDOW);
         feed.reset(
             vec![bar(10, 1.0), bar(20, 2.0), bar(30, 3.0)],
             ChartMetadata::default(),
@@ -485,7 +502,7 @@ mod tests {
             bars: vec![bar(10, 1.0), bar(20, 2.0)],
             metadata: ChartMetadata::default(),
         };
-        let feed = SeriesFeed::new(key(), Some(&seed), counters());
+        let feed = SeriesFeed::new(key(), Some(&seed), counters(), WINDOW);
         let applied = feed.reset(
             vec![bar(20, 2.0), bar(30, 3.0)],
             ChartMetadata::default(),
@@ -501,8 +518,21 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_series_stamps_only_bars_within_the_resume_window() {
+        let feed = SeriesFeed::new(key(), None, counters(), WINDOW);
+        let now_ms = 1_700_000_000_000;
+        let day = 86_400;
+        // Today's bar began 2 min ago: yesterday's ended then, inside the 5-minute window.
+        let today = now_ms / 1000 - 120;
+        let bars: Vec<Bar> = (0..5).map(|n| bar(today - (4 - n) * day, 1.0)).collect();
+        feed.reset(bars, ChartMetadata::default(), now_ms);
+        let stamps: Vec<i64> = feed.lock().bars.iter().map(|s| s.at_ms).collect();
+        assert_eq!(stamps, [0, 0, 0, now_ms, now_ms]);
+    }
+
+    #[test]
     fn the_live_chart_is_made_once_per_change() {
-        let feed = SeriesFeed::new(key(), None, counters());
+        let feed = SeriesFeed::new(key(), None, counters(), WINDOW);
         assert!(feed.chart(1, None).is_none(), "not live yet");
         feed.reset(
             vec![bar(10, 1.0), bar(20, 2.0)],

@@ -170,6 +170,9 @@ pub struct PoolStats {
     /// Every reconnect attempt of the episode failed; fetches fail fast until a new one starts.
     #[serde(skip)]
     pub down: bool,
+    /// Live subscriptions waiting for a connection (followers get no updates meanwhile).
+    #[serde(skip)]
+    pub live_waiting: usize,
 }
 
 /// One connection in [`PoolStats`].

@@ -641,6 +641,7 @@ impl Handler<GetPoolStats> for Pool {
             connections,
             reconnect_attempts: health.attempts(),
             down: health.is_down(),
+            live_waiting: self.policy.live_waiting(),
         }
     }
 }

@@ -511,6 +511,11 @@ impl PoolPolicy {
         self.queued
     }
 
+    /// Live subscriptions waiting for a connection.
+    pub fn live_waiting(&self) -> usize {
+        self.live_waiting.len()
+    }
+
     /// Fetches answered by a connection.
     pub fn served_total(&self) -> u64 {
         self.served_total
