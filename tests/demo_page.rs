@@ -821,6 +821,15 @@ async fn wait_live(page: &mut LivePage) -> Vec<Card> {
     cards
 }
 
+/// The 1-minute card of `symbol` among `cards`; fails naming what there was.
+fn minute_card(cards: &[Card], symbol: &str) -> Card {
+    cards
+        .iter()
+        .find(|c| c.symbol == symbol && c.resolution == "1")
+        .cloned()
+        .unwrap_or_else(|| panic!("no 1-minute card of {symbol} among {cards:?}"))
+}
+
 /// Waits until a bar the 1-minute chart of `symbol` did not have (a `time` after `after`) has
 /// been appended, and returns the card; the chart keeps its 60 bars.
 async fn wait_new_minute_bar(page: &mut LivePage, symbol: &str, after: f64) -> Card {
@@ -832,12 +841,7 @@ async fn wait_new_minute_bar(page: &mut LivePage, symbol: &str, after: f64) -> C
         ),
     )
     .await;
-    let card = page
-        .cards()
-        .await
-        .into_iter()
-        .find(|c| c.symbol == symbol && c.resolution == "1")
-        .expect("the 1-minute card");
+    let card = minute_card(&page.cards().await, symbol);
     assert_eq!(
         card.bars, 60,
         "{}: the oldest bar was dropped: {card:?}",
@@ -850,12 +854,7 @@ async fn wait_new_minute_bar(page: &mut LivePage, symbol: &str, after: f64) -> C
 /// card elements) and goes on applying bars.
 async fn assert_resumed_in_place(page: &mut LivePage, cards_before: u64) {
     let bars = page.counter("bars").await;
-    let minute_before = page
-        .cards()
-        .await
-        .into_iter()
-        .find(|c| c.symbol == LIVE_SYMBOLS[0] && c.resolution == "1")
-        .expect("the 1-minute card");
+    let minute_before = minute_card(&page.cards().await, LIVE_SYMBOLS[0]);
     page.wait_for(
         "bars applied after the reconnect",
         &format!("window.chartgateState.bars > {bars}"),
@@ -1074,10 +1073,7 @@ async fn demo_page_live_applies_bars_and_quotes_and_resumes_after_a_network_drop
 
     // Bars after `complete`: the daily bars change in place, the 1-minute chart gets new bars.
     let symbol = LIVE_SYMBOLS[0];
-    let minute = history
-        .iter()
-        .find(|c| c.symbol == symbol && c.resolution == "1")
-        .expect("the 1-minute card");
+    let minute = minute_card(&history, symbol);
     let appended = wait_new_minute_bar(&mut page, symbol, minute.last_time).await;
     assert!(appended.updates > 0, "{appended:?}");
     let daily_closes: Vec<f64> = history
@@ -1257,6 +1253,53 @@ async fn demo_page_without_live_ends_at_complete_and_the_switch_turns_live_on_an
         .eval("document.getElementById('live-indicator').hidden")
         .await;
     assert_eq!(hidden, true, "no live indicator");
+
+    drop(page);
+    app.stopper.stop().await;
+}
+
+#[actix_web::test]
+async fn demo_page_live_starts_over_when_the_stream_cannot_be_resumed() {
+    let test = "demo_page_live_starts_over_when_the_stream_cannot_be_resumed";
+    let Some(chromium) = chromium_or_skip(test) else {
+        return;
+    };
+    // A live id names a time a second before its event: with a one-second window, no
+    // reconnect (the browser waits `retry:`, 2 s) can resume.
+    let (app, proxy) = start_live_service(|s| s.live.resume_window_secs = 1).await;
+    let mut page = LivePage::open(&chromium, &live_page_url(&proxy.base, true)).await;
+    wait_live(&mut page).await;
+    page.wait_for("a bar applied", "window.chartgateState.bars > 0")
+        .await;
+    let cards = page.mark_cards().await;
+
+    proxy.cut_all();
+    page.wait_for(
+        "the stream to start over (formula-results again)",
+        "window.chartgateState.formulaResults === 2",
+    )
+    .await;
+    let state = page.state().await;
+    assert_eq!(state["resets"], 1, "{state}: the charts were cleared once");
+    page.wait_for(
+        "the second complete, then live",
+        "window.chartgateState.completes === 2 && window.chartgateState.phase === 'live'",
+    )
+    .await;
+    assert_eq!(
+        page.unmarked_cards().await,
+        (cards, cards),
+        "every card drawn again from the new history, none kept"
+    );
+    let bars = page.counter("bars").await;
+    page.wait_for(
+        "bars applied after starting over",
+        &format!("window.chartgateState.bars > {bars}"),
+    )
+    .await;
+    let state = page.state().await;
+    assert_eq!(state["resets"], 1, "{state}");
+    assert_eq!(state["reopens"], 0, "{state}: the browser's own reconnect");
 
     drop(page);
     app.stopper.stop().await;
