@@ -87,6 +87,29 @@ impl Inbox {
     }
 }
 
+/// The streams following one series or quote, each with its slot: told of every change.
+#[derive(Debug, Default)]
+pub struct Followers(Vec<(Arc<Inbox>, usize)>);
+
+impl Followers {
+    pub fn add(&mut self, inbox: Arc<Inbox>, slot: usize) {
+        self.0.push((inbox, slot));
+    }
+
+    pub fn remove(&mut self, inbox: &Arc<Inbox>) {
+        self.0.retain(|(other, _)| !Arc::ptr_eq(other, inbox));
+    }
+
+    /// Marks the change in every follower's inbox; returns how many had not written the previous
+    /// change yet (conflated).
+    pub fn tell(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|(inbox, slot)| !inbox.mark(*slot))
+            .count()
+    }
+}
+
 /// Where a follower is in a chart: what it must send next time the chart is looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cursor {

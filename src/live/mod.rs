@@ -162,22 +162,50 @@ impl Drop for Hold {
     }
 }
 
+/// How many hold a series or quote, and which idle spell it is in.
+#[derive(Debug, Default)]
+struct Holds {
+    count: usize,
+    /// Bumped whenever `count` falls to 0, so a linger timer can tell whether its spell is still
+    /// the current one.
+    idle_generation: u64,
+}
+
+impl Holds {
+    fn one() -> Holds {
+        Holds {
+            count: 1,
+            idle_generation: 0,
+        }
+    }
+
+    /// One hold less; the new idle spell's generation when that was the last.
+    fn release(&mut self) -> Option<u64> {
+        self.count = self.count.saturating_sub(1);
+        (self.count == 0).then(|| {
+            self.idle_generation += 1;
+            self.idle_generation
+        })
+    }
+
+    /// Nobody took it up again since idle spell `generation` began.
+    fn idle_since(&self, generation: u64) -> bool {
+        self.count == 0 && self.idle_generation == generation
+    }
+}
+
 struct SeriesEntry {
     id: LiveId,
     feed: Arc<SeriesFeed>,
     /// Bars its subscription asked for.
     bars: BarCount,
-    holds: usize,
-    /// Bumped whenever `holds` falls to 0, so a linger timer can tell whether it is still the
-    /// latest.
-    idle_generation: u64,
+    holds: Holds,
 }
 
 struct QuoteEntry {
     id: LiveId,
     feed: Arc<QuoteFeed>,
-    holds: usize,
-    idle_generation: u64,
+    holds: Holds,
 }
 
 #[derive(Default)]
@@ -261,7 +289,7 @@ impl Live {
             let idle: Vec<SeriesKey> = registry
                 .series
                 .iter()
-                .filter(|(_, e)| e.holds == 0)
+                .filter(|(_, e)| e.holds.count == 0)
                 .map(|(k, _)| k.clone())
                 .collect();
             if idle.len() < over {
@@ -313,7 +341,7 @@ impl Live {
     fn hold_series(&self, registry: &mut Registry, key: &ChartKey) -> Arc<SeriesFeed> {
         let series = series_key(key);
         if let Some(entry) = registry.series.get_mut(&series) {
-            entry.holds += 1;
+            entry.holds.count += 1;
             return entry.feed.clone();
         }
         registry.next_id += 1;
@@ -344,8 +372,7 @@ impl Live {
                 id,
                 feed: feed.clone(),
                 bars: key.bars,
-                holds: 1,
-                idle_generation: 0,
+                holds: Holds::one(),
             },
         );
         feed
@@ -353,7 +380,7 @@ impl Live {
 
     fn hold_quote(&self, registry: &mut Registry, symbol: &Symbol) -> Arc<QuoteFeed> {
         if let Some(entry) = registry.quotes.get_mut(symbol) {
-            entry.holds += 1;
+            entry.holds.count += 1;
             return entry.feed.clone();
         }
         registry.next_id += 1;
@@ -368,8 +395,7 @@ impl Live {
             QuoteEntry {
                 id,
                 feed: feed.clone(),
-                holds: 1,
-                idle_generation: 0,
+                holds: Holds::one(),
             },
         );
         feed
@@ -378,29 +404,12 @@ impl Live {
     /// A hold ended: when it was the last one, the series or quote lingers, then ends.
     fn release(&self, what: Held) {
         let mut registry = self.registry();
-        let generation = match &what {
-            Held::Series(key) => {
-                let Some(entry) = registry.series.get_mut(key) else {
-                    return;
-                };
-                entry.holds = entry.holds.saturating_sub(1);
-                if entry.holds > 0 {
-                    return;
-                }
-                entry.idle_generation += 1;
-                entry.idle_generation
-            }
-            Held::Quote(symbol) => {
-                let Some(entry) = registry.quotes.get_mut(symbol) else {
-                    return;
-                };
-                entry.holds = entry.holds.saturating_sub(1);
-                if entry.holds > 0 {
-                    return;
-                }
-                entry.idle_generation += 1;
-                entry.idle_generation
-            }
+        let holds = match &what {
+            Held::Series(key) => registry.series.get_mut(key).map(|e| &mut e.holds),
+            Held::Quote(symbol) => registry.quotes.get_mut(symbol).map(|e| &mut e.holds),
+        };
+        let Some(generation) = holds.and_then(Holds::release) else {
+            return;
         };
         if self.inner.linger.is_zero() {
             self.end_if_idle(&mut registry, &what, generation);
@@ -422,7 +431,7 @@ impl Live {
                 if registry
                     .series
                     .get(key)
-                    .is_some_and(|e| e.holds == 0 && e.idle_generation == generation)
+                    .is_some_and(|e| e.holds.idle_since(generation))
                 {
                     let why = format!("no follower for {} s", self.inner.linger.as_secs());
                     self.end_series(registry, key, &why);
@@ -432,7 +441,7 @@ impl Live {
                 if registry
                     .quotes
                     .get(symbol)
-                    .is_some_and(|e| e.holds == 0 && e.idle_generation == generation)
+                    .is_some_and(|e| e.holds.idle_since(generation))
                     && let Some(entry) = registry.quotes.remove(symbol)
                 {
                     log::debug!("live: quote {symbol} ended");

@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::LiveCounters;
-use super::follower::Inbox;
+use super::follower::{Followers, Inbox};
 use crate::domain::Symbol;
 
 /// The state behind the lock.
@@ -28,7 +28,7 @@ pub struct QuoteState {
     pub failed: bool,
     /// The `data` of the `quote` event for `seq`, made once for every follower.
     json: Option<(u64, Bytes)>,
-    followers: Vec<(Arc<Inbox>, usize)>,
+    followers: Followers,
 }
 
 /// One symbol's quote. See the module documentation.
@@ -74,7 +74,7 @@ impl QuoteFeed {
                 at: Instant::now(),
                 failed: false,
                 json: None,
-                followers: Vec::new(),
+                followers: Followers::default(),
             }),
             counters,
         })
@@ -98,7 +98,7 @@ impl QuoteFeed {
         state.seq += 1;
         state.at_ms = at_ms;
         state.at = Instant::now();
-        let conflated = state.tell();
+        let conflated = state.followers.tell();
         self.counters.received(conflated);
     }
 
@@ -106,29 +106,19 @@ impl QuoteFeed {
     pub fn fail(&self) {
         let mut state = self.lock();
         state.failed = true;
-        state.tell();
+        state.followers.tell();
     }
 
     pub fn follow(&self, inbox: Arc<Inbox>, slot: usize) {
-        self.lock().followers.push((inbox, slot));
+        self.lock().followers.add(inbox, slot);
     }
 
     pub fn unfollow(&self, inbox: &Arc<Inbox>) {
-        self.lock()
-            .followers
-            .retain(|(other, _)| !Arc::ptr_eq(other, inbox));
+        self.lock().followers.remove(inbox);
     }
 }
 
 impl QuoteState {
-    /// Tells every follower; returns how many had not written the previous change yet.
-    fn tell(&self) -> usize {
-        self.followers
-            .iter()
-            .filter(|(inbox, slot)| !inbox.mark(*slot))
-            .count()
-    }
-
     /// The `data` of the `quote` event for the current state.
     pub fn event_data(&mut self, symbol: &Symbol) -> Bytes {
         if let Some((seq, json)) = &self.json

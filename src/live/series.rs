@@ -17,7 +17,7 @@ use chartgate_protocol::json::{Whole, write_number};
 use tokio::time::Instant;
 
 use super::LiveCounters;
-use super::follower::Inbox;
+use super::follower::{Followers, Inbox};
 use crate::charts::ChartFailure;
 use crate::domain::{Bar, BarCount, Chart, ChartMetadata, Resolution, Symbol};
 use crate::ready_chart::ReadyChart;
@@ -86,7 +86,7 @@ pub struct SeriesState {
     /// cache path serves the live state without copying it per request.
     derived: Vec<(u16, u64, Arc<ReadyChart>)>,
     /// Streams following, each with its slot for this series.
-    followers: Vec<(Arc<Inbox>, usize)>,
+    followers: Followers,
 }
 
 /// One live series. See the module documentation.
@@ -104,9 +104,7 @@ pub struct SeriesFeed {
 pub struct Applied {
     /// Bars that changed.
     pub changed: usize,
-    /// Followers told about it.
-    pub told: usize,
-    /// Of those, followers that had not yet sent the previous change: it is replaced (conflated).
+    /// Followers that had not yet sent the previous change: it is replaced (conflated).
     pub conflated: usize,
 }
 
@@ -139,7 +137,7 @@ impl SeriesFeed {
                 metadata,
                 seq: 0,
                 derived: Vec::new(),
-                followers: Vec::new(),
+                followers: Followers::default(),
             }),
             counters,
             resume_window_secs: i64::try_from(resume_window.as_secs()).unwrap_or(i64::MAX / 2),
@@ -269,14 +267,12 @@ impl SeriesFeed {
 
     /// Adds a follower, told of every change from now on through `slot` of its inbox.
     pub fn follow(&self, inbox: Arc<Inbox>, slot: usize) {
-        self.lock().followers.push((inbox, slot));
+        self.lock().followers.add(inbox, slot);
     }
 
     /// Removes a follower.
     pub fn unfollow(&self, inbox: &Arc<Inbox>) {
-        self.lock()
-            .followers
-            .retain(|(other, _)| !Arc::ptr_eq(other, inbox));
+        self.lock().followers.remove(inbox);
     }
 
     /// The live chart with the newest `bars` bars, when the series is live and has that many,
@@ -340,17 +336,10 @@ impl SeriesState {
 
     /// Tells every follower that the series changed.
     fn tell(&self, changed: usize) -> Applied {
-        let mut applied = Applied {
+        Applied {
             changed,
-            ..Applied::default()
-        };
-        for (inbox, slot) in &self.followers {
-            applied.told += 1;
-            if !inbox.mark(*slot) {
-                applied.conflated += 1;
-            }
+            conflated: self.followers.tell(),
         }
-        applied
     }
 
     fn chart(&self, key: &SeriesKey, bars: usize) -> Chart {
