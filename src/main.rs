@@ -29,7 +29,7 @@ enum Command {
     /// Run the upstream simulator alone: the chart feed WebSocket and MarketInOut's Web API.
     Simulate(SimulateArgs),
     /// Watch a formula's chart stream from a running chartgate: a progress bar and a summary,
-    /// or one JSON line per event with --json.
+    /// or one JSON line per event with --json; with --live, then the charts live until Ctrl-C.
     Watch(chartgate::watch::WatchArgs),
 }
 

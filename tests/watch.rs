@@ -2,7 +2,14 @@
 //! exact format: the happy path, `--json` output, error statuses and exit codes, `stream-error`,
 //! a dropped connection resumed with `Last-Event-ID`, a `204` resume, usage errors through the
 //! real binary, and the SSE parser on its own (every chunk boundary, CRLF, properties).
+//!
+//! `--live`: on canned live streams (the table's lines, resuming with a live id, Ctrl-C), and
+//! against the real service with its embedded simulator on a fast tick (bars and quotes after
+//! `complete`, and a connection cut by a proxy resumed without the history again).
 
+mod common;
+
+use std::io::Write;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,10 +17,13 @@ use std::time::Duration;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bytes::Bytes;
 use chartgate::watch::sse::{SseError, SseEvent, SseParser};
-use chartgate::watch::{Ending, ProgressMode, Report, WatchArgs, WatchError, watch};
+use chartgate::watch::{Display, Ending, Report, WatchArgs, WatchError, watch};
 use futures_util::StreamExt;
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 // ------------------------------------------------------------------------------------------------
 // The canned server
@@ -247,7 +257,14 @@ struct Run {
 
 async fn run_watch(args: &WatchArgs) -> Run {
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let result = watch(args, &mut out, &mut err, ProgressMode::Lines).await;
+    let result = watch(
+        args,
+        &mut out,
+        &mut err,
+        Display::lines(),
+        std::future::pending(),
+    )
+    .await;
     Run {
         result,
         stdout: String::from_utf8(out).expect("stdout is UTF-8"),
@@ -731,7 +748,7 @@ async fn binary_exit_codes_for_server_errors_and_stream_errors() {
 
 #[actix_web::test]
 async fn binary_usage_errors_exit_2_naming_the_flag() {
-    let cases: [(&[&str], &[&str]); 5] = [
+    let cases: [(&[&str], &[&str]); 6] = [
         (&["watch"], &["--formula", "--symbols"]),
         (
             &["watch", "--formula", "a", "--symbols", "NSE:TCS"],
@@ -745,6 +762,10 @@ async fn binary_usage_errors_exit_2_naming_the_flag() {
         (
             &["watch", "--formula", "a", "--server", "localhost:8080"],
             &["--server"],
+        ),
+        (
+            &["watch", "--formula", "a", "--quotes"],
+            &["--quotes", "--live"],
         ),
     ];
     for (args, flags) in cases {
@@ -785,6 +806,9 @@ async fn binary_help_lists_the_flags() {
         "--json",
         "--token",
         "CHARTGATE_TOKEN",
+        "--live",
+        "--quotes",
+        "Ctrl-C",
     ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
@@ -958,4 +982,754 @@ proptest! {
         let mut parser = SseParser::with_limit(128);
         let _ = parser.feed(&bytes);
     }
+}
+
+// ------------------------------------------------------------------------------------------------
+// --live: running watches, and canned live streams
+// ------------------------------------------------------------------------------------------------
+
+/// A `Write` the test reads while the watch is still writing to it.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The longest a condition on a running watch may take to come true before the test fails.
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+
+/// A watch running on the test's actix system until [`LiveWatch::stop`] (what Ctrl-C does for
+/// the binary).
+struct LiveWatch {
+    out: Sink,
+    err: Sink,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: actix_web::rt::task::JoinHandle<Result<Report, WatchError>>,
+}
+
+impl LiveWatch {
+    /// Starts watching with `args`. With `merged`, notices go to the stdout sink too, so their
+    /// place among the JSON lines shows.
+    fn start(args: WatchArgs, merged: bool) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let out = Sink::default();
+        let err = if merged { out.clone() } else { Sink::default() };
+        let (mut o, mut e) = (out.clone(), err.clone());
+        let task = actix_web::rt::spawn(async move {
+            let stop = async {
+                let _ = stopped.await;
+            };
+            watch(&args, &mut o, &mut e, Display::lines(), stop).await
+        });
+        LiveWatch {
+            out,
+            err,
+            stop,
+            task,
+        }
+    }
+
+    /// Polls until `cond(stdout, stderr)` holds; fails after [`WAIT_LIMIT`], or as soon as the
+    /// watch ended (it must not, before it is stopped).
+    async fn wait_for(&mut self, what: &str, cond: impl Fn(&str, &str) -> bool) {
+        let deadline = Instant::now() + WAIT_LIMIT;
+        loop {
+            let (out, err) = (self.out.text(), self.err.text());
+            if cond(&out, &err) {
+                return;
+            }
+            let tail = |s: &str| s[s.len().saturating_sub(3000)..].to_owned();
+            if self.task.is_finished() {
+                let result = (&mut self.task).await;
+                panic!(
+                    "the watch ended before {what}: {result:?}\nstdout …{}\nstderr …{}",
+                    tail(&out),
+                    tail(&err)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen:\nstdout …{}\nstderr …{}",
+                tail(&out),
+                tail(&err)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the watch as Ctrl-C would, and returns what it did.
+    async fn stop(self) -> Run {
+        let _ = self.stop.send(());
+        let result = self.task.await.expect("the watch task ends");
+        Run {
+            result,
+            stdout: self.out.text(),
+            stderr: self.err.text(),
+        }
+    }
+}
+
+/// The JSON lines of `out`, skipping notices (when stderr was merged into it).
+fn json_events(out: &str) -> Vec<Value> {
+    out.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+/// The event names of JSON lines.
+fn names(lines: &[Value]) -> Vec<&str> {
+    lines
+        .iter()
+        .map(|l| l["event"].as_str().expect("an event name"))
+        .collect()
+}
+
+/// The lines after the first `complete`.
+fn after_complete(lines: &[Value]) -> &[Value] {
+    match lines.iter().position(|l| l["event"] == "complete") {
+        Some(i) => &lines[i + 1..],
+        None => &[],
+    }
+}
+
+fn live_id(n: u32) -> String {
+    format!("00000000000000aa.00000000000000bb.live.{n:x}")
+}
+
+fn bar_event(id: &str, symbol: &str, resolution: &str, time: i64, close: f64) -> String {
+    event(
+        id,
+        "bar",
+        json!({"symbol": symbol, "resolution": resolution,
+               "bar": {"time": time, "open": close, "high": close, "low": close, "close": close,
+                       "volume": 7}}),
+    )
+}
+
+fn quote_event(id: &str, symbol: &str, price: f64, change_percent: f64, time: i64) -> String {
+    event(
+        id,
+        "quote",
+        json!({"symbol": symbol, "price": price, "change": 0.1, "changePercent": change_percent,
+               "volume": 1000, "bid": price - 0.1, "ask": price + 0.1, "time": time}),
+    )
+}
+
+/// The history part of a live stream, up to its `complete` (with a live id).
+fn live_history() -> Vec<Part> {
+    vec![
+        text(format!("retry: 10\n{}", formula_results("h-1"))),
+        text(batch1("h-2")),
+        text(batch2("h-3")),
+        text(complete(&live_id(1))),
+    ]
+}
+
+fn live_args(server: &str, quotes: bool, json: bool) -> WatchArgs {
+    let mut args = WatchArgs::formula(server, "breakouts");
+    args.live = true;
+    args.quotes = quotes;
+    args.json = json;
+    args
+}
+
+#[actix_web::test]
+async fn live_lines_show_the_history_then_the_rows_that_change() {
+    let server = spawn_server(|_, _| {
+        let mut parts = live_history();
+        parts.extend([
+            // The last bar of the history, moved; a bar of the other resolution (not shown); a
+            // new bar (the one before it is now final); a quote.
+            text(bar_event(&live_id(2), "NSE:AAA", "1D", 2, 2.4)),
+            text(bar_event(&live_id(3), "NSE:AAA", "1W", 2, 99.0)),
+            text(bar_event(&live_id(4), "NSE:AAA", "1D", 3, 2.64)),
+            text(quote_event(
+                &live_id(5),
+                "NSE:BBB",
+                3521.5,
+                0.35,
+                1_765_965_600,
+            )),
+            Part::Stall,
+        ]);
+        Reply::Sse(parts)
+    });
+    let mut watch = LiveWatch::start(live_args(&server.url, true, false), false);
+    let aaa = "NSE:AAA         2.64   +10.00%  1970-01-01 00:00";
+    let bbb = "NSE:BBB      3521.50    +0.35%  2025-12-17 10:00";
+    watch
+        .wait_for("the live rows", |out, _| {
+            out.lines().any(|l| l == aaa) && out.lines().any(|l| l == bbb)
+        })
+        .await;
+    let run = watch.stop().await;
+    let report = run.result.expect("a stopped live watch is a success");
+    assert_eq!(report.ending, Ending::Stopped);
+    assert_eq!(report.reconnects, 0);
+    assert_eq!(
+        server.seen()[0].query,
+        "formula=breakouts&live=true&quotes=true&barsFormat=columns"
+    );
+
+    // The summary once, at `complete`, then the header and the rows as they were then: the last
+    // two bars of each stock's 1D history (NSE:ZZZ failed, so it shows nothing).
+    let (summary, table) = run
+        .stdout
+        .split_once("\n\n")
+        .expect("a blank line after the summary");
+    assert!(summary.starts_with("formula        Breakouts (breakouts)\n"));
+    let (failed, table) = table.split_once("\n\n").expect("the failed charts");
+    assert!(failed.starts_with("failed charts:"), "{failed}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0], "symbol          last     chg %  time (UTC)",
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines.contains(&"NSE:ZZZ            -         -  -"),
+        "{table}"
+    );
+    assert!(
+        lines.contains(&"NSE:BBB         2.20   +83.33%  1970-01-01 00:00"),
+        "{table}"
+    );
+    // Every later line is a changed row; the 1W bar never shows.
+    assert!(lines[1..].iter().all(|l| l.starts_with("NSE:")), "{table}");
+    assert!(!table.contains("99.00"), "{table}");
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.starts_with("symbol "))
+            .count(),
+        1,
+        "one header:\n{}",
+        run.stdout
+    );
+
+    let board = report.live.expect("a live board");
+    assert_eq!(board.resolution(), Some("1D"));
+    let aaa = board.row("NSE:AAA").expect("a row for NSE:AAA");
+    assert_eq!(
+        (aaa.last, aaa.previous),
+        (
+            Some(chartgate::watch::BarPoint {
+                time: 3,
+                close: 2.64
+            }),
+            Some(chartgate::watch::BarPoint {
+                time: 2,
+                close: 2.4
+            })
+        )
+    );
+    assert_eq!(board.bars_applied(), 3);
+    assert_eq!(board.quotes_applied(), 1);
+    assert!(
+        run.stderr.contains(
+            "live: following 3 charts and quotes; the table shows 1D bars (Ctrl-C to stop)"
+        ),
+        "{}",
+        run.stderr
+    );
+}
+
+#[actix_web::test]
+async fn live_resumes_with_the_last_live_id_and_does_not_start_over() {
+    let server = spawn_server(|n, _| match n {
+        0 => {
+            let mut parts = live_history();
+            parts.push(text(bar_event(&live_id(2), "NSE:AAA", "1D", 2, 2.4)));
+            parts.push(Part::Abort);
+            Reply::Sse(parts)
+        }
+        // What a resume sends: bars only. This response then ends cleanly, which for a live
+        // stream is a drop too.
+        1 => Reply::Sse(vec![
+            text("retry: 10\n\n"),
+            text(bar_event(&live_id(3), "NSE:AAA", "1D", 3, 2.5)),
+        ]),
+        _ => Reply::Sse(vec![
+            text(bar_event(&live_id(4), "NSE:BBB", "1D", 3, 3.0)),
+            Part::Stall,
+        ]),
+    });
+    let mut watch = LiveWatch::start(live_args(&server.url, false, true), false);
+    watch
+        .wait_for("the bar of the third connection", |out, _| {
+            out.contains(&live_id(4))
+        })
+        .await;
+    let run = watch.stop().await;
+    let report = run.result.expect("the live watch survives two drops");
+    assert_eq!(report.reconnects, 2);
+
+    let ids: Vec<Option<String>> = server.seen().into_iter().map(|s| s.last_event_id).collect();
+    assert_eq!(ids, [None, Some(live_id(2)), Some(live_id(3))]);
+    assert!(
+        server
+            .seen()
+            .iter()
+            .all(|s| s.query.contains("&live=true&"))
+    );
+    let lines = json_lines(&run.stdout);
+    assert_eq!(
+        names(&lines),
+        [
+            "formula-results",
+            "chart-batch",
+            "chart-batch",
+            "complete",
+            "bar",
+            "bar",
+            "bar"
+        ]
+    );
+    assert_eq!(lines[6]["data"]["bar"]["close"], 3.0);
+    assert!(!run.stderr.contains("started over"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "reconnected; resuming the live stream after {}",
+            live_id(2)
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("connection lost (the server ended the live stream)"),
+        "{}",
+        run.stderr
+    );
+    let board = report.live.expect("a live board");
+    assert_eq!(board.row("NSE:AAA").unwrap().view().price, Some(2.5));
+    assert_eq!(board.row("NSE:BBB").unwrap().view().price, Some(3.0));
+}
+
+#[actix_web::test]
+async fn live_resume_answered_204_is_an_error_not_a_completion() {
+    let server = spawn_server(|n, _| match n {
+        0 => {
+            let mut parts = live_history();
+            parts.push(Part::Abort);
+            Reply::Sse(parts)
+        }
+        _ => Reply::Status(204, String::new()),
+    });
+    let watch = LiveWatch::start(live_args(&server.url, false, true), false);
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while !watch.task.is_finished() {
+        assert!(Instant::now() < deadline, "the watch did not end");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = watch
+        .stop()
+        .await
+        .result
+        .expect_err("204 ends a live watch");
+    assert_eq!(e.exit_code(), 1);
+    assert!(matches!(e, WatchError::Protocol { .. }), "{e}");
+    assert!(e.to_string().contains("204"), "{e}");
+}
+
+#[actix_web::test]
+async fn quotes_without_live_is_a_usage_error() {
+    let server = spawn_server(|_, _| Reply::Sse(happy_stream()));
+    let mut args = WatchArgs::formula(&server.url, "breakouts");
+    args.quotes = true;
+    let e = run_watch(&args).await.result.expect_err("refused");
+    assert_eq!(e.exit_code(), 2);
+    assert!(e.to_string().contains("--quotes needs --live"), "{e}");
+    assert!(server.seen().is_empty(), "nothing was sent");
+}
+
+#[actix_web::test]
+async fn binary_live_runs_until_ctrl_c_and_exits_0() {
+    let server = spawn_server(|_, _| {
+        let mut parts = live_history();
+        parts.push(text(bar_event(&live_id(2), "NSE:AAA", "1D", 2, 2.4)));
+        parts.push(Part::Stall);
+        Reply::Sse(parts)
+    });
+    let url = server.url.clone();
+    let (status, stdout, stderr) = actix_web::rt::task::spawn_blocking(move || {
+        use std::io::{BufRead, BufReader, Read};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chartgate"))
+            .args(["watch", "--formula", "breakouts", "--server", &url])
+            .args(["--live", "--json"])
+            .env_remove("CHARTGATE_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run chartgate");
+        let pid = child.id().to_string();
+        // If the bar never comes, the read below would wait forever: end the child instead.
+        let watchdog_pid = pid.clone();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            if finished.recv_timeout(WAIT_LIMIT).is_err() {
+                let _ = Command::new("kill").args(["-KILL", &watchdog_pid]).status();
+            }
+        });
+        let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut stdout = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).expect("read stdout") == 0 {
+                break;
+            }
+            stdout.push_str(&line);
+            if line.starts_with(r#"{"event":"bar""#) {
+                // Ctrl-C.
+                let kill = Command::new("kill").args(["-INT", &pid]).status();
+                assert!(kill.is_ok_and(|s| s.success()), "kill -INT {pid}");
+                break;
+            }
+        }
+        reader.read_to_string(&mut stdout).expect("read stdout");
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("read stderr");
+        let status = child.wait().expect("wait for chartgate");
+        let _ = done.send(());
+        let _ = watchdog.join();
+        (status, stdout, stderr)
+    })
+    .await
+    .expect("join");
+    assert_eq!(status.code(), Some(0), "{status:?}\n{stderr}");
+    assert_eq!(
+        names(&json_lines(&stdout)),
+        [
+            "formula-results",
+            "chart-batch",
+            "chart-batch",
+            "complete",
+            "bar"
+        ]
+    );
+    assert!(stderr.contains("Ctrl-C to stop"), "{stderr}");
+    assert!(!stderr.contains("chartgate:"), "{stderr}");
+}
+
+// ------------------------------------------------------------------------------------------------
+// --live against the real service (embedded simulator, fast tick)
+// ------------------------------------------------------------------------------------------------
+
+/// The service with its embedded simulator moving bars every 50 ms, asking clients to reconnect
+/// after 50 ms.
+async fn live_service() -> common::app::TestApp {
+    common::app::spawn_app(|s| {
+        s.simulator.faults.tick_ms = 50;
+        s.stream.retry_ms = 50;
+    })
+    .await
+}
+
+/// `--live` on the formula `breakouts`, daily bars only (20 of them).
+fn service_args(server: &str, quotes: bool) -> WatchArgs {
+    let mut args = live_args(server, quotes, true);
+    args.resolutions = vec!["1D".parse().unwrap()];
+    args.bars = Some("20".parse().unwrap());
+    args
+}
+
+/// The symbols of the stream's `formula-results`.
+fn listed_symbols(lines: &[Value]) -> Vec<String> {
+    let fr = lines
+        .iter()
+        .find(|l| l["event"] == "formula-results")
+        .expect("formula-results");
+    fr["data"]["stocks"]
+        .as_array()
+        .expect("stocks")
+        .iter()
+        .map(|s| s["symbol"].as_str().expect("a symbol").to_owned())
+        .collect()
+}
+
+/// The charts that came with data, from `complete`.
+fn successful_charts(lines: &[Value]) -> usize {
+    let complete = lines
+        .iter()
+        .find(|l| l["event"] == "complete")
+        .expect("complete");
+    complete["data"]["successfulCharts"]
+        .as_u64()
+        .expect("successfulCharts") as usize
+}
+
+/// At least as many `bar` lines after `complete` as two rounds of every chart: more than the one
+/// snapshot per chart sent right after `complete`, so the bars really are moving.
+fn bars_are_moving(out: &str) -> bool {
+    let lines = json_events(out);
+    if !lines.iter().any(|l| l["event"] == "complete") {
+        return false;
+    }
+    let bars = after_complete(&lines)
+        .iter()
+        .filter(|l| l["event"] == "bar")
+        .count();
+    bars > 2 * successful_charts(&lines)
+}
+
+#[actix_web::test]
+async fn service_live_json_sends_bars_after_complete() {
+    let app = live_service().await;
+    let mut watch = LiveWatch::start(service_args(&app.base, false), false);
+    watch
+        .wait_for("bars moving after complete", |out, _| bars_are_moving(out))
+        .await;
+    let run = watch.stop().await;
+    let report = run.result.expect("a stopped live watch is a success");
+    assert_eq!(report.ending, Ending::Stopped);
+    assert_eq!(report.reconnects, 0);
+
+    let lines = json_lines(&run.stdout);
+    let names = names(&lines);
+    let complete_at = names.iter().position(|&n| n == "complete").unwrap();
+    assert_eq!(names[0], "formula-results");
+    assert!(
+        names[1..complete_at].iter().all(|&n| n == "chart-batch"),
+        "{names:?}"
+    );
+    // After `complete` only bars (no quotes were asked for), and a live id on each.
+    assert!(
+        names[complete_at + 1..].iter().all(|&n| n == "bar"),
+        "{names:?}"
+    );
+    let symbols = listed_symbols(&lines);
+    for line in &lines[complete_at..] {
+        assert!(
+            line["id"].as_str().is_some_and(|id| id.contains(".live.")),
+            "{line}"
+        );
+    }
+    for bar in after_complete(&lines) {
+        let data = &bar["data"];
+        assert!(
+            symbols
+                .iter()
+                .any(|s| s == data["symbol"].as_str().unwrap()),
+            "{bar}"
+        );
+        assert_eq!(data["resolution"], "1D", "{bar}");
+        assert!(
+            data["bar"]["time"].is_i64() && data["bar"]["close"].is_f64(),
+            "{bar}"
+        );
+    }
+
+    // Every stock with a chart has a row with a price and a bar time.
+    let board = report.live.expect("a live board");
+    assert_eq!(board.resolution(), Some("1D"));
+    let shown = board
+        .rows()
+        .iter()
+        .filter(|r| r.view().price.is_some() && r.view().time.is_some())
+        .count();
+    assert_eq!(shown, successful_charts(&lines), "{:?}", board.rows());
+    assert_eq!(board.quotes_applied(), 0);
+    assert!(run.stderr.contains("live: following"), "{}", run.stderr);
+}
+
+#[actix_web::test]
+async fn service_live_quotes_gives_quote_lines_for_every_stock() {
+    let app = live_service().await;
+    let mut watch = LiveWatch::start(service_args(&app.base, true), false);
+    // Every listed stock quoted, and at least one quoted again (a change).
+    watch
+        .wait_for("a quote for every stock, and a changed one", |out, _| {
+            let lines = json_events(out);
+            if !lines.iter().any(|l| l["event"] == "formula-results") {
+                return false;
+            }
+            let quotes: Vec<&str> = lines
+                .iter()
+                .filter(|l| l["event"] == "quote")
+                .filter_map(|l| l["data"]["symbol"].as_str())
+                .collect();
+            let symbols = listed_symbols(&lines);
+            symbols.iter().all(|s| quotes.contains(&s.as_str())) && quotes.len() > symbols.len()
+        })
+        .await;
+    let run = watch.stop().await;
+    let report = run.result.expect("a stopped live watch is a success");
+    assert_eq!(
+        json_lines(&run.stdout)
+            .iter()
+            .filter(|l| l["event"] == "complete")
+            .count(),
+        1
+    );
+    let lines = json_lines(&run.stdout);
+    let complete_at = names(&lines).iter().position(|&n| n == "complete").unwrap();
+    assert!(
+        lines[..complete_at].iter().all(|l| l["event"] != "quote"),
+        "quotes only after complete"
+    );
+    for quote in lines.iter().filter(|l| l["event"] == "quote") {
+        assert!(quote["data"]["price"].is_number(), "{quote}");
+    }
+    let board = report.live.expect("a live board");
+    assert!(board.quotes_applied() > 0);
+    assert!(
+        board
+            .rows()
+            .iter()
+            .all(|r| r.quote.is_some_and(|q| q.price.is_some())),
+        "{:?}",
+        board.rows()
+    );
+}
+
+/// A TCP proxy in front of the service that can cut every open connection at once, as a network
+/// failure would, and records each connection's request head.
+struct CutProxy {
+    url: String,
+    heads: Arc<Mutex<Vec<String>>>,
+    open: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl CutProxy {
+    async fn start(target_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+        let open: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (heads_in, open_in) = (heads.clone(), open.clone());
+        actix_web::rt::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let heads = heads_in.clone();
+                let relay = actix_web::rt::spawn(async move {
+                    let mut upstream = TcpStream::connect(("127.0.0.1", target_port))
+                        .await
+                        .expect("connect to the service");
+                    // The head first, to record it; then both ways until either side ends.
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = client.read(&mut buf).await.expect("read the request");
+                        if n == 0 {
+                            return;
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                    }
+                    heads
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    tokio::io::AsyncWriteExt::write_all(&mut upstream, &head)
+                        .await
+                        .expect("forward the request");
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+                open_in.lock().unwrap().push(relay.abort_handle());
+            }
+        });
+        CutProxy { url, heads, open }
+    }
+
+    /// Drops every open connection, both sides.
+    fn cut(&self) {
+        for relay in self.open.lock().unwrap().drain(..) {
+            relay.abort();
+        }
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+/// The `Last-Event-ID` header of a request head.
+fn last_event_id(head: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("last-event-id")
+            .then(|| value.trim().to_owned())
+    })
+}
+
+#[actix_web::test]
+async fn service_live_resumes_after_a_cut_without_the_history_again() {
+    let app = live_service().await;
+    let proxy = CutProxy::start(app.port).await;
+    // Notices in the same sink as the JSON lines: the reconnect notice marks where the second
+    // connection's events begin.
+    let mut watch = LiveWatch::start(service_args(&proxy.url, false), true);
+    watch
+        .wait_for("bars moving after complete", |out, _| bars_are_moving(out))
+        .await;
+    proxy.cut();
+    let marker = "reconnected; resuming the live stream after ";
+    watch
+        .wait_for("bars moving after the resume", |out, _| {
+            out.split_once(marker).is_some_and(|(before, after)| {
+                let charts = successful_charts(&json_events(before));
+                json_events(after).len() > 2 * charts
+            })
+        })
+        .await;
+    let run = watch.stop().await;
+    let report = run.result.expect("the live watch survives the cut");
+    assert_eq!(report.reconnects, 1);
+
+    let (before, after) = run.stdout.split_once(marker).unwrap();
+    let (resumed_after, after) = after.split_once('\n').unwrap();
+    let before = json_events(before);
+    let after = json_events(after);
+    // The id the client resumed from is the last event it had, a live one, and the one the
+    // second request carried.
+    let last_before = before.last().unwrap()["id"].as_str().unwrap();
+    assert_eq!(resumed_after, last_before);
+    assert!(last_before.contains(".live."), "{last_before}");
+    let heads = proxy.heads();
+    assert_eq!(heads.len(), 2, "one reconnect: {heads:?}");
+    assert_eq!(last_event_id(&heads[0]), None);
+    assert_eq!(last_event_id(&heads[1]).as_deref(), Some(last_before));
+    assert!(heads[1].contains("live=true"), "{}", heads[1]);
+
+    // No history the second time: only bars, and one formula-results and complete in all.
+    assert!(
+        names(&after).iter().all(|&n| n == "bar"),
+        "{:?}",
+        names(&after)
+    );
+    assert_eq!(
+        names(&before)
+            .iter()
+            .filter(|&&n| n == "formula-results" || n == "complete")
+            .count(),
+        2
+    );
+    assert!(
+        !run.stdout.contains("started over"),
+        "the server resumed: {}",
+        &run.stdout[run.stdout.len().saturating_sub(2000)..]
+    );
+    assert!(run.stdout.contains("connection lost"));
 }

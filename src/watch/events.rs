@@ -1,15 +1,17 @@
 //! The stream's event payloads (SPEC 3.1) as far as the client reads them, and the [`Tally`] that
 //! folds them into the end-of-stream summary.
 //!
-//! Each payload is `{"type": <name>, "data": {...}}`. Only the fields the progress display and the
-//! summary need are typed; bars are skipped unread (`IgnoredAny`), and `--json` output passes the
-//! `data` object through as raw JSON, so unknown fields and key order survive untouched.
+//! Each payload is `{"type": <name>, "data": {...}}`. Only the fields the progress display, the
+//! summary and the live table need are typed; charts are kept as raw JSON and only the last two
+//! bars of the live table's resolution are ever read ([`last_bars`]), and `--json` output passes
+//! the `data` object through as raw JSON, so unknown fields and key order survive untouched.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
+
+use super::live::BarPoint;
 
 /// The outer object of every event's `data:` line.
 #[derive(Debug, Deserialize)]
@@ -28,27 +30,39 @@ pub(crate) struct FormulaResults {
     pub formula_id: Option<serde_json::Value>,
     #[serde(default)]
     pub formula_name: Option<String>,
-    /// Only counted.
+    /// Counted, and their symbols listed in the live table.
     #[serde(default)]
-    pub stocks: Vec<IgnoredAny>,
+    pub stocks: Vec<Stock>,
     #[serde(default)]
     pub total_charts: Option<u64>,
+    /// The resolutions of every stock's charts, in the order asked for; the live table follows
+    /// the first.
+    #[serde(default)]
+    pub resolutions: Vec<String>,
     /// `true` when a reconnect continued an earlier stream; `false` means "start counting again".
     #[serde(default)]
     pub resumed: bool,
 }
 
+/// One stock of `formula-results`; only its symbol is read.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Stock {
+    #[serde(default)]
+    pub symbol: Option<String>,
+}
+
 /// `chart-batch`: the charts of one group of stocks.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct ChartBatch {
+pub(crate) struct ChartBatch<'a> {
     /// 1-based; batches may arrive in any order, and a resumed stream must not count one twice.
     pub batch_index: u64,
     #[serde(default)]
     pub total_batches: Option<u64>,
-    /// symbol → resolution → chart. Only the keys matter here.
-    #[serde(default)]
-    pub chart_data: BTreeMap<String, BTreeMap<String, IgnoredAny>>,
+    /// symbol → resolution → chart, unparsed: the tally counts the keys, the live table reads the
+    /// last bars of one resolution.
+    #[serde(default, borrow)]
+    pub chart_data: BTreeMap<String, BTreeMap<String, &'a RawValue>>,
     /// symbol → resolution → why that chart failed.
     #[serde(default)]
     pub errors: BTreeMap<String, BTreeMap<String, ChartError>>,
@@ -97,6 +111,91 @@ pub(crate) struct StreamError {
     pub code: String,
     #[serde(default)]
     pub message: String,
+}
+
+/// `bar` (live): the newest state of one bar of one chart.
+#[derive(Debug, Deserialize)]
+pub(crate) struct BarEvent {
+    pub symbol: String,
+    pub resolution: String,
+    pub bar: LiveBar,
+}
+
+/// The bar of a `bar` event; open, high, low and volume are not shown, so not read.
+#[derive(Debug, Deserialize)]
+pub(crate) struct LiveBar {
+    /// UNIX seconds of the bar's start.
+    pub time: i64,
+    pub close: f64,
+}
+
+/// `quote` (live, with `quotes=true`): the whole latest quote of one stock; the fields the feed
+/// has not given are absent.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct QuoteEvent {
+    pub symbol: String,
+    #[serde(default)]
+    pub price: Option<f64>,
+    #[serde(default)]
+    pub change_percent: Option<f64>,
+    /// UNIX seconds of the last trade.
+    #[serde(default)]
+    pub time: Option<i64>,
+}
+
+/// A chart object (`{"bars": ..., "metadata": ...}`) up to its bars.
+#[derive(Deserialize)]
+struct ChartBars<'a> {
+    #[serde(borrow, default)]
+    bars: Option<&'a RawValue>,
+}
+
+/// `barsFormat=columns` bars, the two columns the live table reads.
+#[derive(Deserialize)]
+struct BarColumns {
+    #[serde(default)]
+    time: Vec<i64>,
+    /// `null` where the value was not a finite number.
+    #[serde(default)]
+    close: Vec<Option<f64>>,
+}
+
+/// One bar of `barsFormat=objects`.
+#[derive(Deserialize)]
+struct BarObject {
+    time: i64,
+    #[serde(default)]
+    close: Option<f64>,
+}
+
+/// The last two bars with a close of one chart (oldest first), in either bars format: what the
+/// live table needs of the history to show a change before the first live bar.
+pub(crate) fn last_bars(chart: &RawValue) -> Result<Vec<BarPoint>, serde_json::Error> {
+    let Some(bars) = serde_json::from_str::<ChartBars>(chart.get())?.bars else {
+        return Ok(Vec::new());
+    };
+    let points: Vec<BarPoint> = if bars.get().trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<BarObject>>(bars.get())?
+            .into_iter()
+            .filter_map(|b| {
+                b.close.map(|close| BarPoint {
+                    time: b.time,
+                    close,
+                })
+            })
+            .collect()
+    } else {
+        let columns: BarColumns = serde_json::from_str(bars.get())?;
+        columns
+            .time
+            .into_iter()
+            .zip(columns.close)
+            .filter_map(|(time, close)| close.map(|close| BarPoint { time, close }))
+            .collect()
+    };
+    let from = points.len().saturating_sub(2);
+    Ok(points[from..].to_vec())
 }
 
 /// One failed chart, as listed in the summary.
@@ -169,7 +268,7 @@ impl Tally {
     }
 
     /// Records a `chart-batch`.
-    pub(crate) fn chart_batch(&mut self, batch: ChartBatch) {
+    pub(crate) fn chart_batch(&mut self, batch: ChartBatch<'_>) {
         let ok = batch.chart_data.values().map(|r| r.len() as u64).sum();
         let mut failed = Vec::new();
         for (symbol, by_resolution) in batch.errors {

@@ -6,14 +6,22 @@
 //! one JSON line per event (`--json`) or a summary table on stdout. Failures come back as a
 //! [`WatchError`] whose [`exit_code`](WatchError::exit_code) the binary uses.
 //!
+//! With `--live` (`live=true`) the stream does not end at `complete`: `bar` (and, with
+//! `--quotes`, `quote`) events follow, which fold into a [`LiveBoard`] shown as a table on stdout
+//! ([`TableMode`]). A drop is resumed with the last live event id, so the server sends only what
+//! changed meanwhile; the watch runs until Ctrl-C (a success) or a fatal error.
+//!
 //! - [`sse`]: the pure SSE parser (bytes in, events out).
 //! - `events`: the payloads as far as the client reads them, and the [`Tally`] they fold into.
-//! - `render`: the progress bar or lines, and the summary table.
+//! - `live`: the live table's rows and the bar and quote rules that update them.
+//! - `render`: the progress bar or lines, the summary table and the live table.
 
 mod events;
+mod live;
 mod render;
 pub mod sse;
 
+use std::future::Future;
 use std::io::{self, Write};
 use std::time::Duration;
 
@@ -24,12 +32,14 @@ use clap::ArgGroup;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use tokio::time::timeout_at;
 
 use crate::domain::{BarCount, Resolution, Symbol};
 
 pub use events::{CompleteFigures, FailedChart, Tally};
-pub use render::ProgressMode;
+pub use live::{BarPoint, LiveBoard, LiveRow, QuotePoint, RowView};
 use render::Reporter;
+pub use render::{Display, ProgressMode, TableMode};
 use sse::{SseEvent, SseParser};
 
 /// Where `--server` points when not given: `chartgate serve`'s default bind.
@@ -94,6 +104,17 @@ pub struct WatchArgs {
     #[arg(long, value_name = "SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_timeout: u64,
+
+    /// After the history, follow the charts live (live=true) until Ctrl-C: a table of each
+    /// stock's last price, change and bar time (of the first resolution), redrawn in place on a
+    /// terminal, or the changed rows as lines otherwise; with --json, the bar events as lines.
+    #[arg(long)]
+    pub live: bool,
+
+    /// With --live, also follow each stock's quote (quotes=true): the table shows the quote's
+    /// price, change and trade time; with --json, the quote events as lines.
+    #[arg(long, requires = "live")]
+    pub quotes: bool,
 }
 
 impl WatchArgs {
@@ -108,6 +129,8 @@ impl WatchArgs {
             json: false,
             token: None,
             idle_timeout: 60,
+            live: false,
+            quotes: false,
         }
     }
 
@@ -151,6 +174,20 @@ impl WatchArgs {
         }
         if let Some(bars) = self.bars {
             query.push(("bars", bars.get().to_string()));
+        }
+        match (self.live, self.quotes) {
+            (true, quotes) => {
+                query.push(("live", "true".to_owned()));
+                if quotes {
+                    query.push(("quotes", "true".to_owned()));
+                }
+            }
+            (false, true) => {
+                return Err(WatchError::Usage(
+                    "--quotes needs --live (quotes are only sent on a live stream)".to_owned(),
+                ));
+            }
+            (false, false) => {}
         }
         // Columns are about half the bytes of objects for long histories.
         query.push(("barsFormat", "columns".to_owned()));
@@ -197,7 +234,7 @@ pub enum WatchError {
     Unreachable { server: String, reason: String },
     /// The stream dropped and could not be resumed.
     #[error(
-        "lost the connection to {server} before the stream completed, and {attempts} reconnect attempts failed: {reason}"
+        "lost the connection to {server} and {attempts} reconnect attempts in a row failed: {reason}"
     )]
     ConnectionLost {
         server: String,
@@ -232,6 +269,8 @@ pub enum Ending {
     Complete,
     /// A resume got `204 No Content`: the stream had completed while we were away.
     AlreadyComplete,
+    /// The caller stopped the watch (Ctrl-C for the binary): how a live watch ends well.
+    Stopped,
 }
 
 /// What a successful watch saw.
@@ -242,27 +281,44 @@ pub struct Report {
     pub tally: Tally,
     /// How many times the stream was reopened after a drop.
     pub reconnects: u32,
+    /// With `--live`, the live table as last updated.
+    pub live: Option<LiveBoard>,
 }
 
 /// Runs `chartgate watch` on its own actix system, writing to the process's stdout and stderr,
-/// with a progress bar when stderr is a terminal. Blocks until the stream ends.
+/// with a progress bar when stderr is a terminal and a redrawn live table when stdout is one.
+/// Blocks until the stream ends or, with `--live`, until Ctrl-C.
 pub fn run(args: WatchArgs) -> Result<Report, WatchError> {
     actix_web::rt::System::new().block_on(async move {
         // Unlocked handles: indicatif's ticker thread writes to stderr too, and holding the lock
         // here would block it forever.
         let mut out = io::stdout();
         let mut err = io::stderr();
-        watch(&args, &mut out, &mut err, ProgressMode::detect()).await
+        let display = Display::detect();
+        if args.live {
+            // A live stream never ends by itself, so Ctrl-C is its normal end (exit 0). If the
+            // handler cannot be installed, SIGINT keeps its default and ends the process.
+            let stop = async {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            watch(&args, &mut out, &mut err, display, stop).await
+        } else {
+            watch(&args, &mut out, &mut err, display, std::future::pending()).await
+        }
     })
 }
 
-/// Watches one stream to its end. Must run on an actix system (awc needs it). `out` gets the
-/// JSON lines or the summary; `err` the progress lines and notices.
+/// Watches one stream to its end, or until `stop` completes. Must run on an actix system (awc
+/// needs it). `out` gets the JSON lines, or the summary and the live table; `err` the progress
+/// lines and notices.
 pub async fn watch(
     args: &WatchArgs,
     out: &mut dyn Write,
     err: &mut dyn Write,
-    mode: ProgressMode,
+    display: Display,
+    stop: impl Future<Output = ()>,
 ) -> Result<Report, WatchError> {
     let query = args.query()?;
     // The head may take a while (the server resolves the formula first) and is bounded by
@@ -273,18 +329,32 @@ pub async fn watch(
         args,
         query,
         out,
-        reporter: Reporter::new(mode, err),
+        reporter: Reporter::new(display.progress, err),
+        table_mode: display.table,
         tally: Tally::default(),
         parser: SseParser::new(),
         delivered: false,
+        started,
+        summary_written: false,
+        board: LiveBoard::default(),
+        live: false,
+        shown_at: None,
+        symbol_width: 0,
     };
 
+    let mut stop = std::pin::pin!(stop);
     let mut reconnects = 0;
     let mut failures_in_a_row = 0;
     let mut first = true;
     let ending = loop {
         session.delivered = false;
-        match session.stream_once(&client, first).await {
+        // Dropping the attempt on stop closes its connection.
+        let attempt = tokio::select! {
+            biased;
+            () = &mut stop => break Ending::Stopped,
+            attempt = session.stream_once(&client, first) => attempt,
+        };
+        match attempt {
             Ok(ending) => break ending,
             Err(Interrupted::Fatal(e)) => return Err(e),
             Err(Interrupted::Lost(reason)) => {
@@ -301,30 +371,39 @@ pub async fn watch(
                 }
                 failures_in_a_row += 1;
                 reconnects += 1;
+                session.show()?;
                 let wait = session.parser.retry().unwrap_or(DEFAULT_RETRY);
                 session.reporter.notice(&format!(
                     "connection lost ({reason}); reconnecting in {} (attempt {failures_in_a_row}/{MAX_RECONNECTS})",
                     render::format_ms(wait.as_secs_f64() * 1000.0)
                 ))?;
-                sleep(wait).await;
+                tokio::select! {
+                    biased;
+                    () = &mut stop => break Ending::Stopped,
+                    () = sleep(wait) => {}
+                }
             }
         }
         first = false;
     };
 
+    // What changed since the last redraw or lines is shown before the table is left as it is.
+    session.show()?;
+    session.reporter.finish_table();
     session.reporter.finish(true);
     if ending == Ending::AlreadyComplete {
         session
             .reporter
             .notice("the stream had already completed on the server")?;
     }
-    if !args.json {
+    if !args.json && !session.summary_written {
         render::write_summary(session.out, &session.tally, started.elapsed())?;
     }
     Ok(Report {
         ending,
         tally: session.tally,
         reconnects,
+        live: args.live.then_some(session.board),
     })
 }
 
@@ -375,6 +454,22 @@ struct Session<'a> {
     parser: SseParser,
     /// The current connection has delivered at least one event.
     delivered: bool,
+    /// How the live table is shown (unless `--json`).
+    table_mode: TableMode,
+    /// When the watch began: the summary's clock when the server sent no figures.
+    started: Instant,
+    /// The summary is on stdout already (a live watch writes it at `complete`).
+    summary_written: bool,
+    /// With `--live`, the live table's rows.
+    board: LiveBoard,
+    /// A live stream's `complete` came: `bar` and `quote` events follow, and the end of a response
+    /// is a drop to resume from, never the end of the watch.
+    live: bool,
+    /// When the live table was last shown (redrawn, or its changed rows printed).
+    shown_at: Option<Instant>,
+    /// The symbol column's width in `TableMode::Lines`, fixed when the live phase starts so the
+    /// lines stay aligned.
+    symbol_width: usize,
 }
 
 impl Session<'_> {
@@ -426,6 +521,12 @@ impl Session<'_> {
         let status = response.status();
         if status == StatusCode::NO_CONTENT {
             return match resuming {
+                // A live stream's ids all resume live; a 204 means the server no longer follows it.
+                Some(id) if self.args.live => Err(self
+                    .protocol_error(format!(
+                        "204 No Content to a live resume after event {id}: the server ended the live stream"
+                    ))
+                    .into()),
                 Some(_) => Ok(Ending::AlreadyComplete),
                 None => Err(self
                     .protocol_error("204 No Content to a new stream request")
@@ -456,28 +557,51 @@ impl Session<'_> {
                 ))
                 .into());
         }
-        if resuming.is_some() {
-            log::debug!("watch: resumed the stream after event {resuming:?}");
+        if let Some(id) = &resuming {
+            log::debug!("watch: resumed the stream after event {id:?}");
+            if self.live {
+                self.reporter
+                    .notice(&format!("reconnected; resuming the live stream after {id}"))?;
+            }
         }
 
         self.parser.reconnected();
         let idle = Duration::from_secs(self.args.idle_timeout);
+        let mut idle_deadline = Instant::now() + idle;
         loop {
-            let chunk = match timeout(idle, response.next()).await {
+            // Wake for the live table too: changes that arrived within the last interval are
+            // shown when it ends, even if nothing else comes.
+            let wake = self
+                .show_due()
+                .map_or(idle_deadline, |due| due.min(idle_deadline));
+            let next = match timeout_at(wake, response.next()).await {
+                Err(_) if Instant::now() < idle_deadline => {
+                    self.show()?;
+                    continue;
+                }
                 Err(_) => {
                     return Err(Interrupted::Lost(format!(
                         "nothing received for {} s",
                         idle.as_secs()
                     )));
                 }
-                Ok(None) => {
+                Ok(next) => next,
+            };
+            let chunk = match next {
+                None if self.live => {
+                    return Err(Interrupted::Lost(
+                        "the server ended the live stream".to_owned(),
+                    ));
+                }
+                None => {
                     return Err(Interrupted::Lost(
                         "the server ended the response before `complete`".to_owned(),
                     ));
                 }
-                Ok(Some(Err(e))) => return Err(Interrupted::Lost(e.to_string())),
-                Ok(Some(Ok(chunk))) => chunk,
+                Some(Err(e)) => return Err(Interrupted::Lost(e.to_string())),
+                Some(Ok(chunk)) => chunk,
             };
+            idle_deadline = Instant::now() + idle;
             let events = self
                 .parser
                 .feed(&chunk)
@@ -488,7 +612,78 @@ impl Session<'_> {
                     return Ok(ending);
                 }
             }
+            if self.show_due().is_some_and(|due| due <= Instant::now()) {
+                self.show()?;
+            }
         }
+    }
+
+    /// When the live table should next be shown: `None` when nothing changed since it last was
+    /// (or there is no table: before the live phase, or with `--json`), else one
+    /// [`TableMode::interval`] after the last time, so a fast feed is shown a few times a
+    /// second, not at every event.
+    fn show_due(&self) -> Option<Instant> {
+        if !self.live || self.args.json || !self.board.has_changes() {
+            return None;
+        }
+        Some(
+            self.shown_at
+                .map_or_else(Instant::now, |at| at + self.table_mode.interval()),
+        )
+    }
+
+    /// Shows the live rows that changed: redraws the table, or prints one line per changed row.
+    fn show(&mut self) -> io::Result<()> {
+        if !self.live || self.args.json || !self.board.has_changes() {
+            return Ok(());
+        }
+        self.shown_at = Some(Instant::now());
+        match self.table_mode {
+            TableMode::Redraw => {
+                self.board.take_changed();
+                self.reporter.update_table(&self.board);
+                Ok(())
+            }
+            TableMode::Lines => {
+                for row in self.board.take_changed() {
+                    writeln!(self.out, "{}", render::live_row(row, self.symbol_width))?;
+                }
+                self.out.flush()
+            }
+        }
+    }
+
+    /// The live stream's `complete` came: the history's progress and summary are done, and the
+    /// live table starts (the header line, or the redrawn table).
+    fn start_live(&mut self) -> Result<(), WatchError> {
+        let first_time = !self.live;
+        self.live = true;
+        self.reporter.finish(true);
+        if !self.args.json && !self.summary_written {
+            render::write_summary(self.out, &self.tally, self.started.elapsed())?;
+            self.summary_written = true;
+            match self.table_mode {
+                TableMode::Redraw => self.reporter.start_table(&self.board),
+                TableMode::Lines => {
+                    self.symbol_width = render::symbol_width(&self.board);
+                    writeln!(self.out)?;
+                    writeln!(self.out, "{}", render::live_header(self.symbol_width))?;
+                    self.out.flush()?;
+                }
+            }
+        }
+        if first_time {
+            let following = match self.board.resolution() {
+                Some(resolution) => format!("; the table shows {resolution} bars"),
+                None => String::new(),
+            };
+            let quotes = if self.args.quotes { " and quotes" } else { "" };
+            self.reporter.notice(&format!(
+                "live: following {} charts{quotes}{following} (Ctrl-C to stop)",
+                self.tally.ok()
+            ))?;
+        }
+        Ok(())
     }
 
     /// Acts on one event: prints it with `--json`, updates the tally and the progress display.
@@ -537,7 +732,7 @@ impl Session<'_> {
 
         let known = matches!(
             event.event.as_str(),
-            "formula-results" | "chart-batch" | "complete" | "stream-error"
+            "formula-results" | "chart-batch" | "complete" | "stream-error" | "bar" | "quote"
         );
         if !known {
             return Ok(None);
@@ -558,11 +753,22 @@ impl Session<'_> {
                     self.reporter
                         .notice("the server could not resume the stream; it started over")?;
                 }
+                if self.args.live {
+                    let symbols = fr.stocks.iter().filter_map(|s| s.symbol.clone()).collect();
+                    let first =
+                        fr.resolutions.first().cloned().or_else(|| {
+                            self.args.resolutions.first().map(|r| r.as_str().to_owned())
+                        });
+                    self.board.set_stocks(symbols, first);
+                }
                 self.tally.formula_results(fr);
                 self.reporter.formula_results(&self.tally)?;
             }
             "chart-batch" => {
                 let batch: events::ChartBatch = serde_json::from_str(data.get()).map_err(bad)?;
+                if self.args.live {
+                    self.seed_board(&batch);
+                }
                 let index = batch.batch_index;
                 self.tally.chart_batch(batch);
                 self.reporter.batch(&self.tally, index)?;
@@ -570,7 +776,18 @@ impl Session<'_> {
             "complete" => {
                 let complete: events::Complete = serde_json::from_str(data.get()).map_err(bad)?;
                 self.tally.complete(complete);
-                return Ok(Some(Ending::Complete));
+                if !self.args.live {
+                    return Ok(Some(Ending::Complete));
+                }
+                self.start_live()?;
+            }
+            "bar" => {
+                let bar: events::BarEvent = serde_json::from_str(data.get()).map_err(bad)?;
+                self.board.apply_bar(&bar);
+            }
+            "quote" => {
+                let quote: events::QuoteEvent = serde_json::from_str(data.get()).map_err(bad)?;
+                self.board.apply_quote(&quote);
             }
             _ => {
                 let failure: events::StreamError = serde_json::from_str(data.get()).map_err(bad)?;
@@ -581,6 +798,24 @@ impl Session<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// Seeds the live table from a batch's charts of the followed resolution. A chart whose bars
+    /// cannot be read is only left out of the table: the `--json` lines and the summary do not
+    /// depend on it.
+    fn seed_board(&mut self, batch: &events::ChartBatch<'_>) {
+        let Some(resolution) = self.board.resolution().map(str::to_owned) else {
+            return;
+        };
+        for (symbol, charts) in &batch.chart_data {
+            let Some(chart) = charts.get(&resolution) else {
+                continue;
+            };
+            match events::last_bars(chart) {
+                Ok(bars) => self.board.history(symbol, &resolution, &bars),
+                Err(e) => log::debug!("watch: the bars of {symbol} {resolution}: {e}"),
+            }
+        }
     }
 }
 
