@@ -1195,22 +1195,29 @@ async fn live_lines_show_the_history_then_the_rows_that_change() {
     assert!(summary.starts_with("formula        Breakouts (breakouts)\n"));
     let (failed, table) = table.split_once("\n\n").expect("the failed charts");
     assert!(failed.starts_with("failed charts:"), "{failed}");
-    let lines: Vec<&str> = table.lines().collect();
+    let (first, later) = table.split_once("\n\n").unwrap_or((table, ""));
+    let first: Vec<&str> = first.lines().collect();
     assert_eq!(
-        lines[0], "symbol          last     chg %  time (UTC)",
+        first[0], "symbol          last     chg %  time (UTC)",
         "{}",
         run.stdout
     );
+    // The first group is the whole table in the screen's order; the live bars may already be in
+    // it, if they arrived in the same read as `complete`.
+    let symbols: Vec<&str> = first[1..].iter().map(|l| &l[..7]).collect();
+    assert_eq!(symbols, ["NSE:AAA", "NSE:BBB", "NSE:ZZZ"], "{table}");
+    assert_eq!(first[3], "NSE:ZZZ            -         -  -");
     assert!(
-        lines.contains(&"NSE:ZZZ            -         -  -"),
+        first[2] == "NSE:BBB         2.20   +83.33%  1970-01-01 00:00" || first[2] == bbb,
         "{table}"
     );
+    // Every later line is a changed row, in groups split by blank lines; the 1W bar never shows.
     assert!(
-        lines.contains(&"NSE:BBB         2.20   +83.33%  1970-01-01 00:00"),
+        later
+            .lines()
+            .all(|l| l.is_empty() || l.starts_with("NSE:A") || l.starts_with("NSE:B")),
         "{table}"
     );
-    // Every later line is a changed row; the 1W bar never shows.
-    assert!(lines[1..].iter().all(|l| l.starts_with("NSE:")), "{table}");
     assert!(!table.contains("99.00"), "{table}");
     assert_eq!(
         run.stdout
@@ -1264,23 +1271,35 @@ async fn live_resumes_with_the_last_live_id_and_does_not_start_over() {
             text("retry: 10\n\n"),
             text(bar_event(&live_id(3), "NSE:AAA", "1D", 3, 2.5)),
         ]),
-        _ => Reply::Sse(vec![
+        // A server shutting down ends the stream with an id to resume from.
+        2 => Reply::Sse(vec![
             text(bar_event(&live_id(4), "NSE:BBB", "1D", 3, 3.0)),
+            text(event(
+                &live_id(5),
+                "stream-error",
+                json!({"code": "shutting_down", "message": "the server is shutting down; reconnect to resume"}),
+            )),
+        ]),
+        _ => Reply::Sse(vec![
+            text(bar_event(&live_id(6), "NSE:BBB", "1D", 4, 3.3)),
             Part::Stall,
         ]),
     });
     let mut watch = LiveWatch::start(live_args(&server.url, false, true), false);
     watch
-        .wait_for("the bar of the third connection", |out, _| {
-            out.contains(&live_id(4))
+        .wait_for("the bar of the fourth connection", |out, _| {
+            out.contains(&live_id(6))
         })
         .await;
     let run = watch.stop().await;
-    let report = run.result.expect("the live watch survives two drops");
-    assert_eq!(report.reconnects, 2);
+    let report = run.result.expect("the live watch survives three drops");
+    assert_eq!(report.reconnects, 3);
 
     let ids: Vec<Option<String>> = server.seen().into_iter().map(|s| s.last_event_id).collect();
-    assert_eq!(ids, [None, Some(live_id(2)), Some(live_id(3))]);
+    assert_eq!(
+        ids,
+        [None, Some(live_id(2)), Some(live_id(3)), Some(live_id(5))]
+    );
     assert!(
         server
             .seen()
@@ -1297,10 +1316,19 @@ async fn live_resumes_with_the_last_live_id_and_does_not_start_over() {
             "complete",
             "bar",
             "bar",
+            "bar",
+            "stream-error",
             "bar"
         ]
     );
     assert_eq!(lines[6]["data"]["bar"]["close"], 3.0);
+    assert!(
+        run.stderr.contains(
+            "connection lost (the server is shutting down: the server is shutting down; reconnect to resume)"
+        ),
+        "{}",
+        run.stderr
+    );
     assert!(!run.stderr.contains("started over"), "{}", run.stderr);
     assert!(
         run.stderr.contains(&format!(
@@ -1318,7 +1346,31 @@ async fn live_resumes_with_the_last_live_id_and_does_not_start_over() {
     );
     let board = report.live.expect("a live board");
     assert_eq!(board.row("NSE:AAA").unwrap().view().price, Some(2.5));
-    assert_eq!(board.row("NSE:BBB").unwrap().view().price, Some(3.0));
+    let bbb = board.row("NSE:BBB").unwrap();
+    assert_eq!(bbb.last.map(|b| (b.time, b.close)), Some((4, 3.3)));
+    assert_eq!(bbb.previous.map(|b| (b.time, b.close)), Some((3, 3.0)));
+}
+
+#[actix_web::test]
+async fn a_history_stream_ended_by_a_shutdown_is_resumed() {
+    let server = spawn_server(|n, _| match n {
+        0 => Reply::Sse(vec![
+            text(format!("retry: 10\n{}", formula_results("d-1"))),
+            text(batch1("d-2")),
+            text(event(
+                "d-2",
+                "stream-error",
+                json!({"code": "shutting_down", "message": "the server is shutting down; reconnect to resume"}),
+            )),
+        ]),
+        _ => Reply::Sse(vec![text(batch2("d-3")), text(complete("d-4"))]),
+    });
+    let run = run_watch(&WatchArgs::formula(&server.url, "breakouts")).await;
+    let report = run.result.expect("the watch resumes after the shutdown");
+    assert_eq!(report.ending, Ending::Complete);
+    assert_eq!(report.reconnects, 1);
+    assert_eq!(report.tally.charts_received(), 6);
+    assert_eq!(server.seen()[1].last_event_id.as_deref(), Some("d-2"));
 }
 
 #[actix_web::test]

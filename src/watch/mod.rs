@@ -390,7 +390,8 @@ pub async fn watch(
     // What changed since the last redraw or lines is shown before the table is left as it is.
     session.show()?;
     session.reporter.finish_table();
-    session.reporter.finish(true);
+    // A watch stopped during the history leaves its bar where it was, not at 100%.
+    session.reporter.finish(ending != Ending::Stopped);
     if ending == Ending::AlreadyComplete {
         session
             .reporter
@@ -637,6 +638,7 @@ impl Session<'_> {
         if !self.live || self.args.json || !self.board.has_changes() {
             return Ok(());
         }
+        let first = self.shown_at.is_none();
         self.shown_at = Some(Instant::now());
         match self.table_mode {
             TableMode::Redraw => {
@@ -645,6 +647,11 @@ impl Session<'_> {
                 Ok(())
             }
             TableMode::Lines => {
+                // The first group (every row) follows the header; a blank line starts each later
+                // one, so a log shows which rows moved together.
+                if !first {
+                    writeln!(self.out)?;
+                }
                 for row in self.board.take_changed() {
                     writeln!(self.out, "{}", render::live_row(row, self.symbol_width))?;
                 }
@@ -654,41 +661,46 @@ impl Session<'_> {
     }
 
     /// The live stream's `complete` came: the history's progress and summary are done, and the
-    /// live table starts (the header line, or the redrawn table).
+    /// live table starts (the header line, or the redrawn table). A stream that started over
+    /// comes here again, and then changes nothing: the table goes on.
     fn start_live(&mut self) -> Result<(), WatchError> {
-        let first_time = !self.live;
+        if self.live {
+            return Ok(());
+        }
         self.live = true;
         self.reporter.finish(true);
-        if !self.args.json && !self.summary_written {
+        if !self.args.json {
             render::write_summary(self.out, &self.tally, self.started.elapsed())?;
             self.summary_written = true;
+            writeln!(self.out)?;
+            self.out.flush()?;
+        }
+        let following = match self.board.resolution() {
+            Some(resolution) => format!("; the table shows {resolution} bars"),
+            None => String::new(),
+        };
+        let quotes = if self.args.quotes { " and quotes" } else { "" };
+        self.reporter.notice(&format!(
+            "live: following {} charts{quotes}{following} (Ctrl-C to stop)",
+            self.tally.ok()
+        ))?;
+        if !self.args.json {
             match self.table_mode {
                 TableMode::Redraw => self.reporter.start_table(&self.board),
                 TableMode::Lines => {
                     self.symbol_width = render::symbol_width(&self.board);
-                    writeln!(self.out)?;
                     writeln!(self.out, "{}", render::live_header(self.symbol_width))?;
                     self.out.flush()?;
                 }
             }
         }
-        if first_time {
-            let following = match self.board.resolution() {
-                Some(resolution) => format!("; the table shows {resolution} bars"),
-                None => String::new(),
-            };
-            let quotes = if self.args.quotes { " and quotes" } else { "" };
-            self.reporter.notice(&format!(
-                "live: following {} charts{quotes}{following} (Ctrl-C to stop)",
-                self.tally.ok()
-            ))?;
-        }
         Ok(())
     }
 
     /// Acts on one event: prints it with `--json`, updates the tally and the progress display.
-    /// Returns `Some` when the event ends the stream well.
-    fn handle(&mut self, event: &SseEvent) -> Result<Option<Ending>, WatchError> {
+    /// Returns `Some` when the event ends the stream well, `Interrupted::Lost` when the server
+    /// asks to be reconnected to (it is shutting down).
+    fn handle(&mut self, event: &SseEvent) -> Result<Option<Ending>, Interrupted> {
         log::debug!(
             "watch: event {} id {:?} ({} bytes)",
             event.event,
@@ -738,10 +750,12 @@ impl Session<'_> {
             return Ok(None);
         }
         let Some(data) = data else {
-            return Err(self.protocol_error(format!(
-                "event {} (id {:?}) has no {{\"type\",\"data\"}} JSON payload",
-                event.event, event.id
-            )));
+            return Err(self
+                .protocol_error(format!(
+                    "event {} (id {:?}) has no {{\"type\",\"data\"}} JSON payload",
+                    event.event, event.id
+                ))
+                .into());
         };
         let bad = |e: serde_json::Error| {
             self.protocol_error(format!("event {} (id {:?}): {e}", event.event, event.id))
@@ -791,10 +805,20 @@ impl Session<'_> {
             }
             _ => {
                 let failure: events::StreamError = serde_json::from_str(data.get()).map_err(bad)?;
+                // A server going away ends its streams so, with an id to resume from (README,
+                // the stream's events): a drop like any other. It matters most to a live watch,
+                // which may run for hours across restarts.
+                if failure.code == "shutting_down" {
+                    return Err(Interrupted::Lost(format!(
+                        "the server is shutting down: {}",
+                        failure.message
+                    )));
+                }
                 return Err(WatchError::StreamFailed {
                     code: failure.code,
                     message: failure.message,
-                });
+                }
+                .into());
             }
         }
         Ok(None)

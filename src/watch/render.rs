@@ -38,8 +38,9 @@ pub enum TableMode {
     /// Redrawn in place on the terminal behind stdout (indicatif), at most
     /// [`TableMode::interval`]'s rate.
     Redraw,
-    /// The rows that changed, one line each, at most once per [`TableMode::interval`]: for
-    /// pipes, files and tests.
+    /// The rows that changed, one line each, in groups at most once per
+    /// [`TableMode::interval`] (a blank line before each group after the first, which is the
+    /// whole table): for pipes, files and tests.
     Lines,
 }
 
