@@ -876,7 +876,11 @@ async fn bad_requests_get_json_errors_with_the_right_status_and_code() {
         get(&s("formula=breakouts&livee=true"), 400, "unknown_parameter"),
         // Live flags: booleans, and quotes only with live.
         get(&s("formula=breakouts&live=yes"), 400, "invalid_parameter"),
-        get(&s("formula=breakouts&quotes=true"), 400, "invalid_parameter"),
+        get(
+            &s("formula=breakouts&quotes=true"),
+            400,
+            "invalid_parameter",
+        ),
         post_json(
             STREAM,
             r#"{"formulaId":"breakouts","live":"yes"}"#,
