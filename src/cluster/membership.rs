@@ -15,13 +15,16 @@ use redis::{RedisResult, Script};
 use super::keys::MEMBERS;
 
 /// Announces `ARGV[1]` until `ARGV[2]` ms from now, drops expired members, keeps the set itself
-/// expiring, and answers the count of live members.
+/// expiring with its longest-lived member (a short announcement never shortens it), and answers
+/// the count of live members.
 const ANNOUNCE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
 return redis.call('ZCARD', KEYS[1])
 ";
 
