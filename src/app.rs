@@ -126,7 +126,7 @@ impl Chartgate {
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         // Made here, on the system runtime, once: see `cluster`'s module doc.
-        let cluster = Cluster::start(&settings)?;
+        let cluster = Cluster::start(&settings, &metrics)?;
         let cache = Arc::new(Cache::new(&settings.cache, &metrics).with_cluster(cluster.clone()));
         let live = Live::new(&settings, pool.clone(), cache.clone(), &metrics);
         let state = web::Data::new(AppState {

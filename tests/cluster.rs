@@ -556,3 +556,94 @@ fn the_binary_with_a_redis_password_never_logs_it_and_says_down_and_back_once() 
         "{stderr}"
     );
 }
+
+#[actix_web::test]
+async fn an_abandoned_fetch_releases_its_lock_for_another_instance_at_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // A's fetch would take a minute; B's, once the feed is fast again, none. Locks too would
+    // outlive the client's patience (20 s) if they were left to expire.
+    let sim = start_simulator(|s| s.faults.latency_ms = 60_000).await;
+    let apps = instances(2, &sim, &redis.url(), |s| {
+        s.upstream.request_timeout_ms = 60_000;
+        s.stream.keep_alive_secs = 1;
+    })
+    .await;
+    let lock_key = "chartgate:lock:{NSE:ITC:1D:300}";
+    let mut conn = redis.connect().await;
+    // A's stream starts the fetch and takes the lock...
+    let a = apps[0]
+        .get("/api/formula-results-with-charts?symbols=NSE:ITC&resolutions=1D")
+        .send()
+        .await
+        .expect("open A's stream");
+    let deadline = Instant::now() + WITHIN;
+    while !conn.exists::<_, bool>(lock_key).await.unwrap() {
+        assert!(Instant::now() < deadline, "A took the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.set_faults(chartgate_simulator::Faults::default());
+    // ... B asks for the same chart and waits on A's lock; A's client goes away.
+    let b = chart(&apps[1], "symbol=NSE:ITC");
+    let (b, ()) = tokio::join!(b, async { drop(a) });
+    assert_eq!(b.0, 200, "B took over once A let go: {}", b.1);
+    let stats = apps[1].conn_stats().await;
+    assert_eq!(
+        (&stats["cache"]["misses"], &stats["cache"]["joined"]),
+        (&Value::from(1), &Value::from(0)),
+        "B fetched it itself rather than waiting for A's fetch: {stats}"
+    );
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn the_link_stays_up_across_membership_renewals() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|_| {}).await;
+    // Announcements live 3 s and are renewed every second.
+    let apps = instances(1, &sim, &redis.url(), |s| s.manager.stale_after_secs = 3).await;
+    let mut conn = redis.connect().await;
+    let score = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let s: Option<f64> = conn.zscore("chartgate:instances", "test-a").await.unwrap();
+            s.expect("test-a is a member")
+        }
+    };
+    let mut last = score(&mut conn).await;
+    let deadline = Instant::now() + WITHIN;
+    for renewal in 0..2 {
+        loop {
+            let now = score(&mut conn).await;
+            if now > last {
+                last = now;
+                break;
+            }
+            assert!(Instant::now() < deadline, "renewal {renewal} came");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let stats = apps[0].conn_stats().await;
+    assert_eq!(
+        stats["cluster"]["redis"], "ok",
+        "renewals keep it up: {stats}"
+    );
+    assert_eq!(stats["cluster"]["instances"], 1);
+    let metrics = apps[0].metrics().await;
+    assert!(
+        metrics.contains("chartgate_cluster_redis_down_total 0"),
+        "never went down: {metrics}"
+    );
+    assert!(
+        metrics.contains("chartgate_cluster_redis_up 1"),
+        "{metrics}"
+    );
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}

@@ -122,9 +122,17 @@ impl Cluster {
                 None => break,
                 Some(Claim::Vanished) => continue,
                 Some(Claim::Owner) => {
+                    let mut owned = Owned {
+                        cluster: self.clone(),
+                        lock_key: lock_key.clone(),
+                        token: token.clone(),
+                        channel: channel.clone(),
+                        finished: false,
+                    };
                     let outcome = self.fetch_as_owner(&lock_key, &token, fetch()).await;
                     self.finish(key, &lock_key, &token, &channel, &outcome)
                         .await;
+                    owned.finished = true;
                     return (outcome, Source::Fetched);
                 }
                 Some(Claim::Held { expires_in }) => {
@@ -241,6 +249,45 @@ impl Cluster {
                     ttl,
                     channel: &channel,
                     message: "ok",
+                },
+            )
+            .await
+            .map(|_| ())
+        });
+    }
+}
+
+/// A lock this instance owns, released when its fetch is abandoned (every local waiter left, and
+/// the fetch's task was dropped) rather than left to expire: the waiters elsewhere are told at
+/// once ("abandoned" reads as "look again"), and one of them takes over.
+struct Owned {
+    cluster: Cluster,
+    lock_key: String,
+    token: String,
+    channel: String,
+    /// Set once [`Cluster::finish`] ran: nothing left to do.
+    finished: bool,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let lock_key = std::mem::take(&mut self.lock_key);
+        let token = std::mem::take(&mut self.token);
+        let channel = std::mem::take(&mut self.channel);
+        let ttl = self.cluster.cache_ttl();
+        self.cluster.run_detached(move |mut conn| async move {
+            lock::finish(
+                &mut conn,
+                Finish {
+                    lock_key: &lock_key,
+                    token: &token,
+                    chart: None,
+                    ttl,
+                    channel: &channel,
+                    message: "abandoned",
                 },
             )
             .await

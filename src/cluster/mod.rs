@@ -42,6 +42,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::config::Settings;
+use crate::telemetry::Metrics;
 use crate::upstream::backoff::Backoff;
 
 use self::link::{Announce, Link, Next};
@@ -95,6 +96,11 @@ struct Inner {
     up: AtomicBool,
     /// Live instances, as last counted.
     instances: AtomicU64,
+    /// `chartgate_cluster_redis_up` (1 while the link is up) and `chartgate_cluster_instances`.
+    up_gauge: metrics::Gauge,
+    instances_gauge: metrics::Gauge,
+    /// `chartgate_cluster_redis_down_total`: episodes of the link going down.
+    down_total: metrics::Counter,
     cache_ttl: Duration,
     /// A fetch's lock lifetime: `upstream.request_timeout_ms` (renewed while the fetch runs).
     lock_ttl: Duration,
@@ -175,7 +181,7 @@ impl Cluster {
     /// Connects the cluster when `cluster.redis_url` is set (`None` otherwise), inside the
     /// current actix system, whose runtime must outlive the server (the system runtime: see the
     /// module doc). Redis need not be up: the link comes up when it is.
-    pub fn start(settings: &Settings) -> std::io::Result<Option<Cluster>> {
+    pub fn start(settings: &Settings, metrics: &Metrics) -> std::io::Result<Option<Cluster>> {
         let cluster = &settings.cluster;
         if !cluster.enabled() {
             return Ok(None);
@@ -218,6 +224,9 @@ impl Cluster {
             system: tokio::runtime::Handle::current(),
             up: AtomicBool::new(false),
             instances: AtomicU64::new(1),
+            up_gauge: metrics.gauge("chartgate_cluster_redis_up"),
+            instances_gauge: metrics.gauge("chartgate_cluster_instances"),
+            down_total: metrics.counter("chartgate_cluster_redis_down_total", &[]),
             cache_ttl: Duration::from_secs(settings.cache.ttl_secs.max(1)),
             lock_ttl: Duration::from_millis(settings.upstream.request_timeout_ms.max(1)),
             member_ttl: Duration::from_secs(settings.manager.stale_after_secs.max(3)),
@@ -263,7 +272,7 @@ impl Cluster {
             .run(|mut conn| async move { membership::count(&mut conn).await })
             .await
         {
-            self.0.instances.store(n, Ordering::Relaxed);
+            self.set_instances(n);
         }
         ClusterStats {
             instance_id: self.0.instance_id.clone(),
@@ -377,8 +386,15 @@ impl Cluster {
         }
     }
 
+    /// Records a member count.
+    fn set_instances(&self, n: u64) {
+        self.0.instances.store(n, Ordering::Relaxed);
+        self.0.instances_gauge.set(n as f64);
+    }
+
     fn set_up(&self, up: bool) {
         self.0.up.store(up, Ordering::SeqCst);
+        self.0.up_gauge.set(if up { 1.0 } else { 0.0 });
         if !up {
             let drained = std::mem::take(&mut self.waiters().by_channel);
             for (_, list) in drained {
@@ -408,10 +424,13 @@ impl Cluster {
             Some(Announce::Connected) => {
                 log::info!("cluster: Redis at {url} connected; instance {id} shares its state");
             }
-            Some(Announce::WentDown { reason }) => log::warn!(
-                "cluster: Redis at {url} is down ({}); instance {id} serves from its own state and reconnects with backoff",
-                self.scrub(&reason)
-            ),
+            Some(Announce::WentDown { reason }) => {
+                self.0.down_total.increment(1);
+                log::warn!(
+                    "cluster: Redis at {url} is down ({}); instance {id} serves from its own state and reconnects with backoff",
+                    self.scrub(&reason)
+                )
+            }
             Some(Announce::Back { attempts }) => log::info!(
                 "cluster: Redis at {url} is back after {attempts} failed attempts; instance {id} shares its state again"
             ),
@@ -478,7 +497,7 @@ impl Cluster {
             let n = membership::announce(&mut conn, &inner.instance_id, inner.member_ttl)
                 .await
                 .map_err(|e| self.scrub(&e))?;
-            inner.instances.store(n, Ordering::Relaxed);
+            self.set_instances(n);
             let mut pubsub = inner
                 .client
                 .get_async_pubsub()
@@ -516,11 +535,11 @@ impl Cluster {
                     let mut conn = inner.conn.clone();
                     let check = async {
                         let n = membership::announce(&mut conn, &inner.instance_id, inner.member_ttl).await?;
-                        sink.ping::<String>().await?;
+                        sink.ping::<redis::Value>().await?;
                         Ok::<u64, redis::RedisError>(n)
                     };
                     match tokio::time::timeout(COMMAND_TIMEOUT, check).await {
-                        Ok(Ok(n)) => inner.instances.store(n, Ordering::Relaxed),
+                        Ok(Ok(n)) => self.set_instances(n),
                         Ok(Err(e)) => return self.scrub(&e),
                         Err(_) => return "Redis did not answer in time".into(),
                     }
