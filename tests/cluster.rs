@@ -123,6 +123,15 @@ async fn lock_scripts_are_owner_checked_and_expire() {
             Claim::Vanished => {}
         }
     }
+    // A lock set by hand without an expiry is given one rather than blocking the chart forever.
+    let stray = "chartgate:lock:{NSE:STRAY:1D:300}";
+    let _: () = conn.set(stray, "by-hand").await.unwrap();
+    assert!(matches!(
+        lock::acquire(&mut conn, stray, &a, ttl).await.unwrap(),
+        Claim::Held { .. }
+    ));
+    let pttl: i64 = conn.pttl(stray).await.unwrap();
+    assert!(pttl > 0, "{pttl}");
     // ... and the late owner can no longer touch it.
     assert!(!lock::renew(&mut conn, key, &a, ttl).await.unwrap());
     assert!(!lock::release(&mut conn, key, &a).await.unwrap());

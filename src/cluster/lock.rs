@@ -14,10 +14,17 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 
-/// Takes the lock, or says how long the current holder's lock still runs.
+/// Takes the lock (`{1, ttl}`), or says how long the current holder's lock still runs
+/// (`{0, pttl}`; `pttl` -2 when it vanished in between). A lock found without an expiry (not one
+/// chartgate made: set by hand) is given one, so nothing can hold a chart's fetch forever.
 const ACQUIRE: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
-return redis.call('PTTL', KEYS[1])
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, tonumber(ARGV[2])} end
+local left = redis.call('PTTL', KEYS[1])
+if left == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  left = tonumber(ARGV[2])
+end
+return {0, left}
 ";
 
 /// Extends the lock's expiry, if the caller still owns it.
@@ -80,19 +87,18 @@ pub async fn acquire<C: ConnectionLike>(
     token: &str,
     ttl: Duration,
 ) -> RedisResult<Claim> {
-    let answer: i64 = Script::new(ACQUIRE)
+    let (owner, left): (i64, i64) = Script::new(ACQUIRE)
         .key(key)
         .arg(token)
         .arg(millis(ttl))
         .invoke_async(conn)
         .await?;
-    Ok(match answer {
-        -1 => Claim::Owner,
-        n if n >= 0 => Claim::Held {
-            expires_in: Duration::from_millis(n as u64),
+    Ok(match (owner, left) {
+        (1, _) => Claim::Owner,
+        (_, left) if left >= 0 => Claim::Held {
+            expires_in: Duration::from_millis(left as u64),
         },
-        // -2: the key is gone; -1 from PTTL (a lock without expiry) cannot be made by us, but
-        // would read as Owner above only via SET, so a PTTL of -1 never reaches here.
+        // -2: released between the SET and the PTTL.
         _ => Claim::Vanished,
     })
 }
