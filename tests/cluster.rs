@@ -656,3 +656,33 @@ async fn the_link_stays_up_across_membership_renewals() {
         app.stopper.stop().await;
     }
 }
+
+#[actix_web::test]
+async fn the_budget_is_the_setting_else_the_tokens_claim_else_the_pool_size() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // The token page issues JWTs whose max_connections claim is 4.
+    let sim = start_simulator(|s| s.faults.max_connections = 4).await;
+    let apps = instances(2, &sim, &redis.url(), |s| {
+        s.upstream.session_id = chartgate::config::Secret::new("sid");
+        s.upstream.session_sign = chartgate::config::Secret::new("sign");
+    })
+    .await;
+    let (status, body) = chart(&apps[0], "symbol=NSE:TCS").await;
+    assert_eq!(status, 200, "{body}");
+    let stats = apps[0].conn_stats().await;
+    assert_eq!(stats["cluster"]["budget"], 4, "the claim: {stats}");
+    assert_eq!(stats["cluster"]["upstreamConnections"], 1, "{stats}");
+    let configured = spawn_app_on(&sim, |s| {
+        s.cluster.redis_url = chartgate::config::Secret::new(redis.url());
+        s.cluster.max_upstream_connections = 7;
+    })
+    .await;
+    let stats = wait_cluster(&configured, "joined", |c| c["instances"] == 3).await;
+    assert_eq!(stats["cluster"]["budget"], 7, "the setting: {stats}");
+    configured.stopper.stop().await;
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}

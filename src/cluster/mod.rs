@@ -60,8 +60,9 @@ pub struct ClusterStats {
     /// Upstream connections open: for now this instance's (the cluster-wide count comes with the
     /// connection budget).
     pub upstream_connections: usize,
-    /// Upstream connections allowed across the cluster: `cluster.max_upstream_connections`, or
-    /// `pool.max_connections` when that is 0 (the token's claim is not consulted yet).
+    /// Upstream connections allowed across the cluster: `cluster.max_upstream_connections`; when
+    /// that is 0, the current token's `max_connections` claim, else `pool.max_connections`.
+    /// Shown, not yet enforced across instances.
     pub budget: usize,
     /// `ok` while the shared state is in use, `down` while this instance serves from its own.
     #[schema(pattern = "^(ok|down)$")]
@@ -83,7 +84,10 @@ pub struct Cluster(Arc<Inner>);
 
 struct Inner {
     instance_id: String,
-    budget: usize,
+    /// `cluster.max_upstream_connections` (0: derived, see [`ClusterStats::budget`]).
+    configured_budget: usize,
+    /// `pool.max_connections`, the budget when neither the setting nor a token claim says.
+    pool_max: usize,
     /// For logs: the URL without its password.
     url_redacted: String,
     /// The password, to scrub from any error text before it is logged.
@@ -208,15 +212,11 @@ impl Cluster {
         } else {
             cluster.instance_id.clone()
         };
-        let budget = if cluster.max_upstream_connections > 0 {
-            cluster.max_upstream_connections
-        } else {
-            settings.pool.max_connections
-        };
         let (stop, stopped) = watch::channel(false);
         let inner = Arc::new(Inner {
             instance_id,
-            budget,
+            configured_budget: cluster.max_upstream_connections,
+            pool_max: settings.pool.max_connections,
             url_redacted,
             password: url_password(url),
             client,
@@ -239,10 +239,9 @@ impl Cluster {
             0,
         );
         log::info!(
-            "cluster: instance {} joining through Redis at {} (budget {} upstream connections)",
+            "cluster: instance {} joining through Redis at {}",
             inner.instance_id,
             inner.url_redacted,
-            inner.budget
         );
         let cluster = Cluster(inner);
         actix_web::rt::spawn(cluster.clone().supervise(Link::new(backoff), stopped));
@@ -266,8 +265,16 @@ impl Cluster {
         self.0.lock_ttl
     }
 
+    /// The budget: the setting, else the token's claim (`token_claim`), else `pool.max_connections`.
+    pub fn budget(&self, token_claim: Option<usize>) -> usize {
+        match self.0.configured_budget {
+            0 => token_claim.unwrap_or(self.0.pool_max),
+            n => n,
+        }
+    }
+
     /// The `cluster` object of the stats; counts the members afresh while the link is up.
-    pub async fn stats(&self, upstream_connections: usize) -> ClusterStats {
+    pub async fn stats(&self, pool: &crate::upstream::PoolStats) -> ClusterStats {
         if let Some(n) = self
             .run(|mut conn| async move { membership::count(&mut conn).await })
             .await
@@ -277,8 +284,8 @@ impl Cluster {
         ClusterStats {
             instance_id: self.0.instance_id.clone(),
             instances: self.0.instances.load(Ordering::Relaxed),
-            upstream_connections,
-            budget: self.0.budget,
+            upstream_connections: pool.open_connections,
+            budget: self.budget(pool.token_max_connections),
             redis: if self.is_up() { "ok" } else { "down" }.into(),
         }
     }

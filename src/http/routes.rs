@@ -446,7 +446,7 @@ pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
     let cache = state.charts.cache.stats().await;
     let live = state.charts.live.stats();
     let cluster = match &state.charts.cluster {
-        Some(cluster) => Some(cluster.stats(manager.pool.open_connections).await),
+        Some(cluster) => Some(cluster.stats(&manager.pool).await),
         None => None,
     };
     Ok(HttpResponse::Ok().json(StatsBody {
