@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::cache::Cache;
 use crate::charts::ChartService;
+use crate::cluster::Cluster;
 use crate::config::{Settings, UpstreamMode};
 use crate::formulas::{FormulaSource, MARKETINOUT_SCREEN_URL, Universe};
 use crate::http::{AppState, configure};
@@ -55,6 +56,8 @@ pub struct Chartgate {
     simulator: Option<Simulator>,
     pool: Addr<Pool>,
     manager: Addr<Manager>,
+    /// With `cluster.redis_url` set: the shared state's handle, told to leave on stop.
+    cluster: Option<Cluster>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -122,11 +125,14 @@ impl Chartgate {
             Duration::from_millis(settings.formulas.timeout_ms),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let cache = Arc::new(Cache::new(&settings.cache, &metrics));
+        // Made here, on the system runtime, once: see `cluster`'s module doc.
+        let cluster = Cluster::start(&settings, &metrics)?;
+        let cache = Arc::new(Cache::new(&settings.cache, &metrics).with_cluster(cluster.clone()));
         let live = Live::new(&settings, pool.clone(), cache.clone(), &metrics);
         let state = web::Data::new(AppState {
             settings: settings.clone(),
-            charts: ChartService::new(cache, pool.clone(), live, &metrics),
+            charts: ChartService::new(cache, pool.clone(), live, &metrics)
+                .with_cluster(cluster.clone()),
             formula_addr: host_port(&settings.formulas.source_url),
             feed_addr: host_port(&settings.upstream.url).unwrap_or_default(),
             formulas,
@@ -140,6 +146,7 @@ impl Chartgate {
             simulator,
             pool,
             manager,
+            cluster,
             shutdown,
         })
     }
@@ -177,6 +184,13 @@ impl Chartgate {
         self.begin_shutdown();
         let closed = self.pool.send(CloseAll).await.unwrap_or(0);
         log::info!("shutdown: closed {closed} upstream connections");
+        if let Some(cluster) = &self.cluster {
+            cluster.stop().await;
+            log::info!(
+                "shutdown: instance {} left the cluster",
+                cluster.instance_id()
+            );
+        }
         if let Some(sim) = self.simulator {
             sim.stop().await;
         }

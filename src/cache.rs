@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::cluster::Cluster;
 use crate::config::CacheSettings;
 use crate::domain::{BarCount, Resolution, Symbol};
 use crate::formulas::FormulaResult;
@@ -56,6 +57,9 @@ pub struct Cache {
     /// per chart per open stream).
     charts: moka::sync::Cache<ChartKey, Arc<ReadyChart>>,
     formulas: moka::future::Cache<String, Arc<FormulaResult>>,
+    /// The cluster's shared tier behind the formula cache (charts use it through
+    /// [`crate::charts`], whose single flight decides when to ask). `None`: single instance.
+    cluster: Option<Cluster>,
     hits: Tally,
     joined: Tally,
     misses: Tally,
@@ -102,10 +106,17 @@ impl Cache {
         Cache {
             charts,
             formulas,
+            cluster: None,
             hits: Tally::new(metrics, "chartgate_cache_hits_total"),
             joined: Tally::new(metrics, "chartgate_cache_joined_total"),
             misses: Tally::new(metrics, "chartgate_cache_misses_total"),
         }
+    }
+
+    /// The cache with the cluster's shared tier behind it (`None`: single instance).
+    pub fn with_cluster(mut self, cluster: Option<Cluster>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// The cached chart for `key`, counted as a hit. A lookup that finds nothing is counted by
@@ -137,21 +148,39 @@ impl Cache {
     }
 
     /// The cached result of formula `id`, or the result of `fetch`, made once however many
-    /// callers ask at the same time (moka's single flight; failures are not cached).
+    /// callers ask at the same time (moka's single flight; failures are not cached). With a
+    /// cluster, a local miss reads the shared tier first, and a fetched list is stored there.
     pub async fn formula<F, Fut, E>(&self, id: &str, fetch: F) -> Result<Arc<FormulaResult>, Arc<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<FormulaResult, E>>,
         E: Send + Sync + 'static,
     {
+        let cluster = self.cluster.clone();
         self.formulas
-            .try_get_with(id.to_string(), async move { fetch().await.map(Arc::new) })
+            .try_get_with(id.to_string(), async move {
+                if let Some(cluster) = &cluster {
+                    if let Some(shared) = cluster.cached_formula(id).await {
+                        return Ok(Arc::new(shared));
+                    }
+                    let fetched = fetch().await?;
+                    cluster.store_formula(id, &fetched);
+                    return Ok(Arc::new(fetched));
+                }
+                fetch().await.map(Arc::new)
+            })
             .await
     }
 
-    /// The cached result of formula `id`, if any; used to resume a stream on the same list.
+    /// The cached result of formula `id`, if any (here, or in the cluster's shared tier); used to
+    /// resume a stream on the same list.
     pub async fn cached_formula(&self, id: &str) -> Option<Arc<FormulaResult>> {
-        self.formulas.get(id).await
+        if let Some(local) = self.formulas.get(id).await {
+            return Some(local);
+        }
+        let shared = Arc::new(self.cluster.as_ref()?.cached_formula(id).await?);
+        self.formulas.insert(id.to_string(), shared.clone()).await;
+        Some(shared)
     }
 
     pub async fn stats(&self) -> CacheStats {

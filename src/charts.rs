@@ -20,6 +20,8 @@ use futures_util::future::{BoxFuture, Shared, WeakShared};
 use tokio::task::AbortHandle;
 
 use crate::cache::{Cache, ChartKey, Missed};
+use crate::cluster::Cluster;
+use crate::cluster::flight::Source;
 use crate::live::Live;
 use crate::ready_chart::ReadyChart;
 use crate::telemetry::Metrics;
@@ -94,7 +96,9 @@ impl Served {
     }
 }
 
-type Loaded = Result<Arc<ReadyChart>, ChartFailure>;
+/// A fetch's outcome for its waiters: the chart and whether it came from a cache (the cluster's
+/// shared tier) rather than the feed.
+type Loaded = Result<(Arc<ReadyChart>, bool), ChartFailure>;
 
 /// A fetch's outcome as its waiters share it. Each waiter holds a clone; when the last one is
 /// dropped the fetch's task is aborted (see [`AbortOnDrop`]).
@@ -162,6 +166,9 @@ pub struct ChartService {
     pub pool: Addr<Pool>,
     /// Asked before the cache: while a chart's series is live, its charts come from the live bars.
     pub live: Live,
+    /// With `cluster.redis_url` set: the shared tier and the cluster's single flight, asked by
+    /// each fetch this instance's own single flight starts.
+    pub cluster: Option<Cluster>,
     flights: Arc<Mutex<Flights>>,
     served: Arc<Served>,
 }
@@ -178,9 +185,16 @@ impl ChartService {
             cache,
             pool,
             live,
+            cluster: None,
             flights: Arc::default(),
             served: Arc::new(Served::new(metrics)),
         }
+    }
+
+    /// The service with the cluster's shared state behind it (`None`: single instance).
+    pub fn with_cluster(mut self, cluster: Option<Cluster>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// A chart: from the cache at once when it is there, otherwise a fetch to wait for (started
@@ -197,9 +211,7 @@ impl ChartService {
             Joined::Cached(hit) => Lookup::Ready(self.served.count(Ok((hit, true)))),
             Joined::Flight(result) => {
                 let served = self.served.clone();
-                Lookup::Fetch(
-                    async move { served.count(result.await.map(|chart| (chart, false))) }.boxed(),
-                )
+                Lookup::Fetch(async move { served.count(result.await) }.boxed())
             }
         }
     }
@@ -231,10 +243,14 @@ impl ChartService {
             self.cache.count_missed(Missed::Hit);
             return Joined::Cached(hit);
         }
-        self.cache.count_missed(Missed::Fetched);
+        // Without a cluster the fetch is counted now; with one, by the task once it knows
+        // whether the shared tier or another instance had it.
+        let cluster = self.cluster.clone();
+        if cluster.is_none() {
+            self.cache.count_missed(Missed::Fetched);
+        }
         flights.next_id += 1;
         let id = flights.next_id;
-        let request = FetchChart::new(key.symbol.clone(), key.resolution, key.bars);
         let entry = FlightEntry {
             registry: self.flights.clone(),
             key: key.clone(),
@@ -242,14 +258,22 @@ impl ChartService {
         };
         let (pool, cache) = (self.pool.clone(), self.cache.clone());
         let task = actix_web::rt::spawn(async move {
-            let loaded = match pool.send(request).await {
-                Ok(Ok(chart)) => {
-                    cache.insert_chart(entry.key.clone(), chart.clone());
-                    Ok(chart)
+            let fetch = || fetch_from_pool(pool.clone(), entry.key.clone());
+            let loaded = match &cluster {
+                None => fetch().await.map(|chart| (chart, false)),
+                Some(cluster) => {
+                    let (loaded, source) = cluster.load(&entry.key, fetch).await;
+                    cache.count_missed(match source {
+                        Source::Shared => Missed::Hit,
+                        Source::Joined => Missed::Joined,
+                        Source::Fetched => Missed::Fetched,
+                    });
+                    loaded.map(|chart| (chart, source == Source::Shared))
                 }
-                Ok(Err(e)) => Err(ChartFailure::from(&e)),
-                Err(_) => Err(unavailable()),
             };
+            if let Ok((chart, _)) = &loaded {
+                cache.insert_chart(entry.key.clone(), chart.clone());
+            }
             // Only now, with the chart cached, may a new caller miss this flight.
             drop(entry);
             loaded
@@ -267,6 +291,22 @@ impl ChartService {
         }
         Joined::Flight(result)
     }
+}
+
+/// One fetch from the pool, as the single flight runs it.
+fn fetch_from_pool(
+    pool: Addr<Pool>,
+    key: ChartKey,
+) -> BoxFuture<'static, Result<Arc<ReadyChart>, ChartFailure>> {
+    async move {
+        let request = FetchChart::new(key.symbol, key.resolution, key.bars);
+        match pool.send(request).await {
+            Ok(Ok(chart)) => Ok(chart),
+            Ok(Err(e)) => Err(ChartFailure::from(&e)),
+            Err(_) => Err(unavailable()),
+        }
+    }
+    .boxed()
 }
 
 #[cfg(test)]

@@ -263,6 +263,57 @@ impl Default for LiveSettings {
     }
 }
 
+/// Several instances as one service (SPEC 7): where their shared state lives, and this instance's
+/// name among them. With `redis_url` empty nothing of this applies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// `redis://[:password@]host[:port][/db]`, or `rediss://` for TLS. Empty: one instance, all
+    /// state in process. A secret, since it may carry a password: logs show
+    /// [`ClusterSettings::redis_url_redacted`].
+    pub redis_url: Secret,
+    /// This instance's name in the cluster (membership keys, stats, logs); empty: host name and
+    /// process id.
+    pub instance_id: String,
+    /// Upstream connections allowed across all instances; 0: the token's `max_connections` claim,
+    /// else `pool.max_connections`.
+    pub max_upstream_connections: usize,
+}
+
+impl ClusterSettings {
+    /// Whether several instances share state through Redis.
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
+
+    /// `redis_url` with any password replaced by `***`, for logs and messages.
+    pub fn redis_url_redacted(&self) -> String {
+        redact_url_password(self.redis_url.expose())
+    }
+}
+
+/// `scheme://user:password@rest` as `scheme://user:***@rest`; a URL without a password unchanged.
+/// The user-info ends at the last `@` before the path, so a password holding `@` or `/` is still
+/// hidden whole.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.is_empty() {
+            String::new()
+        } else {
+            "<not a URL>".into()
+        };
+    };
+    let Some(at) = rest.rfind('@') else {
+        return url.to_string();
+    };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        // `redis://password@host` is read as a password by some clients: hide it too.
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
 /// One screen: its public id and name, and where its stock list comes from (never shown to users).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -322,6 +373,7 @@ pub struct Settings {
     pub stream: StreamSettings,
     pub formulas: FormulasSettings,
     pub live: LiveSettings,
+    pub cluster: ClusterSettings,
     pub simulator: SimulatorSettings,
 }
 
@@ -509,6 +561,27 @@ impl Settings {
                 (None, Some(_)) => return bad(&key("url"), "expected an http:// or https:// URL"),
                 _ => return bad(&key("key"), "give exactly one of key or url"),
             }
+        }
+        if self.cluster.enabled() {
+            let url = self.cluster.redis_url.expose();
+            let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+            if !scheme_ok || redis::Client::open(url).is_err() {
+                return bad(
+                    "cluster.redis_url",
+                    "expected redis://[:password@]host[:port][/db] or rediss://... for TLS (value not shown: it may hold a password)",
+                );
+            }
+        }
+        let id = &self.cluster.instance_id;
+        if id.len() > 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return bad(
+                "cluster.instance_id",
+                "use at most 64 letters, digits, '.', '-' and '_' (or leave it empty)",
+            );
         }
         let status = self.simulator.faults.reject_upgrades;
         if status != 0 && !(400..=599).contains(&status) {

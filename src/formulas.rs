@@ -51,7 +51,7 @@ impl Stock {
 }
 
 /// A formula's stock list as of one fetch.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FormulaResult {
     pub formula_id: String,

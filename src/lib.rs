@@ -18,6 +18,8 @@
 //!   retry, backoff, token rotation), and the token provider.
 //! - [`live`]: live series and quotes (`live=true`): one upstream subscription per chart, shared
 //!   by every follower, conflation per follower, the cache kept as updated live.
+//! - [`cluster`]: several instances as one service (`cluster.redis_url`): the Redis link's
+//!   supervision, membership, the shared cache tier, single flight across instances.
 //! - [`manager`]: the lease manager actor: refcounted leases, the idle timer that closes the pool,
 //!   the periodic health check.
 //! - [`telemetry`]: one Prometheus registry per running chartgate.
@@ -38,6 +40,7 @@ pub mod app;
 mod cache;
 mod charts;
 mod client;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 mod formulas;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use chartgate_protocol::json::{Whole, write_number};
 
-use crate::domain::{Bar, BarsFormat, Chart};
+use crate::domain::{Bar, BarsFormat, Chart, ChartMetadata, Resolution, Symbol};
 /// Writes bars as JSON into a buffer.
 type BarWriter = fn(&[Bar], &mut String);
 /// Reads one price column of a bar.
@@ -42,6 +42,63 @@ impl ReadyChart {
         let ready = ReadyChart::new(chart);
         ready.json_fields(BarsFormat::default());
         Arc::new(ready)
+    }
+
+    /// A chart from its served JSON, as the cluster's shared cache stores it: `objects` (the
+    /// default format's `"bars":[...],"metadata":{...}`) is read back into bars, and kept as the
+    /// bytes to serve; `columns`, when given, is served as it is. `None` when `objects` is not
+    /// that JSON.
+    pub fn from_json(
+        symbol: Symbol,
+        resolution: Resolution,
+        objects: Bytes,
+        columns: Option<Bytes>,
+    ) -> Option<Self> {
+        /// A bar as written by [`write_bar_objects`]: non-finite numbers are `null`.
+        #[derive(serde::Deserialize)]
+        struct StoredBar {
+            time: i64,
+            open: Option<f64>,
+            high: Option<f64>,
+            low: Option<f64>,
+            close: Option<f64>,
+            #[serde(default)]
+            volume: Option<f64>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            bars: Vec<StoredBar>,
+            metadata: ChartMetadata,
+        }
+        let mut whole = Vec::with_capacity(objects.len() + 2);
+        whole.push(b'{');
+        whole.extend_from_slice(&objects);
+        whole.push(b'}');
+        let stored: Stored = serde_json::from_slice(&whole).ok()?;
+        let number = |n: Option<f64>| n.unwrap_or(f64::NAN);
+        let bars = stored
+            .bars
+            .into_iter()
+            .map(|b| Bar {
+                time: b.time,
+                open: number(b.open),
+                high: number(b.high),
+                low: number(b.low),
+                close: number(b.close),
+                volume: b.volume,
+            })
+            .collect();
+        let ready = ReadyChart::new(Chart {
+            symbol,
+            resolution,
+            bars,
+            metadata: stored.metadata,
+        });
+        let _ = ready.objects.set(objects);
+        if let Some(columns) = columns {
+            let _ = ready.columns.set(columns);
+        }
+        Some(ready)
     }
 
     /// `"bars":...,"metadata":{...}` (no braces), so callers can splice it into bigger objects.
@@ -151,7 +208,6 @@ fn write_bar_columns(bars: &[Bar], out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{ChartMetadata, Resolution};
 
     fn chart(volume: Option<f64>) -> Chart {
         Chart {
@@ -231,6 +287,41 @@ mod tests {
         let no_volume = ReadyChart::new(chart(None));
         assert!(!fields(&no_volume, BarsFormat::Objects).contains("volume"));
         assert!(!fields(&no_volume, BarsFormat::Columns).contains("volume"));
+    }
+
+    #[test]
+    fn a_chart_read_back_from_its_json_serves_the_same_bytes_and_bars() {
+        let original = ReadyChart::new(chart(Some(10.0)));
+        let objects = original.json_fields(BarsFormat::Objects).clone();
+        let columns = original.json_fields(BarsFormat::Columns).clone();
+        let back = ReadyChart::from_json(
+            original.chart.symbol.clone(),
+            original.chart.resolution,
+            objects.clone(),
+            Some(columns.clone()),
+        )
+        .unwrap();
+        assert_eq!(back.chart, original.chart);
+        assert_eq!(back.json_fields(BarsFormat::Objects), &objects);
+        assert_eq!(back.json_fields(BarsFormat::Columns), &columns);
+        // Without the columns form, it is made from the bars read back, alike.
+        let back = ReadyChart::from_json(
+            original.chart.symbol.clone(),
+            original.chart.resolution,
+            objects,
+            None,
+        )
+        .unwrap();
+        assert_eq!(back.json_fields(BarsFormat::Columns), &columns);
+        assert!(
+            ReadyChart::from_json(
+                original.chart.symbol.clone(),
+                original.chart.resolution,
+                Bytes::from_static(b"\"bars\":nope"),
+                None
+            )
+            .is_none()
+        );
     }
 
     #[test]

@@ -232,3 +232,63 @@ fn the_binary_exits_2_naming_the_bad_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
 }
+
+#[test]
+fn cluster_keys_parse_and_the_redis_password_stays_secret() {
+    let s = load(
+        "[cluster]\nredis_url = \"redis://:s3cretpw@127.0.0.1:6390/2\"\ninstance_id = \"a-1\"\nmax_upstream_connections = 6\n",
+    )
+    .unwrap();
+    assert!(s.cluster.enabled());
+    assert_eq!(s.cluster.instance_id, "a-1");
+    assert_eq!(s.cluster.max_upstream_connections, 6);
+    assert_eq!(
+        s.cluster.redis_url_redacted(),
+        "redis://:***@127.0.0.1:6390/2"
+    );
+    assert!(!format!("{s:?}").contains("s3cretpw"));
+    // TLS URLs are taken; defaults mean one instance.
+    assert!(load("[cluster]\nredis_url = \"rediss://:pw@cache.internal:6380\"\n").is_ok());
+    assert!(!Settings::default().cluster.enabled());
+
+    for (bad, key) in [
+        (
+            "[cluster]\nredis_url = \"http://:s3cretpw@host\"\n",
+            "cluster.redis_url",
+        ),
+        (
+            "[cluster]\nredis_url = \"redis://:s3cretpw@\"\n",
+            "cluster.redis_url",
+        ),
+        ("[cluster]\nredis_url = 12\n", "cluster.redis_url"),
+        ("[cluster]\ninstance_id = \"a b\"\n", "cluster.instance_id"),
+        (
+            "[cluster]\nmax_upstream_connections = -1\n",
+            "cluster.max_upstream_connections",
+        ),
+    ] {
+        let err = load(bad).unwrap_err().to_string();
+        assert!(err.contains(key), "{bad}: {err}");
+        assert!(!err.contains("s3cretpw"), "{bad}: {err}");
+    }
+    let env_set = Settings::load_with_env(
+        Some(&shipped_file()),
+        env(&[("CHARTGATE__CLUSTER__REDIS_URL", "redis://127.0.0.1:1")]),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(env_set.cluster.redis_url.expose(), "redis://127.0.0.1:1");
+}
+
+#[test]
+fn urls_are_redacted_whatever_their_password_holds() {
+    use chartgate::config::redact_url_password;
+    assert_eq!(redact_url_password("redis://h:1/0"), "redis://h:1/0");
+    assert_eq!(redact_url_password("redis://:p@h"), "redis://:***@h");
+    assert_eq!(
+        redact_url_password("rediss://u:p@s:s@h"),
+        "rediss://u:***@h"
+    );
+    assert_eq!(redact_url_password("redis://pw@h"), "redis://***@h");
+    assert_eq!(redact_url_password("nonsense pw"), "<not a URL>");
+}

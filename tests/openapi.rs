@@ -555,3 +555,31 @@ async fn real_stream_events_have_exactly_the_documented_fields() {
     assert_eq!(documented, want);
     assert_eq!(seen, want, "events seen");
 }
+
+#[actix_web::test]
+async fn the_stats_of_a_cluster_instance_have_exactly_the_documented_fields() {
+    let Some(redis) = common::redis::RedisServer::start() else {
+        return;
+    };
+    let app = spawn_app(|s| {
+        s.cluster.redis_url = Secret::new(redis.url());
+    })
+    .await;
+    let doc = document(&app).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stats = check_answer(
+            &doc,
+            "get",
+            "/api/connections/stats",
+            app.get("/api/connections/stats"),
+        )
+        .await;
+        if stats["cluster"]["redis"] == "ok" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    app.stopper.stop().await;
+}

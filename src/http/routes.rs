@@ -18,6 +18,7 @@ use super::openapi::{ChartDataBody, ChartQuery, FormulaQuery, StreamEvent, Strea
 use super::params::{ChartRequest, Query, StreamBody, StreamRequest, formula_param};
 use super::stream;
 use crate::cache::{CacheStats, ChartKey};
+use crate::cluster::ClusterStats;
 use crate::formulas::FormulaResult;
 use crate::live::LiveStats;
 use crate::manager::{
@@ -424,6 +425,10 @@ pub struct StatsBody {
     manager: ManagerStats,
     cache: CacheStats,
     live: LiveStats,
+    /// Only with `cluster.redis_url` set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    cluster: Option<ClusterStats>,
 }
 
 /// Leases, connection health, the pool and the cache (SPEC 3.4).
@@ -440,9 +445,14 @@ pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
         .map_err(|_| lease_unavailable())?;
     let cache = state.charts.cache.stats().await;
     let live = state.charts.live.stats();
+    let cluster = match &state.charts.cluster {
+        Some(cluster) => Some(cluster.stats(&manager.pool).await),
+        None => None,
+    };
     Ok(HttpResponse::Ok().json(StatsBody {
         manager,
         cache,
         live,
+        cluster,
     }))
 }

@@ -173,6 +173,10 @@ pub struct PoolStats {
     /// Live subscriptions waiting for a connection (followers get no updates meanwhile).
     #[serde(skip)]
     pub live_waiting: usize,
+    /// The current token's `max_connections` claim, when it has one (the cluster's budget
+    /// defaults to it).
+    #[serde(skip)]
+    pub token_max_connections: Option<usize>,
 }
 
 /// One connection in [`PoolStats`].

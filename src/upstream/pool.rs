@@ -642,6 +642,7 @@ impl Handler<GetPoolStats> for Pool {
             reconnect_attempts: health.attempts(),
             down: health.is_down(),
             live_waiting: self.policy.live_waiting(),
+            token_max_connections: self.token.as_ref().and_then(|t| t.max_connections),
         }
     }
 }

@@ -186,6 +186,34 @@ pub async fn spawn_app_remote(configure: impl FnOnce(&mut Settings)) -> TestApp 
     launch(settings, Some(sim)).await
 }
 
+/// A simulator for several services to share (the cluster tests' one upstream), started from
+/// the default simulator settings as `configure` leaves them.
+pub async fn start_simulator(
+    configure: impl FnOnce(&mut chartgate_simulator::SimulatorSettings),
+) -> Simulator {
+    let mut settings = Settings::default().simulator;
+    configure(&mut settings);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    Simulator::start(&settings, listener)
+        .await
+        .expect("start the simulator")
+}
+
+/// The service in remote mode against `sim`, which the test owns and shares with other services
+/// (several instances of one cluster); its counters are read over HTTP.
+pub async fn spawn_app_on(sim: &Simulator, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = base_settings(configure);
+    settings.upstream.mode = UpstreamMode::Remote;
+    settings.upstream.url = sim.feed_url();
+    settings.upstream.token_url = sim.token_url();
+    if settings.formulas.source_url.is_empty() {
+        settings.formulas.source_url = sim.screen_url();
+    }
+    let mut app = launch(settings, None).await;
+    app.sim.addr = sim.addr();
+    app
+}
+
 /// A service on a slow feed (one connection, one series at a time, 300 ms a series) whose stream
 /// at `path_and_query` is cut by a graceful shutdown as soon as its `formula-results` arrives:
 /// what the client read, and the stopped app (its server task still to be awaited).

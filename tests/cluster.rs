@@ -1,0 +1,688 @@
+//! Several instances as one service (SPEC 7), against a real `redis-server` started on a free port
+//! (`tests/common/redis.rs`) and one simulator that every instance shares: the lock and membership
+//! scripts on their own; a chart fetched on one instance served by the others without a second
+//! upstream fetch; identical requests across instances fetched once; an owner that died taken
+//! over when its lock expires; Redis stopped and restarted under traffic; nothing secret in Redis
+//! and every key expiring.
+//!
+//! Waits are on conditions (stats, the simulator's counters), with deadlines; nothing is timed.
+
+mod common;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use redis::AsyncCommands;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use chartgate::cluster::lock::{self, Claim, Finish};
+use chartgate::cluster::membership;
+use common::app::{TestApp, spawn_app_on, start_simulator};
+use common::redis::RedisServer;
+
+/// How long a condition may take to hold before the test fails.
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// Polls `/api/connections/stats` of `app` until `cond` holds on its `cluster` object.
+async fn wait_cluster(app: &TestApp, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WITHIN;
+    let token = app.settings.server.api_token.expose();
+    let path = format!("/api/connections/stats?access_token={token}");
+    loop {
+        let (status, stats) = app.get_json(&path).await;
+        assert_eq!(status, 200, "{stats}");
+        if cond(&stats["cluster"]) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "{what}: {stats}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Three (or `n`) instances on `sim` sharing `redis`, each told apart by its instance id.
+async fn instances(
+    n: usize,
+    sim: &chartgate_simulator::Simulator,
+    redis_url: &str,
+    configure: impl Fn(&mut chartgate::config::Settings),
+) -> Vec<TestApp> {
+    let mut apps = Vec::new();
+    for i in 0..n {
+        apps.push(
+            spawn_app_on(sim, |s| {
+                s.cluster.redis_url = chartgate::config::Secret::new(redis_url);
+                s.cluster.instance_id = format!("test-{}", (b'a' + i as u8) as char);
+                s.manager.reconnect_backoff_ms = 50;
+                configure(s);
+            })
+            .await,
+        );
+    }
+    for app in &apps {
+        wait_cluster(app, "the instance joined", |c| {
+            c["redis"] == "ok" && c["instances"] == n as u64
+        })
+        .await;
+    }
+    apps
+}
+
+/// `/api/chart-data` of `query` on `app`: the status and body.
+async fn chart(app: &TestApp, query: &str) -> (u16, Value) {
+    app.get_json(&format!("/api/chart-data?{query}")).await
+}
+
+#[actix_web::test]
+async fn lock_scripts_are_owner_checked_and_expire() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut conn = redis.connect().await;
+    let ttl = Duration::from_secs(30);
+    let key = "chartgate:lock:{NSE:TCS:1D:300}";
+    let (a, b) = (lock::new_token("a"), lock::new_token("b"));
+    assert_ne!(a, b, "tokens are unique");
+
+    assert_eq!(
+        lock::acquire(&mut conn, key, &a, ttl).await.unwrap(),
+        Claim::Owner
+    );
+    match lock::acquire(&mut conn, key, &b, ttl).await.unwrap() {
+        Claim::Held { expires_in } => assert!(expires_in <= ttl && expires_in > Duration::ZERO),
+        other => panic!("the second claim should see the lock held: {other:?}"),
+    }
+    // Only the owner renews or releases.
+    assert!(!lock::renew(&mut conn, key, &b, ttl).await.unwrap());
+    assert!(!lock::release(&mut conn, key, &b).await.unwrap());
+    let holder: String = conn.get(key).await.unwrap();
+    assert_eq!(holder, a, "a stranger's release left the lock alone");
+    assert!(lock::renew(&mut conn, key, &a, ttl).await.unwrap());
+    let pttl: i64 = conn.pttl(key).await.unwrap();
+    assert!(pttl > 0 && pttl <= 30_000, "{pttl}");
+    assert!(lock::release(&mut conn, key, &a).await.unwrap());
+    assert!(!conn.exists::<_, bool>(key).await.unwrap());
+
+    // An owner that dies stops renewing: its lock expires and another takes over.
+    assert_eq!(
+        lock::acquire(&mut conn, key, &a, Duration::from_millis(100))
+            .await
+            .unwrap(),
+        Claim::Owner
+    );
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        match lock::acquire(&mut conn, key, &b, ttl).await.unwrap() {
+            Claim::Owner => break,
+            Claim::Held { expires_in } => {
+                assert!(expires_in <= Duration::from_millis(100));
+                assert!(Instant::now() < deadline, "the dead owner's lock expired");
+                tokio::time::sleep(expires_in).await;
+            }
+            Claim::Vanished => {}
+        }
+    }
+    // A lock set by hand without an expiry is given one rather than blocking the chart forever.
+    let stray = "chartgate:lock:{NSE:STRAY:1D:300}";
+    let _: () = conn.set(stray, "by-hand").await.unwrap();
+    assert!(matches!(
+        lock::acquire(&mut conn, stray, &a, ttl).await.unwrap(),
+        Claim::Held { .. }
+    ));
+    let pttl: i64 = conn.pttl(stray).await.unwrap();
+    assert!(pttl > 0, "{pttl}");
+    // ... and the late owner can no longer touch it.
+    assert!(!lock::renew(&mut conn, key, &a, ttl).await.unwrap());
+    assert!(!lock::release(&mut conn, key, &a).await.unwrap());
+
+    // finish: caches both formats with the TTL, releases an owned lock, publishes after that.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.psubscribe("chartgate:done:*").await.unwrap();
+    let mut notices = pubsub.into_on_message();
+    let channel = "chartgate:done:{NSE:TCS:1D:300}";
+    let (objects, columns) = (
+        "chartgate:chart:{NSE:TCS:1D:300}:objects",
+        "chartgate:chart:{NSE:TCS:1D:300}:columns",
+    );
+    let owned = lock::finish(
+        &mut conn,
+        Finish {
+            lock_key: key,
+            token: &b,
+            chart: Some([(objects, b"\"bars\":[]"), (columns, b"\"bars\":{}")]),
+            ttl: Duration::from_secs(60),
+            channel,
+            message: "ok",
+        },
+    )
+    .await
+    .unwrap();
+    assert!(owned);
+    assert!(!conn.exists::<_, bool>(key).await.unwrap(), "released");
+    let notice = tokio::time::timeout(WITHIN, notices.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(notice.get_channel_name(), channel);
+    assert_eq!(notice.get_payload::<String>().unwrap(), "ok");
+    for k in [objects, columns] {
+        let pttl: i64 = conn.pttl(k).await.unwrap();
+        assert!(pttl > 0 && pttl <= 60_000, "{k}: {pttl}");
+    }
+    // A finish by a token that no longer owns the lock leaves the new owner's lock.
+    assert_eq!(
+        lock::acquire(&mut conn, key, &a, ttl).await.unwrap(),
+        Claim::Owner
+    );
+    let owned = lock::finish(
+        &mut conn,
+        Finish {
+            lock_key: key,
+            token: &b,
+            chart: None,
+            ttl: Duration::from_secs(60),
+            channel,
+            message: "{\"code\":\"unknown_symbol\",\"message\":\"m\"}",
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!owned);
+    let holder: String = conn.get(key).await.unwrap();
+    assert_eq!(holder, a);
+}
+
+#[actix_web::test]
+async fn membership_counts_live_announcements_only() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut conn = redis.connect().await;
+    let long = Duration::from_secs(30);
+    assert_eq!(membership::announce(&mut conn, "a", long).await.unwrap(), 1);
+    assert_eq!(membership::announce(&mut conn, "b", long).await.unwrap(), 2);
+    // Renewing is not joining twice.
+    assert_eq!(membership::announce(&mut conn, "a", long).await.unwrap(), 2);
+    membership::leave(&mut conn, "b").await.unwrap();
+    assert_eq!(membership::count(&mut conn).await.unwrap(), 1);
+    // An instance that stops renewing drops out once its announcement expires.
+    membership::announce(&mut conn, "c", Duration::from_millis(50))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WITHIN;
+    while membership::count(&mut conn).await.unwrap() != 1 {
+        assert!(Instant::now() < deadline, "c's announcement expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pttl: i64 = conn.pttl("chartgate:instances").await.unwrap();
+    assert!(pttl > 0, "the member set itself expires: {pttl}");
+}
+
+#[actix_web::test]
+async fn a_chart_fetched_on_one_instance_is_served_by_the_others_without_a_fetch() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|_| {}).await;
+    let apps = instances(3, &sim, &redis.url(), |_| {}).await;
+
+    for format in ["objects", "columns"] {
+        let query = format!("symbol=NSE:TCS&resolution=1D&bars=120&barsFormat={format}");
+        let (status, first) = chart(&apps[0], &query).await;
+        assert_eq!(status, 200, "{first}");
+        let served = sim.stats().series_served;
+        for app in &apps[1..] {
+            let (status, other) = chart(app, &query).await;
+            assert_eq!(status, 200, "{other}");
+            assert_eq!(other["cached"], true, "from the shared cache");
+            assert_eq!(other["bars"], first["bars"], "the same bars");
+            assert_eq!(other["metadata"], first["metadata"]);
+        }
+        assert_eq!(
+            sim.stats().series_served,
+            served,
+            "no second upstream fetch"
+        );
+    }
+    assert_eq!(sim.stats().series_served, 1, "one fetch for both formats");
+    // Each instance counts what it did: one miss on the first, hits on the others.
+    let misses: Vec<u64> = join_all(apps.iter().map(|a| a.conn_stats()))
+        .await
+        .iter()
+        .map(|s| s["cache"]["misses"].as_u64().unwrap())
+        .collect();
+    assert_eq!(misses, [1, 0, 0]);
+
+    // Formula stock lists too.
+    let (status, list) = apps[1]
+        .get_json("/api/formula-results?formula=breakouts")
+        .await;
+    assert_eq!(status, 200);
+    let mut conn = redis.connect().await;
+    let stored: Option<String> = conn.get("chartgate:formula:breakouts").await.unwrap();
+    let stored: Value = serde_json::from_str(&stored.expect("the list is shared")).unwrap();
+    assert_eq!(stored, list);
+    let (_, again) = apps[2]
+        .get_json("/api/formula-results?formula=breakouts")
+        .await;
+    assert_eq!(again, list);
+
+    let stats = apps[2].conn_stats().await;
+    assert_eq!(stats["cluster"]["instanceId"], "test-c");
+    assert_eq!(stats["cluster"]["instances"], 3);
+    assert_eq!(stats["cluster"]["budget"], 10, "pool.max_connections");
+    assert_eq!(stats["cluster"]["redis"], "ok");
+    assert!(stats["cluster"]["upstreamConnections"].is_u64());
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn identical_requests_across_three_instances_are_fetched_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // Slow answers, so the nine requests overlap.
+    let sim = start_simulator(|s| s.faults.latency_ms = 400).await;
+    let apps = instances(3, &sim, &redis.url(), |_| {}).await;
+    let query = "symbol=NSE:INFY&resolution=1W&bars=200";
+    let answers = join_all((0..9).map(|n| chart(&apps[n % 3], query))).await;
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["bars"], answers[0].1["bars"]);
+    }
+    assert_eq!(sim.stats().series_served, 1, "fetched once in the cluster");
+    let stats = join_all(apps.iter().map(|a| a.conn_stats())).await;
+    let sum = |field: &str| -> u64 {
+        stats
+            .iter()
+            .map(|s| s["cache"][field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("misses"), 1, "{stats:?}");
+    // The other eight joined a fetch in flight (here or on another instance) or found it done.
+    assert_eq!(sum("joined") + sum("hits"), 8, "{stats:?}");
+    // No lock is left behind.
+    let mut conn = redis.connect().await;
+    let locks: Vec<String> = conn.keys("chartgate:lock:*").await.unwrap();
+    assert!(locks.is_empty(), "{locks:?}");
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn a_lock_whose_owner_died_is_taken_over_when_it_expires() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|_| {}).await;
+    let apps = instances(2, &sim, &redis.url(), |s| {
+        s.upstream.request_timeout_ms = 1500;
+    })
+    .await;
+    // An owner that took the lock and died: nobody renews it, nobody announces its end.
+    let mut conn = redis.connect().await;
+    let _: () = redis::cmd("SET")
+        .arg("chartgate:lock:{NSE:SBIN:1D:300}")
+        .arg("dead-instance:0")
+        .arg("PX")
+        .arg(1500)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (status, body) = chart(&apps[1], "symbol=NSE:SBIN").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sim.stats().series_served, 1, "taken over and fetched");
+    let (status, body) = chart(&apps[0], "symbol=NSE:SBIN").await;
+    assert_eq!((status, &body["cached"]), (200, &Value::Bool(true)));
+    assert_eq!(sim.stats().series_served, 1);
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn redis_stopped_mid_traffic_fails_no_request_and_is_rejoined_without_a_restart() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|_| {}).await;
+    let apps = instances(2, &sim, &redis.url(), |_| {}).await;
+    let symbols = [
+        "NSE:TCS",
+        "NSE:INFY",
+        "NSE:WIPRO",
+        "NSE:HDFCBANK",
+        "NSE:ITC",
+        "NSE:SBIN",
+    ];
+
+    // Traffic on both instances while Redis goes away.
+    let traffic = join_all(symbols.iter().enumerate().map(|(n, s)| {
+        let app = &apps[n % 2];
+        async move { chart(app, &format!("symbol={s}&bars=50")).await }
+    }));
+    let (answers, ()) = tokio::join!(traffic, async { redis.stop() });
+    for (status, body) in answers {
+        assert_eq!(status, 200, "{body}");
+    }
+    for app in &apps {
+        wait_cluster(app, "stats say down", |c| c["redis"] == "down").await;
+    }
+    // Down: each serves from its own state; nothing fails.
+    for (n, s) in symbols.iter().enumerate() {
+        let (status, body) = chart(&apps[(n + 1) % 2], &format!("symbol={s}&bars=60")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) = apps[0]
+        .get_json("/api/formula-results?formula=momentum")
+        .await;
+    assert_eq!(status, 200);
+
+    redis.restart();
+    for app in &apps {
+        wait_cluster(app, "stats say ok again", |c| c["redis"] == "ok").await;
+    }
+    // Shared again: fetched on one, served by the other.
+    let before = sim.stats().series_served;
+    let (status, _) = chart(&apps[0], "symbol=NSE:LT&bars=70").await;
+    assert_eq!(status, 200);
+    let (status, body) = chart(&apps[1], "symbol=NSE:LT&bars=70").await;
+    assert_eq!((status, &body["cached"]), (200, &Value::Bool(true)));
+    assert_eq!(sim.stats().series_served, before + 1);
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn nothing_secret_goes_to_redis_and_every_key_expires() {
+    const PASSWORD: &str = "redis-pw-5f1c";
+    const API_TOKEN: &str = "api-token-9e2d";
+    let Some(redis) = RedisServer::start_with_password(PASSWORD) else {
+        return;
+    };
+    let sim = start_simulator(|_| {}).await;
+    let apps = instances(2, &sim, &redis.url(), |s| {
+        s.server.api_token = chartgate::config::Secret::new(API_TOKEN);
+    })
+    .await;
+    let auth = |path: &str| format!("{path}&access_token={API_TOKEN}");
+    let stream = apps[0]
+        .stream(&auth(
+            "/api/formula-results-with-charts?formula=breakouts&resolutions=1D",
+        ))
+        .await;
+    assert_eq!(stream.status, 200);
+    let (status, _) = apps[1]
+        .get_json(&auth("/api/chart-data?symbol=NSE:TCS&barsFormat=columns"))
+        .await;
+    assert_eq!(status, 200);
+    let (_, stats) = apps[1]
+        .get_json(&format!("/api/connections/stats?access_token={API_TOKEN}"))
+        .await;
+    assert!(!stats.to_string().contains(PASSWORD), "{stats}");
+
+    let mut conn = redis.connect().await;
+    let keys: Vec<String> = conn.keys("*").await.unwrap();
+    assert!(
+        keys.len() > 2,
+        "charts, a formula and the members: {keys:?}"
+    );
+    for key in &keys {
+        assert!(key.starts_with("chartgate:"), "{key}");
+        let ttl: i64 = conn.ttl(key).await.unwrap();
+        assert!(ttl > 0, "{key} expires (TTL {ttl})");
+        let kind: String = redis::cmd("TYPE")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let value: String = match kind.as_str() {
+            "string" => conn.get(key).await.unwrap(),
+            "zset" => {
+                let members: Vec<String> = conn.zrange(key, 0, -1).await.unwrap();
+                members.join(",")
+            }
+            other => panic!("{key}: unexpected type {other}"),
+        };
+        for secret in [PASSWORD, API_TOKEN, "a1b2c3d4e5f60718"] {
+            assert!(!value.contains(secret), "{key} holds a secret");
+        }
+    }
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+/// A plain HTTP/1.1 GET to a `chartgate serve` process: the status line and the body.
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the service");
+    stream.set_read_timeout(Some(WITHIN)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// Polls the process's stats until `"redis"` is `want`, every 25 ms for at most [`WITHIN`] (counted
+/// in polls: this test has no runtime clock).
+fn wait_redis_state(addr: &str, want: &str) {
+    let polls = WITHIN.as_millis() / 25;
+    for _ in 0..polls {
+        let (_, body) = http_get(addr, "/api/connections/stats");
+        if body.contains(&format!("\"redis\":\"{want}\"")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let (_, body) = http_get(addr, "/api/connections/stats");
+    panic!("stats never said redis {want}: {body}");
+}
+
+#[test]
+fn the_binary_with_a_redis_password_never_logs_it_and_says_down_and_back_once() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    const PASSWORD: &str = "pw-for-the-log-test-77";
+    let Some(mut redis) = RedisServer::start_with_password(PASSWORD) else {
+        return;
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chartgate"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("RUST_LOG", "debug")
+        .env("CHARTGATE__CLUSTER__REDIS_URL", redis.url())
+        .env("CHARTGATE__CLUSTER__INSTANCE_ID", "proc-a")
+        .env("CHARTGATE__MANAGER__RECONNECT_BACKOFF_MS", "50")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chartgate serve");
+    // Debug logging is plentiful: read it all along, so the process never blocks on the pipe.
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr_pipe.read_to_string(&mut text);
+        text
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the URL line");
+    let addr = line
+        .trim()
+        .strip_prefix("chartgate: listening on http://")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+
+    wait_redis_state(&addr, "ok");
+    let (status, body) = http_get(&addr, "/api/chart-data?symbol=NSE:TCS");
+    assert!(status.contains("200"), "{status} {body}");
+    redis.stop();
+    wait_redis_state(&addr, "down");
+    let (status, _) = http_get(&addr, "/api/chart-data?symbol=NSE:INFY");
+    assert!(status.contains("200"), "served with Redis down: {status}");
+    redis.restart();
+    wait_redis_state(&addr, "ok");
+    let (_, stats) = http_get(&addr, "/api/connections/stats");
+    assert!(!stats.contains(PASSWORD));
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().expect("chartgate exits");
+    let stderr = stderr.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains(PASSWORD),
+        "the password was logged:\n{stderr}"
+    );
+    let url = format!("redis://:***@127.0.0.1:{}", redis.port);
+    assert!(
+        stderr.contains(&url),
+        "the redacted URL is shown:\n{stderr}"
+    );
+    assert_eq!(stderr.matches("is down").count(), 1, "said once:\n{stderr}");
+    assert_eq!(stderr.matches("is back after").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("instance proc-a left the cluster"),
+        "{stderr}"
+    );
+}
+
+#[actix_web::test]
+async fn an_abandoned_fetch_releases_its_lock_for_another_instance_at_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // A's fetch would take a minute; B's, once the feed is fast again, none. Locks too would
+    // outlive the client's patience (20 s) if they were left to expire.
+    let sim = start_simulator(|s| s.faults.latency_ms = 60_000).await;
+    let apps = instances(2, &sim, &redis.url(), |s| {
+        s.upstream.request_timeout_ms = 60_000;
+        s.stream.keep_alive_secs = 1;
+    })
+    .await;
+    let lock_key = "chartgate:lock:{NSE:ITC:1D:300}";
+    let mut conn = redis.connect().await;
+    // A's stream starts the fetch and takes the lock...
+    let a = apps[0]
+        .get("/api/formula-results-with-charts?symbols=NSE:ITC&resolutions=1D")
+        .send()
+        .await
+        .expect("open A's stream");
+    let deadline = Instant::now() + WITHIN;
+    while !conn.exists::<_, bool>(lock_key).await.unwrap() {
+        assert!(Instant::now() < deadline, "A took the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.set_faults(chartgate_simulator::Faults::default());
+    // ... B asks for the same chart and waits on A's lock; A's client goes away.
+    let b = chart(&apps[1], "symbol=NSE:ITC");
+    let (b, ()) = tokio::join!(b, async { drop(a) });
+    assert_eq!(b.0, 200, "B took over once A let go: {}", b.1);
+    let stats = apps[1].conn_stats().await;
+    assert_eq!(
+        (&stats["cache"]["misses"], &stats["cache"]["joined"]),
+        (&Value::from(1), &Value::from(0)),
+        "B fetched it itself rather than waiting for A's fetch: {stats}"
+    );
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn the_link_stays_up_across_membership_renewals() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|_| {}).await;
+    // Announcements live 3 s and are renewed every second.
+    let apps = instances(1, &sim, &redis.url(), |s| s.manager.stale_after_secs = 3).await;
+    let mut conn = redis.connect().await;
+    let score = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let s: Option<f64> = conn.zscore("chartgate:instances", "test-a").await.unwrap();
+            s.expect("test-a is a member")
+        }
+    };
+    let mut last = score(&mut conn).await;
+    let deadline = Instant::now() + WITHIN;
+    for renewal in 0..2 {
+        loop {
+            let now = score(&mut conn).await;
+            if now > last {
+                last = now;
+                break;
+            }
+            assert!(Instant::now() < deadline, "renewal {renewal} came");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let stats = apps[0].conn_stats().await;
+    assert_eq!(
+        stats["cluster"]["redis"], "ok",
+        "renewals keep it up: {stats}"
+    );
+    assert_eq!(stats["cluster"]["instances"], 1);
+    let metrics = apps[0].metrics().await;
+    assert!(
+        metrics.contains("chartgate_cluster_redis_down_total 0"),
+        "never went down: {metrics}"
+    );
+    assert!(
+        metrics.contains("chartgate_cluster_redis_up 1"),
+        "{metrics}"
+    );
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn the_budget_is_the_setting_else_the_tokens_claim_else_the_pool_size() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // The token page issues JWTs whose max_connections claim is 4.
+    let sim = start_simulator(|s| s.faults.max_connections = 4).await;
+    let apps = instances(2, &sim, &redis.url(), |s| {
+        s.upstream.session_id = chartgate::config::Secret::new("sid");
+        s.upstream.session_sign = chartgate::config::Secret::new("sign");
+    })
+    .await;
+    let (status, body) = chart(&apps[0], "symbol=NSE:TCS").await;
+    assert_eq!(status, 200, "{body}");
+    let stats = apps[0].conn_stats().await;
+    assert_eq!(stats["cluster"]["budget"], 4, "the claim: {stats}");
+    assert_eq!(stats["cluster"]["upstreamConnections"], 1, "{stats}");
+    let configured = spawn_app_on(&sim, |s| {
+        s.cluster.redis_url = chartgate::config::Secret::new(redis.url());
+        s.cluster.max_upstream_connections = 7;
+    })
+    .await;
+    let stats = wait_cluster(&configured, "joined", |c| c["instances"] == 3).await;
+    assert_eq!(stats["cluster"]["budget"], 7, "the setting: {stats}");
+    configured.stopper.stop().await;
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
