@@ -1389,6 +1389,16 @@ async fn a_client_that_disconnects_cancels_only_the_work_it_was_waiting_for() {
         (f, q) == (10, 32)
     })
     .await;
+    // The ten in flight have reached the feed (and wait there for an hour); only then may the
+    // latency go, or a request still on its way would be answered at once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.sim.stats().await.symbols_resolved < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed received the ten fetches in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // From now on the feed answers at once: any fetch it is sent from here is served.
     app.sim.set_faults(Faults::default()).await;
     assert_eq!(app.sim.stats().await.series_served, 0);

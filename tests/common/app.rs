@@ -40,6 +40,8 @@ pub struct SimCounters {
     pub connections_total: u64,
     pub series_served: u64,
     pub handshakes_rejected: u64,
+    /// `resolve_symbol` calls answered: the simulator has received that many chart requests.
+    pub symbols_resolved: u64,
 }
 
 impl SimHandle {
@@ -52,6 +54,7 @@ impl SimHandle {
                 connections_total: s.connections_total,
                 series_served: s.series_served,
                 handshakes_rejected: s.handshakes_rejected,
+                symbols_resolved: s.symbols_resolved,
             };
         }
         let mut resp = client()
@@ -66,6 +69,7 @@ impl SimHandle {
             connections_total: n("connectionsTotal"),
             series_served: n("seriesServed"),
             handshakes_rejected: n("handshakesRejected"),
+            symbols_resolved: n("symbolsResolved"),
         }
     }
 
