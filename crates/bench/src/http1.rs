@@ -13,9 +13,10 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::net::SocketAddr;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Bytes read per system call at most. One buffer per client thread, shared by its streams (each
 /// read is decoded before the next await), so ten thousand idle streams do not hold one each.
@@ -250,6 +251,23 @@ pub struct Conn {
 impl Conn {
     pub async fn open(addr: &str) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            reused: false,
+        })
+    }
+
+    /// A connection whose receive buffer is `rcvbuf` bytes (before the kernel doubles it), set
+    /// before connecting so the window never grows past it: a slow reader that lets the service's
+    /// writes back up quickly.
+    pub async fn open_with_rcvbuf(addr: SocketAddr, rcvbuf: u32) -> io::Result<Conn> {
+        let socket = match addr {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_recv_buffer_size(rcvbuf)?;
+        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,

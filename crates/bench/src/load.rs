@@ -4,9 +4,13 @@
 //!
 //! Connections and read buffers are per thread, so work is handed to workers through channels and
 //! the results come back through oneshots; scenarios bound concurrency with `buffer_unordered`.
+//!
+//! Live streams ([`LiveSpec`]) are read the same way; each thread counts their events and samples
+//! their arrival times into its [`Tally`], which [`LoadClient::collect`] takes.
 
 use std::cell::RefCell;
 use std::io;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +22,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::http1::{BodyDecoder, Conn, Head, parse_head};
-use crate::scan::{Scanner, Seen};
+use crate::scan::{Kind, Scanner, Seen};
+use crate::tally::{Tally, unix_ns};
 
 /// One stream to open.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +39,32 @@ pub struct StreamSpec {
     pub idle_timeout: Option<Duration>,
     /// Hang up as soon as the first event arrived.
     pub stop_after_first: bool,
+    /// Extra request header lines, each ending in CRLF (e.g. `last-event-id: ...\r\n`).
+    pub headers: String,
+    /// A live stream (`live=true`): its live events are counted and sampled, and `opened` is told
+    /// at its first live event instead of at `formula-results`.
+    pub live: Option<LiveSpec>,
+}
+
+/// How a live stream is read and recorded.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSpec {
+    /// The group its events are counted in ([`crate::tally::GROUPS`]).
+    pub group: u8,
+    /// Keep the id of the last event (for a resume).
+    pub keep_id: bool,
+    /// Count the live events that arrive within this long of the first one.
+    pub burst: Option<Duration>,
+    /// Read slowly.
+    pub slow: Option<Slow>,
+}
+
+/// A slow reader: a small receive buffer on its own connection, and a pause after every read.
+#[derive(Debug, Clone, Copy)]
+pub struct Slow {
+    /// `SO_RCVBUF` asked for (the kernel doubles it).
+    pub rcvbuf: u32,
+    pub pause: Duration,
 }
 
 /// What one stream did.
@@ -63,6 +94,15 @@ pub struct StreamResult {
     pub ended: bool,
     /// The client hung up because `hold` said so.
     pub released: bool,
+    /// Live `bar` and `quote` events.
+    pub bars: u64,
+    pub quotes: u64,
+    /// Request start to the first live event.
+    pub first_live: Option<Duration>,
+    /// Live events within [`LiveSpec::burst`] of the first.
+    pub burst_events: u64,
+    /// The id of the last event (with [`LiveSpec::keep_id`]).
+    pub last_id: Option<String>,
 }
 
 impl StreamResult {
@@ -77,10 +117,17 @@ const YIELD_AFTER_BYTES: usize = 64 * 1024;
 /// A thread's kept-alive connections, waiting for their next request.
 type Idle = Rc<RefCell<Vec<Conn>>>;
 
-struct Job {
-    base: Arc<str>,
-    spec: StreamSpec,
-    reply: oneshot::Sender<StreamResult>,
+/// A thread's live record, shared by its streams.
+type SharedTally = Rc<RefCell<Tally>>;
+
+enum Job {
+    Stream {
+        base: Arc<str>,
+        spec: StreamSpec,
+        reply: oneshot::Sender<StreamResult>,
+    },
+    /// Hand over the thread's counts and samples since the last time.
+    Collect(oneshot::Sender<Tally>),
 }
 
 /// A pool of client threads.
@@ -117,7 +164,7 @@ impl LoadClient {
     pub fn stream(&self, spec: StreamSpec) -> impl Future<Output = StreamResult> + use<> {
         let (reply, rx) = oneshot::channel();
         let n = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
-        let job = Job {
+        let job = Job::Stream {
             base: self.base.clone(),
             spec,
             reply,
@@ -138,6 +185,26 @@ impl LoadClient {
     }
 }
 
+impl LoadClient {
+    /// Every thread's live record since the last collection, merged.
+    pub async fn collect(&self) -> Tally {
+        let mut pending = Vec::new();
+        for worker in &self.workers {
+            let (tx, rx) = oneshot::channel();
+            if worker.send(Job::Collect(tx)).is_ok() {
+                pending.push(rx);
+            }
+        }
+        let mut all = Tally::default();
+        for rx in pending {
+            if let Ok(t) = rx.await {
+                all.merge(t);
+            }
+        }
+        all
+    }
+}
+
 impl Drop for LoadClient {
     fn drop(&mut self) {
         self.workers.clear();
@@ -150,12 +217,20 @@ impl Drop for LoadClient {
 fn worker(mut rx: mpsc::UnboundedReceiver<Job>) {
     actix_web::rt::System::new().block_on(async move {
         let idle = Idle::default();
+        let tally = SharedTally::default();
         while let Some(job) = rx.recv().await {
-            let idle = idle.clone();
-            actix_web::rt::spawn(async move {
-                let result = run(&idle, &job.base, job.spec).await;
-                let _ = job.reply.send(result);
-            });
+            match job {
+                Job::Stream { base, spec, reply } => {
+                    let (idle, tally) = (idle.clone(), tally.clone());
+                    actix_web::rt::spawn(async move {
+                        let result = run(&idle, &tally, &base, spec).await;
+                        let _ = reply.send(result);
+                    });
+                }
+                Job::Collect(reply) => {
+                    let _ = reply.send(tally.borrow_mut().take_window());
+                }
+            }
         }
     });
 }
@@ -179,12 +254,18 @@ impl Drop for OpenedSignal {
     }
 }
 
-async fn run(idle: &Idle, base: &str, spec: StreamSpec) -> StreamResult {
+async fn run(idle: &Idle, tally: &SharedTally, base: &str, spec: StreamSpec) -> StreamResult {
     let started = Instant::now();
     let mut res = StreamResult::default();
     let host = base.strip_prefix("http://").unwrap_or(base);
     let limit = Duration::from_secs(120);
-    let opened = match timeout(limit, request(idle, host, &spec.path)).await {
+    let rcvbuf = spec.live.as_ref().and_then(|l| l.slow).map(|s| s.rcvbuf);
+    let opened = match timeout(
+        limit,
+        request(idle, host, &spec.path, &spec.headers, rcvbuf),
+    )
+    .await
+    {
         Ok(Ok(opened)) => Ok(opened),
         Ok(Err(e)) => Err(format!("request: {e}")),
         Err(_) => Err(format!(
@@ -196,7 +277,8 @@ async fn run(idle: &Idle, base: &str, spec: StreamSpec) -> StreamResult {
         Ok((conn, head, rest)) => {
             res.status = head.status;
             res.head = Some(started.elapsed());
-            if let Some(conn) = read_body(conn, &head, &rest, spec, started, &mut res).await {
+            if let Some(conn) = read_body(conn, &head, &rest, spec, started, tally, &mut res).await
+            {
                 idle.borrow_mut().push(conn.served());
             }
         }
@@ -211,16 +293,33 @@ async fn run(idle: &Idle, base: &str, spec: StreamSpec) -> StreamResult {
 
 /// Sends the request on a kept-alive connection of the thread or a new one, and reads the head:
 /// the connection, the head and the body bytes read with it. A kept-alive connection the server
-/// closed meanwhile is replaced once.
-async fn request(idle: &Idle, host: &str, path: &str) -> io::Result<(Conn, Head, Vec<u8>)> {
+/// closed meanwhile is replaced once. With `rcvbuf` the request goes on a new connection with that
+/// receive buffer.
+async fn request(
+    idle: &Idle,
+    host: &str,
+    path: &str,
+    headers: &str,
+    rcvbuf: Option<u32>,
+) -> io::Result<(Conn, Head, Vec<u8>)> {
     loop {
-        let pooled = idle.borrow_mut().pop();
-        let mut conn = match pooled {
-            Some(conn) => conn,
-            None => Conn::open(host).await?,
+        let pooled = if rcvbuf.is_some() {
+            None
+        } else {
+            idle.borrow_mut().pop()
+        };
+        let mut conn = match (pooled, rcvbuf) {
+            (Some(conn), _) => conn,
+            (None, None) => Conn::open(host).await?,
+            (None, Some(size)) => {
+                let addr: SocketAddr = host
+                    .parse()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
+                Conn::open_with_rcvbuf(addr, size).await?
+            }
         };
         let reused = conn.reused();
-        match send_and_read_head(&mut conn, host, path).await {
+        match send_and_read_head(&mut conn, host, path, headers).await {
             Ok(Some((head, rest))) => return Ok((conn, head, rest)),
             Ok(None) if reused => continue,
             Err(e) if reused && e.kind() != io::ErrorKind::InvalidData => continue,
@@ -240,9 +339,10 @@ async fn send_and_read_head(
     conn: &mut Conn,
     host: &str,
     path: &str,
+    headers: &str,
 ) -> io::Result<Option<(Head, Vec<u8>)>> {
-    conn.get(host, path, "accept: text/event-stream\r\n")
-        .await?;
+    let headers = format!("accept: text/event-stream\r\n{headers}");
+    conn.get(host, path, &headers).await?;
     let mut buf = Vec::new();
     loop {
         let got = conn.read(|bytes| buf.extend_from_slice(bytes)).await?;
@@ -270,6 +370,7 @@ async fn read_body(
     rest: &[u8],
     spec: StreamSpec,
     started: Instant,
+    tally: &SharedTally,
     res: &mut StreamResult,
 ) -> Option<Conn> {
     let mut body = BodyDecoder::new(head.framing);
@@ -298,11 +399,15 @@ async fn read_body(
     }
 
     let mut opened = OpenedSignal(spec.opened);
+    let live = spec.live;
     let mut stream = StreamReader {
-        scanner: Scanner::default(),
+        scanner: Scanner::keeping_ids(live.as_ref().is_some_and(|l| l.keep_id)),
         events: Vec::new(),
         body,
+        stamp: live.is_some(),
+        at_ns: 0,
     };
+    let slow = live.as_ref().and_then(|l| l.slow);
     let idle = spec.idle_timeout.unwrap_or(Duration::from_secs(120));
     let mut hold = spec.hold;
     let mut since_yield = 0;
@@ -314,11 +419,33 @@ async fn read_body(
             break;
         }
         for event in stream.events.drain(..) {
-            on_event(event, started, spec.stop_after_first, &mut opened, res);
+            on_event(
+                &event,
+                started,
+                spec.stop_after_first,
+                live.is_some(),
+                &mut opened,
+                res,
+            );
+            if let (Some(live), Kind::Bar | Kind::Quote) = (&live, event.kind) {
+                on_live(live, &event, started, stream.at_ns, tally, &mut opened, res);
+            }
         }
         if res.released || stream.body.done() {
             res.ended = stream.body.done();
             break;
+        }
+        if let Some(slow) = slow {
+            match hold.as_mut() {
+                Some(hold) => tokio::select! {
+                    _ = actix_web::rt::time::sleep(slow.pause) => {}
+                    _ = hold.wait_for(|stop| *stop) => {
+                        res.released = true;
+                        break;
+                    }
+                },
+                None => actix_web::rt::time::sleep(slow.pause).await,
+            }
         }
         let next = match hold.as_mut() {
             Some(hold) => tokio::select! {
@@ -360,6 +487,9 @@ async fn read_body(
             tokio::task::yield_now().await;
         }
     }
+    if !stream.scanner.last_id.is_empty() {
+        res.last_id = Some(String::from_utf8_lossy(&stream.scanner.last_id).into_owned());
+    }
     (res.ended && res.error.is_none() && head.keep_alive).then_some(conn)
 }
 
@@ -368,15 +498,22 @@ struct StreamReader {
     scanner: Scanner,
     events: Vec<Seen>,
     body: BodyDecoder,
+    /// Read the clock at every read (live streams), into `at_ns`.
+    stamp: bool,
+    at_ns: i64,
 }
 
 impl StreamReader {
     /// Decodes one read's bytes into events.
     fn feed(&mut self, bytes: &[u8], res: &mut StreamResult) -> io::Result<()> {
+        if self.stamp {
+            self.at_ns = unix_ns();
+        }
         let StreamReader {
             scanner,
             events,
             body,
+            ..
         } = self;
         body.feed(bytes, |data| {
             res.bytes += data.len() as u64;
@@ -386,27 +523,30 @@ impl StreamReader {
 }
 
 fn on_event(
-    event: Seen,
+    event: &Seen,
     started: Instant,
     stop_after_first: bool,
+    live: bool,
     opened: &mut OpenedSignal,
     res: &mut StreamResult,
 ) {
     res.events += 1;
     let data = event.data.as_deref().unwrap_or_default();
-    match event.name.as_str() {
-        "formula-results" => {
+    match event.kind {
+        Kind::FormulaResults => {
             res.first_event = Some(started.elapsed());
             if let Ok(v) = serde_json::from_str::<Value>(data) {
                 res.total_charts = v["data"]["totalCharts"].as_u64().unwrap_or(0);
             }
-            opened.fire();
+            if !live {
+                opened.fire();
+            }
             if stop_after_first {
                 res.released = true;
             }
         }
-        "chart-batch" => res.batches += 1,
-        "complete" => {
+        Kind::ChartBatch => res.batches += 1,
+        Kind::Complete => {
             res.complete_at = Some(started.elapsed());
             if let Ok(v) = serde_json::from_str::<Value>(data) {
                 let d = &v["data"];
@@ -415,9 +555,36 @@ fn on_event(
                 res.cached = d["cachedCharts"].as_u64().unwrap_or(0);
             }
         }
-        "stream-error" => {
+        Kind::StreamError => {
             res.error = Some(format!("stream-error: {data}"));
         }
         _ => {}
     }
+}
+
+/// A live event of a live stream, read at `at_ns`.
+fn on_live(
+    live: &LiveSpec,
+    event: &Seen,
+    started: Instant,
+    at_ns: i64,
+    tally: &SharedTally,
+    opened: &mut OpenedSignal,
+    res: &mut StreamResult,
+) {
+    let bar = event.kind == Kind::Bar;
+    if bar {
+        res.bars += 1;
+    } else {
+        res.quotes += 1;
+    }
+    let now = started.elapsed();
+    let first = *res.first_live.get_or_insert(now);
+    if live.burst.is_some_and(|b| now <= first + b) {
+        res.burst_events += 1;
+    }
+    opened.fire();
+    tally
+        .borrow_mut()
+        .record(live.group, bar, event.hash, at_ns);
 }

@@ -12,6 +12,7 @@
 //! ```sh
 //! cargo run --release --bin chartgate-bench -- all            # every scenario, full size
 //! cargo run --release --bin chartgate-bench -- fan-out --quick
+//! cargo run --release --bin chartgate-bench -- live-fanout --followers 2000 --ticks 1000,200
 //! ```
 
 // The harness measures wall time across processes, where no clock is paused.
@@ -19,11 +20,14 @@
 
 mod codec;
 mod http1;
+mod live;
 mod load;
+mod probe;
 mod procs;
 mod report;
 mod scan;
 mod scenarios;
+mod tally;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -48,6 +52,13 @@ enum Scenario {
     FanOut,
     /// 10,000 open streams held on keep-alives; RSS per stream.
     Idle,
+    /// 10,000 live followers of 50-stock screens over 500 charts, the feed ticking faster and
+    /// faster until the service saturates.
+    LiveFanout,
+    /// Slow live followers beside fast ones: the fast ones' latency, memory, conflation.
+    LiveSlow,
+    /// Reconnecting a live stream with Last-Event-ID, beside fresh streams.
+    LiveResume,
 }
 
 #[derive(Debug, Parser)]
@@ -70,6 +81,23 @@ struct Cli {
     /// Load-client threads.
     #[arg(long, default_value_t = 2)]
     clients: usize,
+    /// Live scenarios: followers (live-fanout, live-slow: the fast ones; live-resume: streams
+    /// resumed).
+    #[arg(long, value_name = "N")]
+    followers: Option<usize>,
+    /// Live scenarios: distinct (symbol, 1D) charts the screens are drawn from.
+    #[arg(long, value_name = "N")]
+    charts: Option<usize>,
+    /// Live scenarios: the feed's tick_ms levels (live-fanout), or the one tick (live-slow),
+    /// e.g. `1000,200,50`; each must divide 1000.
+    #[arg(long, value_name = "MS,...", value_delimiter = ',')]
+    ticks: Option<Vec<u64>>,
+    /// Live scenarios: seconds each level or phase is measured for.
+    #[arg(long, value_name = "SECS")]
+    window: Option<f64>,
+    /// Live scenarios: bars of each chart's history (default 10).
+    #[arg(long, value_name = "N")]
+    bars: Option<usize>,
 }
 
 /// The `chartgate` binary beside this one, built first when run through cargo (which builds
@@ -152,7 +180,23 @@ fn main() -> ExitCode {
         logs: cli.out.join("logs"),
         quick: cli.quick,
         client_threads: cli.clients.max(1),
+        live: live::LiveSizes {
+            followers: cli.followers,
+            charts: cli.charts,
+            ticks: cli.ticks.clone(),
+            window_secs: cli.window,
+            bars: cli.bars,
+        },
     };
+    if let Some(bad) = cli
+        .ticks
+        .iter()
+        .flatten()
+        .find(|t| **t == 0 || 1000 % **t != 0)
+    {
+        eprintln!("chartgate-bench: --ticks {bad}: each tick must divide 1000 ms");
+        return ExitCode::from(2);
+    }
     let order = [
         Scenario::FirstEvent,
         Scenario::ColdWarm,
@@ -160,6 +204,9 @@ fn main() -> ExitCode {
         Scenario::Codec,
         Scenario::FanOut,
         Scenario::Idle,
+        Scenario::LiveFanout,
+        Scenario::LiveSlow,
+        Scenario::LiveResume,
     ];
     let chosen: Vec<Scenario> = match cli.scenario {
         Scenario::All => order.to_vec(),
@@ -177,6 +224,9 @@ fn main() -> ExitCode {
                 Scenario::Codec => scenarios::codec(&ctx).await,
                 Scenario::FanOut => scenarios::fan_out(&ctx).await,
                 Scenario::Idle => scenarios::idle(&ctx).await,
+                Scenario::LiveFanout => live::fanout(&ctx).await,
+                Scenario::LiveSlow => live::slow(&ctx).await,
+                Scenario::LiveResume => live::resume(&ctx).await,
                 Scenario::All => unreachable!("expanded above"),
             };
             match result {

@@ -310,6 +310,14 @@ pub struct Service {
 }
 
 impl Service {
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.base
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// `overrides` are `section.key` pairs, passed as `CHARTGATE__SECTION__KEY`.
     pub async fn start(
         bin: &Path,
@@ -387,4 +395,33 @@ pub fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Bytes waiting in the kernel's send queues of the established TCP sockets whose local port is
+/// `port` (a server's accepted connections), from `/proc/net/tcp`: the total and the largest.
+pub fn send_queues(port: u16) -> (u64, u64) {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return (0, 0);
+    };
+    let (mut total, mut largest) = (0u64, 0u64);
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state), Some(queues)) = (f.get(1), f.get(3), f.get(4)) else {
+            continue;
+        };
+        let local_port = local
+            .rsplit_once(':')
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        // 01: ESTABLISHED.
+        if local_port != Some(port) || *state != "01" {
+            continue;
+        }
+        let tx = queues
+            .split_once(':')
+            .and_then(|(tx, _)| u64::from_str_radix(tx, 16).ok())
+            .unwrap_or(0);
+        total += tx;
+        largest = largest.max(tx);
+    }
+    (total, largest)
 }

@@ -24,6 +24,8 @@ pub struct Ctx {
     pub quick: bool,
     /// Client threads.
     pub client_threads: usize,
+    /// Sizes of the live scenarios, when given on the command line.
+    pub live: crate::live::LiveSizes,
 }
 
 const STREAM: &str = "/api/formula-results-with-charts";
@@ -109,14 +111,14 @@ fn failures(results: &[StreamResult]) -> (usize, Option<String>) {
 }
 
 /// CPU and memory of the service, the simulator and the harness itself.
-struct Cpu {
-    service: ProcSample,
-    simulator: ProcSample,
-    harness: ProcSample,
+pub(crate) struct Cpu {
+    pub service: ProcSample,
+    pub simulator: ProcSample,
+    pub harness: ProcSample,
 }
 
 impl Cpu {
-    fn now(svc: &Service, sim: &Simulator) -> Cpu {
+    pub(crate) fn now(svc: &Service, sim: &Simulator) -> Cpu {
         Cpu {
             service: svc.sample(),
             simulator: sim.proc.sample(),
@@ -125,7 +127,7 @@ impl Cpu {
     }
 
     /// CPU microseconds spent since `self`: (service, simulator, harness).
-    fn since(&self, later: &Cpu) -> (u64, u64, u64) {
+    pub(crate) fn since(&self, later: &Cpu) -> (u64, u64, u64) {
         (
             later.service.cpu_us.saturating_sub(self.service.cpu_us),
             later.simulator.cpu_us.saturating_sub(self.simulator.cpu_us),
@@ -879,6 +881,7 @@ pub async fn idle(ctx: &Ctx) -> Result<Report, String> {
         opened: Some(opened.clone()),
         idle_timeout: None,
         stop_after_first: false,
+        ..StreamSpec::default()
     };
 
     // Warm-up: open and close a few streams, so first-use allocations are in the baseline.
