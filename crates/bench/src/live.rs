@@ -339,21 +339,29 @@ impl Window {
     }
 }
 
+/// Measures a whole number of ticks, `window` rounded, from half a tick past a grid instant to
+/// half a tick past a later one: counts read at both ends are then cut at the same point of the
+/// tick, so what one tick changes falls wholly inside the window or wholly outside it.
 async fn measure(
     client: &LoadClient,
     svc: &Service,
     sim: &Simulator,
     window: Duration,
+    grid: Grid,
 ) -> Result<Window, String> {
+    let tick = Duration::from_nanos(grid.tick_ns.max(1) as u64);
+    let ticks = (window.as_secs_f64() / tick.as_secs_f64()).round().max(1.0) as u32;
+    align(grid, tick / 2).await;
+    let end = Instant::now() + tick * ticks;
     let (live_before, feed_before) = counters(svc, sim).await?;
     client.collect().await;
     let before = Cpu::now(svc, sim);
     let (from_ns, t0) = (unix_ns(), Instant::now());
-    sleep(window).await;
+    actix_web::rt::time::sleep_until(end).await;
+    let (live_after, feed_after) = counters(svc, sim).await?;
     let tally = client.collect().await;
     let (to_ns, wall) = (unix_ns(), t0.elapsed());
     let after = Cpu::now(svc, sim);
-    let (live_after, feed_after) = counters(svc, sim).await?;
     Ok(Window {
         wall,
         from_ns,
@@ -454,8 +462,8 @@ impl Run<'_> {
         sim.set_faults(json!({"tick_ms": tick_ms})).await?;
         let settle = Duration::from_millis((tick_ms * 3).max(1500));
         sleep(settle).await;
-        let w = measure(client, svc, sim, self.window).await?;
         let g = grid(self.phase, tick_ms);
+        let w = measure(client, svc, sim, self.window, g).await?;
         let lat = latencies(&w.tally, g, w.from_ns, w.to_ns, 0);
         let probe_late: Vec<f64> = self
             .probe
@@ -839,7 +847,7 @@ pub async fn slow(ctx: &Ctx) -> Result<Report, String> {
     sleep(Duration::from_millis((tick_ms * 3).max(1500))).await;
 
     // Fast only.
-    let a = measure(&client, &svc, &sim, window).await?;
+    let a = measure(&client, &svc, &sim, window, g).await?;
     let a_lat = latencies(&a.tally, g, a.from_ns, a.to_ns, 0);
     let rss_fast = svc.sample().rss;
     let queued_fast = procs::send_queues(svc.port());
@@ -879,7 +887,7 @@ pub async fn slow(ctx: &Ctx) -> Result<Report, String> {
     sleep(Duration::from_secs(2)).await;
     let rss_filled = svc.sample().rss;
     let queued_filled = procs::send_queues(svc.port());
-    let b = measure(&client, &svc, &sim, window).await?;
+    let b = measure(&client, &svc, &sim, window, g).await?;
     let b_lat = latencies(&b.tally, g, b.from_ns, b.to_ns, 0);
     let rss_end = svc.sample().rss;
     let queued_end = procs::send_queues(svc.port());
