@@ -166,9 +166,18 @@ impl EventBatch {
     /// Appends an event whose data is `data`, one line of JSON.
     pub fn push(&mut self, name: &str, id: &str, data: &[u8]) {
         self.buf.reserve(data.len() + name.len() + id.len() + 24);
-        let _ = write!(self.buf, "event: {name}\nid: {id}\ndata: ");
-        self.buf.extend_from_slice(data);
-        self.buf.extend_from_slice(b"\n\n");
+        // Plain copies: formatting the prefix was a twentieth of a live stream's CPU.
+        for part in [
+            b"event: ".as_slice(),
+            name.as_bytes(),
+            b"\nid: ",
+            id.as_bytes(),
+            b"\ndata: ",
+            data,
+            b"\n\n",
+        ] {
+            self.buf.extend_from_slice(part);
+        }
         self.events += 1;
     }
 
@@ -181,11 +190,12 @@ impl EventBatch {
         self.events == 0
     }
 
-    /// The events as one, leaving the batch empty for reuse.
+    /// The events as one, leaving the batch empty. The buffer goes with them rather than keep
+    /// its capacity for the next chunk: an idle follower holds no buffer.
     pub fn take(&mut self) -> Event {
         self.events = 0;
         Event {
-            parts: vec![self.buf.split().freeze()],
+            parts: vec![std::mem::take(&mut self.buf).freeze()],
         }
     }
 }
