@@ -97,6 +97,7 @@ impl Cache {
             .max_capacity(settings.max_bytes)
             .weigher(|_, chart: &Arc<ReadyChart>| chart.weight())
             .time_to_live(ttl)
+            .support_invalidation_closures()
             .build();
         // Formula results are small; they share the byte bound loosely through an entry count.
         let formulas = moka::future::Cache::builder()
@@ -145,6 +146,19 @@ impl Cache {
 
     pub fn insert_chart(&self, key: ChartKey, chart: Arc<ReadyChart>) {
         self.charts.insert(key, chart);
+    }
+
+    /// Drops every chart of `symbol` at `resolution` cached until now, but those with a bar
+    /// count in `keep`: a live series of it has just ended, and their bars are the feed's from
+    /// before its last updates (the series caches the counts in `keep` itself).
+    pub fn forget_charts_of(&self, symbol: &Symbol, resolution: Resolution, keep: Vec<BarCount>) {
+        let symbol = symbol.clone();
+        let forgotten = self.charts.invalidate_entries_if(move |key, _| {
+            key.resolution == resolution && key.symbol == symbol && !keep.contains(&key.bars)
+        });
+        if let Err(e) = forgotten {
+            log::error!("cache: charts of an ended live series kept: {e}");
+        }
     }
 
     /// The cached result of formula `id`, or the result of `fetch`, made once however many

@@ -451,13 +451,19 @@ impl Live {
         }
     }
 
-    /// Unsubscribes a series upstream; the cache keeps its last state for the bar counts asked.
+    /// Unsubscribes a series upstream; the cache keeps its last state for the bar counts asked,
+    /// and forgets the charts of other counts (fetched again when asked for).
     fn end_series(&self, registry: &mut Registry, key: &SeriesKey, why: &str) {
         let Some(entry) = registry.series.remove(key) else {
             return;
         };
         self.inner.pool.do_send(UnsubscribeLive { live: entry.id });
-        for bars in entry.feed.asked_counts(entry.bars) {
+        let asked = entry.feed.asked_counts(entry.bars);
+        // Charts of this series cached for other bar counts hold bars it has moved on from.
+        self.inner
+            .cache
+            .forget_charts_of(&key.symbol, key.resolution, asked.clone());
+        for bars in asked {
             let base = self.inner.cache.peek_chart(&ChartKey {
                 symbol: key.symbol.clone(),
                 resolution: key.resolution,

@@ -73,6 +73,13 @@ impl SimHandle {
         }
     }
 
+    /// The simulator itself, for a test that started it ([`spawn_app_remote`]).
+    pub fn owned(&self) -> &Simulator {
+        self.owned
+            .as_ref()
+            .expect("a simulator the test owns (spawn_app_remote)")
+    }
+
     /// Replaces every fault (as `POST /sim/faults` does).
     pub async fn set_faults(&self, faults: Faults) {
         if let Some(sim) = &self.owned {
@@ -138,6 +145,10 @@ fn base_settings(configure: impl FnOnce(&mut Settings)) -> Settings {
 
 async fn launch(settings: Settings, owned: Option<Simulator>) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    launch_on(listener, settings, owned).await
+}
+
+async fn launch_on(listener: TcpListener, settings: Settings, owned: Option<Simulator>) -> TestApp {
     let app = Application::build(settings, listener)
         .await
         .expect("build the application");
@@ -176,9 +187,19 @@ pub async fn spawn_app(configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// The service in remote mode against a simulator started here from `settings.simulator`, which
 /// the returned app owns and which keeps running after the service stops.
 pub async fn spawn_app_remote(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut settings = base_settings(configure);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let sim = Simulator::start(&settings.simulator, listener)
+    spawn_app_remote_on(listener, configure).await
+}
+
+/// [`spawn_app_remote`], serving on `listener` (e.g. one whose socket options its accepted
+/// connections inherit).
+pub async fn spawn_app_remote_on(
+    listener: TcpListener,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let mut settings = base_settings(configure);
+    let sim_listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let sim = Simulator::start(&settings.simulator, sim_listener)
         .await
         .expect("start the simulator");
     settings.upstream.mode = UpstreamMode::Remote;
@@ -187,7 +208,7 @@ pub async fn spawn_app_remote(configure: impl FnOnce(&mut Settings)) -> TestApp 
     if settings.formulas.source_url.is_empty() {
         settings.formulas.source_url = sim.screen_url();
     }
-    launch(settings, Some(sim)).await
+    launch_on(listener, settings, Some(sim)).await
 }
 
 /// A simulator for several services to share (the cluster tests' one upstream), started from
