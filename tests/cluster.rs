@@ -686,3 +686,110 @@ async fn the_budget_is_the_setting_else_the_tokens_claim_else_the_pool_size() {
         app.stopper.stop().await;
     }
 }
+
+/// A formula stream cut on one instance resumes on another by its last event id: no second
+/// `formula-results`, no batch sent again, every chart exactly once in the whole stream, and a
+/// `complete` describing all of it (the stock list comes from the shared cache, the rest from the
+/// id).
+#[actix_web::test]
+async fn a_stream_cut_on_one_instance_resumes_on_another_with_every_chart_once() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|_| {}).await;
+    let apps = instances(2, &sim, &redis.url(), |s| s.stream.batch_size = 5).await;
+    let token = apps[0].settings.server.api_token.expose().to_string();
+    let path = format!(
+        "/api/formula-results-with-charts?formula=breakouts&resolutions=1D&bars=20&access_token={token}"
+    );
+    // On the first instance, until two batches are in.
+    let mut batches = 0;
+    let first = common::app::read_stream_until(apps[0].get(&path), |e| {
+        batches += usize::from(e.event == "chart-batch");
+        batches == 2
+    })
+    .await;
+    let last_id = first.last_id().expect("an event id").to_string();
+    // On the second, from there.
+    let rest =
+        common::app::read_stream(apps[1].get(&path).insert_header(("Last-Event-ID", last_id)))
+            .await;
+    assert_eq!(rest.status, 200);
+    assert!(
+        !rest.names().contains(&"formula-results"),
+        "{:?}",
+        rest.names()
+    );
+    assert_eq!(rest.names().last(), Some(&"complete"));
+    let mut seen: Vec<String> = Vec::new();
+    for batch in first
+        .data_of("chart-batch")
+        .iter()
+        .chain(&rest.data_of("chart-batch"))
+    {
+        for symbol in batch["data"]["symbols"].as_array().expect("symbols") {
+            seen.push(symbol.as_str().expect("a symbol").to_string());
+        }
+    }
+    let stocks = first.data_of("formula-results")[0]["data"]["stocks"]
+        .as_array()
+        .expect("stocks")
+        .len();
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        (seen.len(), unique.len()),
+        (stocks, stocks),
+        "every stock once"
+    );
+    let complete = &rest.data_of("complete")[0]["data"];
+    assert_eq!(complete["totalCharts"], stocks as u64, "{complete}");
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+/// A live stream cut on one instance resumes live on another by a live event's id: no history
+/// again, and each chart's bars changed since (at least its last bar) before anything else.
+#[actix_web::test]
+async fn a_live_stream_cut_on_one_instance_resumes_live_on_another() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|s| s.faults.tick_ms = 50).await;
+    let apps = instances(2, &sim, &redis.url(), |_| {}).await;
+    let token = apps[0].settings.server.api_token.expose().to_string();
+    let path = format!(
+        "/api/formula-results-with-charts?symbols=NSE:TCS,NSE:INFY&resolutions=1D&bars=10&live=true&access_token={token}"
+    );
+    let mut bars = 0;
+    let first = common::app::read_stream_until(apps[0].get(&path), |e| {
+        bars += usize::from(e.event == "bar");
+        bars == 4
+    })
+    .await;
+    let last_id = first.last_id().expect("an event id").to_string();
+    assert!(last_id.contains(".live."), "{last_id}");
+    let mut charts = std::collections::BTreeSet::new();
+    let rest = common::app::read_stream_until(
+        apps[1].get(&path).insert_header(("Last-Event-ID", last_id)),
+        |e| {
+            if e.event == "bar" {
+                let data: Value = serde_json::from_str(&e.data).expect("JSON");
+                charts.insert(data["data"]["symbol"].as_str().unwrap_or("").to_string());
+            }
+            charts.len() == 2
+        },
+    )
+    .await;
+    assert_eq!(rest.status, 200);
+    assert!(
+        rest.names().iter().all(|n| *n == "bar"),
+        "only bars: {:?}",
+        rest.names()
+    );
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
