@@ -1,6 +1,6 @@
 //! Single flight across instances: an identical chart fetch in flight anywhere is made once.
 //!
-//! Each instance's own single flight ([`crate::charts`]) already makes one fetch per chart per
+//! Each instance's own single flight (`crate::charts`) already makes one fetch per chart per
 //! instance; this is what that one fetch does when the cluster is up:
 //!
 //! 1. Read the shared tier. A hit ends it.

@@ -141,7 +141,7 @@ pub struct Finish<'a> {
     pub message: &'a str,
 }
 
-/// Runs [`FINISH`]: caches the chart (when there is one), releases the lock if `token` still owns
+/// Runs `FINISH`: caches the chart (when there is one), releases the lock if `token` still owns
 /// it, publishes `message`. Returns whether the lock was still the caller's.
 pub async fn finish<C: ConnectionLike>(conn: &mut C, f: Finish<'_>) -> RedisResult<bool> {
     let (objects_key, objects, columns_key, columns): (&str, &[u8], &str, &[u8]) = match f.chart {

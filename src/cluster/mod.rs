@@ -15,7 +15,7 @@
 //! the command that needed it runs on. A reconnect triggered from a worker would put the new
 //! connection's driver on that worker. So the client, its `ConnectionManager` and the supervisor
 //! are made once at start-up on the system runtime (which lives as long as the server), and every
-//! command runs there too ([`Cluster::run`] hands it over with the runtime's `Handle`): each
+//! command runs there too (`Cluster::run` hands it over with the runtime's `Handle`): each
 //! worker holds a cloned handle, no worker owns a connection, and a worker that stops takes no
 //! connection with it. The hop costs a few microseconds per command.
 //!

@@ -11,7 +11,7 @@
 //! - `series` and `quote`: the shared state of one chart and one quote.
 //! - `follower`: a stream's side: its inbox of changed charts, its cursors, conflation.
 //!
-//! The chart cache follows live updates through [`Live::chart`], which [`crate::charts`] asks
+//! The chart cache follows live updates through [`Live::chart`], which `crate::charts` asks
 //! before the cache: while a series is live its charts are made from the live bars.
 
 mod follower;

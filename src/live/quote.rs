@@ -40,7 +40,7 @@ pub struct QuoteFeed {
 }
 
 /// The `data` of a `quote` event (SPEC 3.5): the stock's latest quote, fields the feed has not
-/// given yet left out. Written by [`QuoteState::event_data`] (once per change, for every
+/// given yet left out. Written by `QuoteState::event_data` (once per change, for every
 /// follower); this type describes it in the API document.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
