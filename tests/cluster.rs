@@ -5,7 +5,7 @@
 //! over when its lock expires; Redis stopped and restarted under traffic; nothing secret in Redis
 //! and every key expiring; the permit scripts of the connection budget on their own, a burst on
 //! three instances within the budget, and the permits of an instance that stopped renewing
-//! returning within their lease.
+//! returning within their lease; with Redis down, an instance keeping to its share of the budget.
 //!
 //! Waits are on conditions (stats, the simulator's counters), with deadlines; nothing is timed.
 
@@ -902,6 +902,8 @@ async fn a_burst_on_three_instances_never_opens_more_upstream_connections_than_t
     let apps = instances(3, &sim, &redis.url(), |s| {
         s.cluster.max_upstream_connections = 2;
         s.pool.max_connections = 3;
+        // One fetch per connection: a burst wants every connection the pool may open.
+        s.pool.requests_per_connection = 1;
         s.upstream.request_timeout_ms = 60_000;
         // Idle connections hand their permits back at once, so every instance gets its turn.
         s.manager.idle_timeout_secs = 0;
@@ -976,5 +978,48 @@ async fn permits_of_an_instance_that_stopped_renewing_return_within_their_lease(
             "the stopped instance gave its permits back"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn with_redis_down_each_instance_keeps_to_its_share_of_the_budget() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|s| s.faults.latency_ms = 150).await;
+    let apps = instances(2, &sim, &redis.url(), |s| {
+        s.cluster.max_upstream_connections = 4;
+        s.pool.max_connections = 3;
+        // One fetch per connection: a burst wants every connection the pool may open.
+        s.pool.requests_per_connection = 1;
+        s.upstream.request_timeout_ms = 60_000;
+    })
+    .await;
+    redis.stop();
+    for app in &apps {
+        wait_cluster(app, "stats say down", |c| c["redis"] == "down").await;
+    }
+    // A burst on one instance: its share is 4 / 2 instances, below its own pool's 3.
+    let done = std::cell::Cell::new(false);
+    let burst = async {
+        let answers = join_all((0..8).map(|j| {
+            let app = &apps[0];
+            async move {
+                let query = format!("symbol=NSE:DOWN{j}&bars={}", 40 + j);
+                chart(app, &query).await
+            }
+        }))
+        .await;
+        done.set(true);
+        answers
+    };
+    let (answers, most) = futures_util::join!(burst, most_connections(&sim, &done));
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert!(most >= 1, "the burst was fetched upstream");
+    assert!(most <= 2, "at most the local share open at once: {most}");
+    for app in apps {
+        app.stopper.stop().await;
     }
 }
