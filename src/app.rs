@@ -116,7 +116,11 @@ impl Chartgate {
             }
         });
         let target = UpstreamTarget::from_settings(&settings);
-        let pool = Pool::new(settings.clone(), target, &metrics).start();
+        // Made here, on the system runtime, once: see `cluster`'s module doc.
+        let cluster = Cluster::start(&settings, &metrics)?;
+        let pool = Pool::new(settings.clone(), target, &metrics)
+            .with_cluster(cluster.clone())
+            .start();
         let manager = Manager::new(settings.clone(), pool.clone(), &metrics).start();
         let formulas = FormulaSource::new(
             &settings.formulas,
@@ -125,8 +129,6 @@ impl Chartgate {
             Duration::from_millis(settings.formulas.timeout_ms),
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
-        // Made here, on the system runtime, once: see `cluster`'s module doc.
-        let cluster = Cluster::start(&settings, &metrics)?;
         let cache = Arc::new(Cache::new(&settings.cache, &metrics).with_cluster(cluster.clone()));
         let live = Live::new(&settings, pool.clone(), cache.clone(), &metrics);
         let state = web::Data::new(AppState {

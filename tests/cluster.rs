@@ -3,7 +3,9 @@
 //! scripts on their own; a chart fetched on one instance served by the others without a second
 //! upstream fetch; identical requests across instances fetched once; an owner that died taken
 //! over when its lock expires; Redis stopped and restarted under traffic; nothing secret in Redis
-//! and every key expiring.
+//! and every key expiring; the permit scripts of the connection budget on their own, a burst on
+//! three instances within the budget, and the permits of an instance that stopped renewing
+//! returning within their lease; with Redis down, an instance keeping to its share of the budget.
 //!
 //! Waits are on conditions (stats, the simulator's counters), with deadlines; nothing is timed.
 
@@ -17,6 +19,8 @@ use redis::AsyncCommands;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use chartgate::cluster::budget::{self, Grant};
+use chartgate::cluster::keys;
 use chartgate::cluster::lock::{self, Claim, Finish};
 use chartgate::cluster::membership;
 use common::app::{TestApp, spawn_app_on, start_simulator};
@@ -789,6 +793,232 @@ async fn a_live_stream_cut_on_one_instance_resumes_live_on_another() {
         "only bars: {:?}",
         rest.names()
     );
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn permit_scripts_grant_up_to_the_limit_reclaim_lapsed_permits_and_announce_releases() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut conn = redis.connect().await;
+    let key = keys::PERMITS;
+    let long = Duration::from_secs(30);
+    for id in ["a:1", "b:1"] {
+        let grant = budget::acquire(&mut conn, key, id, 2, long).await.unwrap();
+        assert!(matches!(grant, Grant::Granted { .. }), "{id}: {grant:?}");
+    }
+    // Beyond the limit: refused, told when the earliest permit lapses.
+    match budget::acquire(&mut conn, key, "c:1", 2, long)
+        .await
+        .unwrap()
+    {
+        Grant::Refused { retry_in } => assert!(retry_in <= long, "{retry_in:?}"),
+        other => panic!("c:1 beyond the limit: {other:?}"),
+    }
+    // A permit already held is renewed, not counted twice.
+    assert_eq!(
+        budget::acquire(&mut conn, key, "a:1", 2, long)
+            .await
+            .unwrap(),
+        Grant::Granted { live: 2 }
+    );
+    assert_eq!(budget::count(&mut conn, key).await.unwrap(), 2);
+    let pttl: i64 = conn.pttl(key).await.unwrap();
+    assert!(pttl > 0, "the permit set expires: {pttl}");
+
+    // A release is announced to whoever waits for a permit.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(keys::PERMITS_FREED).await.unwrap();
+    let freed = budget::release(&mut conn, key, keys::PERMITS_FREED, &["a:1".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(freed, 1);
+    let msg = tokio::time::timeout(WITHIN, pubsub.on_message().next())
+        .await
+        .expect("the release was announced")
+        .expect("a message");
+    assert_eq!(msg.get_channel_name(), keys::PERMITS_FREED);
+    // Releasing what is not held frees nothing.
+    let freed = budget::release(&mut conn, key, keys::PERMITS_FREED, &["a:1".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(freed, 0);
+    assert!(matches!(
+        budget::acquire(&mut conn, key, "c:1", 2, long)
+            .await
+            .unwrap(),
+        Grant::Granted { live: 2 }
+    ));
+
+    // Permits nobody renews lapse and are reclaimed; renewed ones stay.
+    let short = Duration::from_millis(200);
+    budget::renew(&mut conn, key, &["c:1".to_string()], long)
+        .await
+        .unwrap();
+    budget::renew(&mut conn, key, &["b:1".to_string()], short)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        match budget::acquire(&mut conn, key, "d:1", 2, long)
+            .await
+            .unwrap()
+        {
+            Grant::Granted { live } => {
+                assert_eq!(live, 2, "b:1 lapsed, c:1 and d:1 live");
+                break;
+            }
+            Grant::Refused { retry_in } => {
+                assert!(Instant::now() < deadline, "b:1's permit lapsed");
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
+}
+
+/// Samples the simulator's open connections until `done` holds; the highest seen.
+async fn most_connections(
+    sim: &chartgate_simulator::Simulator,
+    done: &std::cell::Cell<bool>,
+) -> u64 {
+    let mut most = 0;
+    while !done.get() {
+        most = most.max(sim.stats().connections_open);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    most.max(sim.stats().connections_open)
+}
+
+#[actix_web::test]
+async fn a_burst_on_three_instances_never_opens_more_upstream_connections_than_the_budget() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|s| s.faults.latency_ms = 150).await;
+    let apps = instances(3, &sim, &redis.url(), |s| {
+        s.cluster.max_upstream_connections = 2;
+        s.pool.max_connections = 3;
+        // One fetch per connection: a burst wants every connection the pool may open.
+        s.pool.requests_per_connection = 1;
+        s.upstream.request_timeout_ms = 60_000;
+        // Idle connections hand their permits back at once, so every instance gets its turn.
+        s.manager.idle_timeout_secs = 0;
+    })
+    .await;
+    let done = std::cell::Cell::new(false);
+    let requests = apps.iter().enumerate().flat_map(|(i, app)| {
+        (0..6).map(move |j| async move {
+            let query = format!("symbol=NSE:S{i}X{j}&bars={}", 50 + j);
+            chart(app, &query).await
+        })
+    });
+    let burst = async {
+        let answers = join_all(requests).await;
+        done.set(true);
+        answers
+    };
+    let (answers, most) = futures_util::join!(burst, most_connections(&sim, &done));
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert!(most >= 1, "the burst was fetched upstream");
+    assert!(most <= 2, "at most the budget open at once: {most}");
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
+#[actix_web::test]
+async fn permits_of_an_instance_that_stopped_renewing_return_within_their_lease() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|_| {}).await;
+    let apps = instances(1, &sim, &redis.url(), |s| {
+        s.cluster.max_upstream_connections = 2;
+        s.manager.stale_after_secs = 3;
+        s.upstream.request_timeout_ms = 60_000;
+    })
+    .await;
+    // What an instance killed mid-work leaves behind: the whole budget in permits nobody renews,
+    // each with the lease an instance gives them (`manager.stale_after_secs`).
+    let mut conn = redis.connect().await;
+    let lease = Duration::from_secs(3);
+    for id in ["dead:1", "dead:2"] {
+        let grant = budget::acquire(&mut conn, keys::PERMITS, id, 2, lease)
+            .await
+            .unwrap();
+        assert!(matches!(grant, Grant::Granted { .. }), "{grant:?}");
+    }
+    wait_cluster(&apps[0], "the dead instance's permits are counted", |c| {
+        c["upstreamConnections"] == 2
+    })
+    .await;
+    // The request waits for a permit and gets one once the dead instance's lapse.
+    let (status, body) = chart(&apps[0], "symbol=NSE:TCS").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(sim.stats().connections_open <= 2);
+    let live: Vec<String> = conn.zrange(keys::PERMITS, 0, -1).await.unwrap();
+    assert!(
+        live.iter().all(|id| id.starts_with("test-a:")),
+        "only the live instance's permits remain: {live:?}"
+    );
+    // Stopping gives its permits back (at once, not after their lease).
+    for app in apps {
+        app.stopper.stop().await;
+    }
+    let deadline = Instant::now() + WITHIN;
+    while budget::count(&mut conn, keys::PERMITS).await.unwrap() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped instance gave its permits back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn with_redis_down_each_instance_keeps_to_its_share_of_the_budget() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|s| s.faults.latency_ms = 150).await;
+    let apps = instances(2, &sim, &redis.url(), |s| {
+        s.cluster.max_upstream_connections = 4;
+        s.pool.max_connections = 3;
+        // One fetch per connection: a burst wants every connection the pool may open.
+        s.pool.requests_per_connection = 1;
+        s.upstream.request_timeout_ms = 60_000;
+    })
+    .await;
+    redis.stop();
+    for app in &apps {
+        wait_cluster(app, "stats say down", |c| c["redis"] == "down").await;
+    }
+    // A burst on one instance: its share is 4 / 2 instances, below its own pool's 3.
+    let done = std::cell::Cell::new(false);
+    let burst = async {
+        let answers = join_all((0..8).map(|j| {
+            let app = &apps[0];
+            async move {
+                let query = format!("symbol=NSE:DOWN{j}&bars={}", 40 + j);
+                chart(app, &query).await
+            }
+        }))
+        .await;
+        done.set(true);
+        answers
+    };
+    let (answers, most) = futures_util::join!(burst, most_connections(&sim, &done));
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert!(most >= 1, "the burst was fetched upstream");
+    assert!(most <= 2, "at most the local share open at once: {most}");
     for app in apps {
         app.stopper.stop().await;
     }

@@ -17,6 +17,13 @@ pub const DONE_PATTERN: &str = "chartgate:done:*";
 /// The sorted set of live instances (member: instance id, score: expiry in Redis's clock, ms).
 pub const MEMBERS: &str = "chartgate:instances";
 
+/// The sorted set of upstream connection permits (member: instance id and connection id, score:
+/// expiry in Redis's clock, ms); see [`super::budget`].
+pub const PERMITS: &str = "chartgate:permits";
+
+/// The channel a released permit is announced on, for instances waiting for one.
+pub const PERMITS_FREED: &str = "chartgate:permits:freed";
+
 /// `{SYMBOL:RESOLUTION:BARS}`: a chart's identity, as a hash tag.
 fn chart_tag(key: &ChartKey) -> String {
     format!(

@@ -8,6 +8,8 @@
 //!   formats, formula stock lists, with `cache.ttl_secs`.
 //! - [`lock`] and [`flight`]: single flight across instances: an owner-checked expiring lock per
 //!   chart fetch, a completion notice on pub/sub, takeover when an owner dies.
+//! - [`budget`]: the cluster-wide upstream connection budget: expiring permits, one per upstream
+//!   connection, renewed with the membership, released with a notice to those waiting.
 //! - [`keys`]: every key and channel, all under `chartgate:`.
 //!
 //! Runtimes: actix-web runs one single-threaded runtime per worker, and the `redis` crate spawns
@@ -23,6 +25,7 @@
 //! available" at once without touching the network, callers fall back to this instance's own
 //! state, and no request fails or waits because of Redis.
 
+pub mod budget;
 pub mod flight;
 pub mod keys;
 pub mod link;
@@ -30,7 +33,7 @@ pub mod lock;
 pub mod membership;
 pub mod tier;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -57,12 +60,12 @@ pub struct ClusterStats {
     pub instance_id: String,
     /// Live instances, this one included (the last count seen while Redis is down).
     pub instances: u64,
-    /// Upstream connections open: for now this instance's (the cluster-wide count comes with the
-    /// connection budget).
+    /// Upstream connections in the whole cluster while Redis is up (the live permits); while it
+    /// is down, this instance's.
     pub upstream_connections: usize,
     /// Upstream connections allowed across the cluster: `cluster.max_upstream_connections`; when
     /// that is 0, the current token's `max_connections` claim, else `pool.max_connections`.
-    /// Shown, not yet enforced across instances.
+    /// Enforced across instances with expiring permits ([`budget`]).
     pub budget: usize,
     /// `ok` while the shared state is in use, `down` while this instance serves from its own.
     #[schema(pattern = "^(ok|down)$")]
@@ -76,6 +79,18 @@ pub(crate) enum Notice {
     Done(String),
     /// The link went down: no notice can come; fall back to local work.
     LinkDown,
+}
+
+/// What this instance is told when it asks for an upstream connection's permit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Permit {
+    /// Granted in Redis; renewed by the supervisor until released.
+    Granted,
+    /// The budget is spent; the earliest permit lapses in `retry_in` unless renewed (a release
+    /// is announced before then).
+    Refused { retry_in: Duration },
+    /// Redis is not up: decide from this instance's share ([`Cluster::local_share`]).
+    Unavailable,
 }
 
 /// A handle on the cluster's shared state; cheap to clone, shared by every worker.
@@ -110,6 +125,9 @@ struct Inner {
     lock_ttl: Duration,
     /// Membership announcements' lifetime (renewed every third of it).
     member_ttl: Duration,
+    /// The permits this instance holds (granted in Redis, or locally while it was down), renewed
+    /// every third of their lease.
+    permits: Mutex<HashSet<String>>,
     /// Waiters for completion notices, by channel.
     waiters: Mutex<Waiters>,
     /// A command failed: the supervisor checks the link now rather than at its next tick.
@@ -230,6 +248,7 @@ impl Cluster {
             cache_ttl: Duration::from_secs(settings.cache.ttl_secs.max(1)),
             lock_ttl: Duration::from_millis(settings.upstream.request_timeout_ms.max(1)),
             member_ttl: Duration::from_secs(settings.manager.stale_after_secs.max(3)),
+            permits: Mutex::default(),
             waiters: Mutex::default(),
             trouble: Notify::new(),
             stop,
@@ -273,21 +292,92 @@ impl Cluster {
         }
     }
 
-    /// The `cluster` object of the stats; counts the members afresh while the link is up.
+    /// The `cluster` object of the stats; counts the members and the live permits afresh while
+    /// the link is up.
     pub async fn stats(&self, pool: &crate::upstream::PoolStats) -> ClusterStats {
-        if let Some(n) = self
-            .run(|mut conn| async move { membership::count(&mut conn).await })
-            .await
-        {
-            self.set_instances(n);
+        let counted = self
+            .run(|mut conn| async move {
+                let members = membership::count(&mut conn).await?;
+                let permits = budget::count(&mut conn, keys::PERMITS).await?;
+                Ok((members, permits))
+            })
+            .await;
+        let mut upstream_connections = pool.open_connections;
+        if let Some((members, permits)) = counted {
+            self.set_instances(members);
+            upstream_connections = usize::try_from(permits).unwrap_or(usize::MAX);
         }
         ClusterStats {
             instance_id: self.0.instance_id.clone(),
             instances: self.0.instances.load(Ordering::Relaxed),
-            upstream_connections: pool.open_connections,
+            upstream_connections,
             budget: self.budget(pool.token_max_connections),
             redis: if self.is_up() { "ok" } else { "down" }.into(),
         }
+    }
+
+    /// How long a permit lives unless renewed: `manager.stale_after_secs` (at least 3 s), the
+    /// membership's lifetime, renewed with it.
+    pub(crate) fn permit_lease(&self) -> Duration {
+        self.0.member_ttl
+    }
+
+    /// Asks Redis for the permit of this instance's connection `conn`, within `limit` permits
+    /// cluster-wide.
+    pub(crate) async fn acquire_permit(&self, conn: u64, limit: usize) -> Permit {
+        let id = budget::permit_id(&self.0.instance_id, conn);
+        let lease = self.permit_lease();
+        let asked = id.clone();
+        let grant = self
+            .run(|mut c| async move {
+                budget::acquire(&mut c, keys::PERMITS, &asked, limit, lease).await
+            })
+            .await;
+        match grant {
+            Some(budget::Grant::Granted { .. }) => {
+                self.held_permits().insert(id);
+                Permit::Granted
+            }
+            Some(budget::Grant::Refused { retry_in }) => Permit::Refused { retry_in },
+            None => Permit::Unavailable,
+        }
+    }
+
+    /// Records a permit granted from this instance's share while Redis was down: renewed (so
+    /// counted in Redis) once the link is back.
+    pub(crate) fn hold_locally(&self, conn: u64) {
+        self.held_permits()
+            .insert(budget::permit_id(&self.0.instance_id, conn));
+    }
+
+    /// Gives the permit of `conn` back and tells the instances waiting for one. Redis down: the
+    /// permit, no longer renewed, lapses after its lease.
+    pub(crate) fn release_permit(&self, conn: u64) {
+        let id = budget::permit_id(&self.0.instance_id, conn);
+        self.held_permits().remove(&id);
+        self.run_detached(|mut c| async move {
+            budget::release(&mut c, keys::PERMITS, keys::PERMITS_FREED, &[id]).await?;
+            Ok(())
+        });
+    }
+
+    /// Registers for the next released permit anywhere in the cluster; registered before asking,
+    /// so a release between a refusal and the wait is not missed.
+    pub(crate) fn permit_freed(&self) -> Waiter {
+        self.subscribe(keys::PERMITS_FREED.to_string())
+    }
+
+    /// This instance's share of `budget` while Redis is down: split evenly by the last known
+    /// instance count.
+    pub(crate) fn local_share(&self, budget: usize) -> usize {
+        budget::local_share(budget, self.0.instances.load(Ordering::Relaxed))
+    }
+
+    fn held_permits(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0
+            .permits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Runs a Redis command on the system runtime; `None` when the link is not up or the command
@@ -366,12 +456,20 @@ impl Cluster {
         waiter
     }
 
-    /// Leaves the membership at once (a graceful stop) and stops the supervisor.
+    /// Gives back this instance's permits and leaves the membership at once (a graceful stop),
+    /// then stops the supervisor.
     pub async fn stop(&self) {
         let id = self.0.instance_id.clone();
+        let permits: Vec<String> = self.held_permits().drain().collect();
         let _ = tokio::time::timeout(
             COMMAND_TIMEOUT,
-            self.run(|mut conn| async move { membership::leave(&mut conn, &id).await }),
+            self.run(|mut conn| async move {
+                if !permits.is_empty() {
+                    budget::release(&mut conn, keys::PERMITS, keys::PERMITS_FREED, &permits)
+                        .await?;
+                }
+                membership::leave(&mut conn, &id).await
+            }),
         )
         .await;
         let _ = self.0.stop.send(true);
@@ -496,7 +594,8 @@ impl Cluster {
         }
     }
 
-    /// Announces this instance (which is also the PING) and subscribes to completion notices.
+    /// Announces this instance (which is also the PING), renews its permits, and subscribes to
+    /// completion notices and released permits.
     async fn connect(&self) -> Result<(PubSubSink, PubSubStream), String> {
         let inner = &self.0;
         let attempt = async {
@@ -505,6 +604,9 @@ impl Cluster {
                 .await
                 .map_err(|e| self.scrub(&e))?;
             self.set_instances(n);
+            self.renew_permits(&mut conn)
+                .await
+                .map_err(|e| self.scrub(&e))?;
             let mut pubsub = inner
                 .client
                 .get_async_pubsub()
@@ -514,6 +616,10 @@ impl Cluster {
                 .psubscribe(keys::DONE_PATTERN)
                 .await
                 .map_err(|e| self.scrub(&e))?;
+            pubsub
+                .subscribe(keys::PERMITS_FREED)
+                .await
+                .map_err(|e| self.scrub(&e))?;
             Ok(pubsub.split())
         };
         tokio::time::timeout(COMMAND_TIMEOUT, attempt)
@@ -521,7 +627,17 @@ impl Cluster {
             .unwrap_or_else(|_| Err("timed out".into()))
     }
 
-    /// While up: relays notices, renews the announcement every third of its TTL, checks the
+    /// Renews this instance's permits for one lease (re-adding any granted locally while Redis was
+    /// down).
+    async fn renew_permits(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let permits: Vec<String> = self.held_permits().iter().cloned().collect();
+        if !permits.is_empty() {
+            budget::renew(conn, keys::PERMITS, &permits, self.permit_lease()).await?;
+        }
+        Ok(())
+    }
+
+    /// While up: relays notices, renews the announcement and the permits every third of their TTL, checks the
     /// link when a command failed. Returns why the link is no longer usable.
     async fn watch(
         &self,
@@ -542,6 +658,7 @@ impl Cluster {
                     let mut conn = inner.conn.clone();
                     let check = async {
                         let n = membership::announce(&mut conn, &inner.instance_id, inner.member_ttl).await?;
+                        self.renew_permits(&mut conn).await?;
                         sink.ping::<redis::Value>().await?;
                         Ok::<u64, redis::RedisError>(n)
                     };

@@ -9,6 +9,13 @@
 //! connection actors on the pool's threads, sending them fetches, answering requesters,
 //! `run_later` timers, log lines and metrics.
 //!
+//! With a cluster, a connection the policy opens first waits for a permit of the cluster-wide
+//! budget ([`crate::cluster::budget`]): the connection actor starts only once it is granted, and
+//! meanwhile the policy sees the connection `Connecting` (it counts against this instance's cap
+//! and nothing else changes). Refused, it waits for a released permit (a notice) or the earliest
+//! permit's lapse, then asks again. The permit goes back when the connection ends or is closed.
+//! Redis down: this instance's share of the budget is granted locally.
+//!
 //! A requester that goes away is noticed through the reply channel itself: the pool keeps the
 //! sending half of actix's reply channel for each pending fetch (the one the requester's `send`
 //! future waits on) and registers a waker for its closing, so dropping that future reaches the
@@ -41,6 +48,7 @@ use super::{
     SubscribeLive, UnsubscribeLive, UpstreamTarget,
 };
 use crate::charts::ChartFailure;
+use crate::cluster::{Cluster, Permit};
 use crate::config::Settings;
 use crate::live::{LiveId, LiveTarget};
 use crate::log_duration::LogDuration;
@@ -52,6 +60,24 @@ struct ConnHandle {
     /// Last-traffic time, written by the connection, read for stale checks and stats.
     shared: Arc<ConnShared>,
 }
+
+/// Where a connection stands with the cluster-wide budget, from `Command::Open` until it ends.
+enum PermitState {
+    /// Asking for a permit or waiting for one; the future doing so (or the timer of the next
+    /// local try), cancelled if the connection is closed first.
+    Waiting(SpawnHandle),
+    /// Granted in Redis: the connection runs; the cluster renews the permit.
+    Held,
+    /// Granted from this instance's share while Redis was down.
+    Local,
+}
+
+/// While Redis is down and this instance's share is spent: how often a waiting connection asks
+/// again.
+const LOCAL_RETRY: Duration = Duration::from_millis(250);
+
+/// The longest a refused connection waits for a release notice before asking again.
+const MAX_PERMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// Whoever waits for a fetch, until it is answered or goes away.
 struct Requester {
@@ -128,6 +154,12 @@ pub struct Pool {
     /// `chartgate_charts_fetched_total{outcome="ok"}`, taken once: the outcome of nearly every
     /// fetch (the rarer outcomes are looked up when they happen).
     fetched_ok: metrics::Counter,
+    /// With `cluster.redis_url` set: the budget's permits come from here.
+    cluster: Option<Cluster>,
+    /// Each connection's permit (only with a cluster).
+    permits: HashMap<ConnId, PermitState>,
+    /// The log said this instance uses its local share (Redis down); said once per episode.
+    local_said: bool,
 }
 
 impl Pool {
@@ -158,7 +190,16 @@ impl Pool {
             metrics: metrics.clone(),
             fetch_seconds: metrics.histogram("chartgate_chart_fetch_seconds"),
             fetched_ok: metrics.counter("chartgate_charts_fetched_total", &[("outcome", "ok")]),
+            cluster: None,
+            permits: HashMap::new(),
+            local_said: false,
         }
+    }
+
+    /// Opens connections only within the cluster-wide budget of `cluster`.
+    pub fn with_cluster(mut self, cluster: Option<Cluster>) -> Pool {
+        self.cluster = cluster;
+        self
     }
 
     /// Hands `event` to the policy and carries out what it decides.
@@ -174,7 +215,10 @@ impl Pool {
 
     fn carry_out(&mut self, command: Command, now: Instant, ctx: &mut Context<Self>) {
         match command {
-            Command::Open { conn } => self.open_connection(conn, ctx),
+            Command::Open { conn } => match self.cluster {
+                Some(_) => self.ask_permit(conn, ctx),
+                None => self.open_connection(conn, ctx),
+            },
             Command::Dispatch { fetch, conn } => {
                 if self
                     .requesters
@@ -219,6 +263,11 @@ impl Pool {
             Command::Shutdown { conn } => {
                 if let Some(c) = self.conns.get(&conn) {
                     c.addr.do_send(Shutdown);
+                } else if matches!(self.permits.get(&conn), Some(PermitState::Waiting(_))) {
+                    // Closed while it waited for a permit: it ends without having started.
+                    self.end_permit(conn, ctx);
+                    let reason = EndReason::Closed;
+                    self.feed(Event::ConnEnded { conn, reason }, ctx);
                 }
             }
             Command::Schedule { timer, at } => {
@@ -244,9 +293,108 @@ impl Pool {
         }
     }
 
+    /// Asks the cluster for the permit of `conn`; see the module doc.
+    fn ask_permit(&mut self, conn: ConnId, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.cluster.clone() else {
+            self.open_connection(conn, ctx);
+            return;
+        };
+        let limit = cluster.budget(self.token.as_ref().and_then(|t| t.max_connections));
+        let asking = async move {
+            let mut told = false;
+            loop {
+                // Registered before asking: a release between the refusal and the wait counts.
+                let mut freed = cluster.permit_freed();
+                match cluster.acquire_permit(conn, limit).await {
+                    Permit::Refused { retry_in } => {
+                        if !told {
+                            told = true;
+                            log::info!(
+                                "pool: connection {conn} waits for a permit: the cluster's {limit} upstream connections are in use"
+                            );
+                        }
+                        let _ = freed.wait(retry_in.min(MAX_PERMIT_WAIT)).await;
+                    }
+                    answer => return answer,
+                }
+            }
+        };
+        let handle = ctx.spawn(
+            asking
+                .into_actor(self)
+                .map(move |answer, act, ctx| act.permit_answered(conn, limit, answer, ctx)),
+        );
+        self.permits.insert(conn, PermitState::Waiting(handle));
+    }
+
+    /// What the cluster said about the permit of `conn`.
+    fn permit_answered(
+        &mut self,
+        conn: ConnId,
+        limit: usize,
+        answer: Permit,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        if !matches!(self.permits.get(&conn), Some(PermitState::Waiting(_))) {
+            // Closed meanwhile: whatever was granted goes back.
+            cluster.release_permit(conn);
+            return;
+        }
+        match answer {
+            Permit::Granted => {
+                self.local_said = false;
+                self.permits.insert(conn, PermitState::Held);
+                self.open_connection(conn, ctx);
+            }
+            // Only `Granted` and `Unavailable` end the asking; a refusal waits inside it.
+            Permit::Refused { .. } | Permit::Unavailable => {
+                let share = cluster.local_share(limit);
+                let in_use = self
+                    .permits
+                    .values()
+                    .filter(|p| !matches!(p, PermitState::Waiting(_)))
+                    .count();
+                if in_use < share {
+                    if !self.local_said {
+                        self.local_said = true;
+                        log::warn!(
+                            "pool: Redis is down; opening at most {share} upstream connections (the budget of {limit} split by the last known instance count)"
+                        );
+                    }
+                    cluster.hold_locally(conn);
+                    self.permits.insert(conn, PermitState::Local);
+                    self.open_connection(conn, ctx);
+                } else {
+                    let handle = ctx.run_later(LOCAL_RETRY, move |act, ctx| {
+                        act.ask_permit(conn, ctx);
+                    });
+                    self.permits.insert(conn, PermitState::Waiting(handle));
+                }
+            }
+        }
+    }
+
+    /// The connection `conn` ended or was closed: its permit, if any, goes back.
+    fn end_permit(&mut self, conn: ConnId, ctx: &mut Context<Self>) {
+        let Some(state) = self.permits.remove(&conn) else {
+            return;
+        };
+        if let PermitState::Waiting(handle) = state {
+            ctx.cancel_future(handle);
+        }
+        if let Some(cluster) = &self.cluster {
+            // A waiting one too: its grant may have been on its way.
+            cluster.release_permit(conn);
+        }
+    }
+
     fn open_connection(&mut self, conn: ConnId, ctx: &mut Context<Self>) {
         let Some(token) = self.token.as_ref() else {
             // The policy opens only with a token, and the actor holds the one it knows of.
+            self.end_permit(conn, ctx);
             let reason = EndReason::ConnectFailed("no auth token".into());
             self.feed(Event::ConnEnded { conn, reason }, ctx);
             return;
@@ -516,6 +664,7 @@ impl Handler<ConnEnded> for Pool {
 
     fn handle(&mut self, msg: ConnEnded, ctx: &mut Context<Self>) {
         self.conns.remove(&msg.conn);
+        self.end_permit(msg.conn, ctx);
         let event = Event::ConnEnded {
             conn: msg.conn,
             reason: msg.reason,
