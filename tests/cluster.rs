@@ -73,6 +73,27 @@ async fn instances(
     apps
 }
 
+/// A real Redis, a simulator set up by `sim`, and `n` instances on both set up by `configure`;
+/// `None` (the test then passes with a notice) when `redis-server` is not installed and neither
+/// `CI` nor `CHARTGATE_REQUIRE_REDIS` asks for it.
+async fn cluster(
+    n: usize,
+    sim: impl FnOnce(&mut chartgate_simulator::SimulatorSettings),
+    configure: impl Fn(&mut chartgate::config::Settings),
+) -> Option<(RedisServer, chartgate_simulator::Simulator, Vec<TestApp>)> {
+    let redis = RedisServer::start()?;
+    let sim = start_simulator(sim).await;
+    let apps = instances(n, &sim, &redis.url(), configure).await;
+    Some((redis, sim, apps))
+}
+
+/// Stops every instance gracefully (each gives back its permits and leaves the membership).
+async fn stop_all(apps: Vec<TestApp>) {
+    for app in apps {
+        app.stopper.stop().await;
+    }
+}
+
 /// `/api/chart-data` of `query` on `app`: the status and body.
 async fn chart(app: &TestApp, query: &str) -> (u16, Value) {
     app.get_json(&format!("/api/chart-data?{query}")).await
@@ -226,11 +247,9 @@ async fn membership_counts_live_announcements_only() {
 
 #[actix_web::test]
 async fn a_chart_fetched_on_one_instance_is_served_by_the_others_without_a_fetch() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, sim, apps)) = cluster(3, |_| {}, |_| {}).await else {
         return;
     };
-    let sim = start_simulator(|_| {}).await;
-    let apps = instances(3, &sim, &redis.url(), |_| {}).await;
 
     for format in ["objects", "columns"] {
         let query = format!("symbol=NSE:TCS&resolution=1D&bars=120&barsFormat={format}");
@@ -279,19 +298,15 @@ async fn a_chart_fetched_on_one_instance_is_served_by_the_others_without_a_fetch
     assert_eq!(stats["cluster"]["budget"], 10, "pool.max_connections");
     assert_eq!(stats["cluster"]["redis"], "ok");
     assert!(stats["cluster"]["upstreamConnections"].is_u64());
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 #[actix_web::test]
 async fn identical_requests_across_three_instances_are_fetched_once() {
-    let Some(redis) = RedisServer::start() else {
+    // Slow answers, so the nine requests overlap.
+    let Some((redis, sim, apps)) = cluster(3, |s| s.faults.latency_ms = 400, |_| {}).await else {
         return;
     };
-    // Slow answers, so the nine requests overlap.
-    let sim = start_simulator(|s| s.faults.latency_ms = 400).await;
-    let apps = instances(3, &sim, &redis.url(), |_| {}).await;
     let query = "symbol=NSE:INFY&resolution=1W&bars=200";
     let answers = join_all((0..9).map(|n| chart(&apps[n % 3], query))).await;
     for (status, body) in &answers {
@@ -313,21 +328,22 @@ async fn identical_requests_across_three_instances_are_fetched_once() {
     let mut conn = redis.connect().await;
     let locks: Vec<String> = conn.keys("chartgate:lock:*").await.unwrap();
     assert!(locks.is_empty(), "{locks:?}");
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 #[actix_web::test]
 async fn a_lock_whose_owner_died_is_taken_over_when_it_expires() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, sim, apps)) = cluster(
+        2,
+        |_| {},
+        |s| {
+            s.upstream.request_timeout_ms = 1500;
+        },
+    )
+    .await
+    else {
         return;
     };
-    let sim = start_simulator(|_| {}).await;
-    let apps = instances(2, &sim, &redis.url(), |s| {
-        s.upstream.request_timeout_ms = 1500;
-    })
-    .await;
     // An owner that took the lock and died: nobody renews it, nobody announces its end.
     let mut conn = redis.connect().await;
     let _: () = redis::cmd("SET")
@@ -344,9 +360,7 @@ async fn a_lock_whose_owner_died_is_taken_over_when_it_expires() {
     let (status, body) = chart(&apps[0], "symbol=NSE:SBIN").await;
     assert_eq!((status, &body["cached"]), (200, &Value::Bool(true)));
     assert_eq!(sim.stats().series_served, 1);
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 #[actix_web::test]
@@ -398,9 +412,7 @@ async fn redis_stopped_mid_traffic_fails_no_request_and_is_rejoined_without_a_re
     let (status, body) = chart(&apps[1], "symbol=NSE:LT&bars=70").await;
     assert_eq!((status, &body["cached"]), (200, &Value::Bool(true)));
     assert_eq!(sim.stats().series_served, before + 1);
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 #[actix_web::test]
@@ -458,9 +470,7 @@ async fn nothing_secret_goes_to_redis_and_every_key_expires() {
             assert!(!value.contains(secret), "{key} holds a secret");
         }
     }
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 /// A plain HTTP/1.1 GET to a `chartgate serve` process: the status line and the body.
@@ -572,17 +582,20 @@ fn the_binary_with_a_redis_password_never_logs_it_and_says_down_and_back_once() 
 
 #[actix_web::test]
 async fn an_abandoned_fetch_releases_its_lock_for_another_instance_at_once() {
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
     // A's fetch would take a minute; B's, once the feed is fast again, none. Locks too would
     // outlive the client's patience (20 s) if they were left to expire.
-    let sim = start_simulator(|s| s.faults.latency_ms = 60_000).await;
-    let apps = instances(2, &sim, &redis.url(), |s| {
-        s.upstream.request_timeout_ms = 60_000;
-        s.stream.keep_alive_secs = 1;
-    })
-    .await;
+    let Some((redis, sim, apps)) = cluster(
+        2,
+        |s| s.faults.latency_ms = 60_000,
+        |s| {
+            s.upstream.request_timeout_ms = 60_000;
+            s.stream.keep_alive_secs = 1;
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let lock_key = "chartgate:lock:{NSE:ITC:1D:300}";
     let mut conn = redis.connect().await;
     // A's stream starts the fetch and takes the lock...
@@ -607,19 +620,16 @@ async fn an_abandoned_fetch_releases_its_lock_for_another_instance_at_once() {
         (&Value::from(1), &Value::from(0)),
         "B fetched it itself rather than waiting for A's fetch: {stats}"
     );
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 #[actix_web::test]
 async fn the_link_stays_up_across_membership_renewals() {
-    let Some(redis) = RedisServer::start() else {
+    // Announcements live 3 s and are renewed every second.
+    let Some((redis, _sim, apps)) = cluster(1, |_| {}, |s| s.manager.stale_after_secs = 3).await
+    else {
         return;
     };
-    let sim = start_simulator(|_| {}).await;
-    // Announcements live 3 s and are renewed every second.
-    let apps = instances(1, &sim, &redis.url(), |s| s.manager.stale_after_secs = 3).await;
     let mut conn = redis.connect().await;
     let score = |conn: &mut redis::aio::MultiplexedConnection| {
         let mut conn = conn.clone();
@@ -656,23 +666,24 @@ async fn the_link_stays_up_across_membership_renewals() {
         metrics.contains("chartgate_cluster_redis_up 1"),
         "{metrics}"
     );
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 #[actix_web::test]
 async fn the_budget_is_the_setting_else_the_tokens_claim_else_the_pool_size() {
-    let Some(redis) = RedisServer::start() else {
+    // The token page issues JWTs whose max_connections claim is 4.
+    let Some((redis, sim, apps)) = cluster(
+        2,
+        |s| s.faults.max_connections = 4,
+        |s| {
+            s.upstream.session_id = chartgate::config::Secret::new("sid");
+            s.upstream.session_sign = chartgate::config::Secret::new("sign");
+        },
+    )
+    .await
+    else {
         return;
     };
-    // The token page issues JWTs whose max_connections claim is 4.
-    let sim = start_simulator(|s| s.faults.max_connections = 4).await;
-    let apps = instances(2, &sim, &redis.url(), |s| {
-        s.upstream.session_id = chartgate::config::Secret::new("sid");
-        s.upstream.session_sign = chartgate::config::Secret::new("sign");
-    })
-    .await;
     let (status, body) = chart(&apps[0], "symbol=NSE:TCS").await;
     assert_eq!(status, 200, "{body}");
     let stats = apps[0].conn_stats().await;
@@ -686,9 +697,7 @@ async fn the_budget_is_the_setting_else_the_tokens_claim_else_the_pool_size() {
     let stats = wait_cluster(&configured, "joined", |c| c["instances"] == 3).await;
     assert_eq!(stats["cluster"]["budget"], 7, "the setting: {stats}");
     configured.stopper.stop().await;
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 /// A formula stream cut on one instance resumes on another by its last event id: no second
@@ -697,11 +706,9 @@ async fn the_budget_is_the_setting_else_the_tokens_claim_else_the_pool_size() {
 /// id).
 #[actix_web::test]
 async fn a_stream_cut_on_one_instance_resumes_on_another_with_every_chart_once() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, _sim, apps)) = cluster(2, |_| {}, |s| s.stream.batch_size = 5).await else {
         return;
     };
-    let sim = start_simulator(|_| {}).await;
-    let apps = instances(2, &sim, &redis.url(), |s| s.stream.batch_size = 5).await;
     let token = apps[0].settings.server.api_token.expose().to_string();
     let path = format!(
         "/api/formula-results-with-charts?formula=breakouts&resolutions=1D&bars=20&access_token={token}"
@@ -749,20 +756,16 @@ async fn a_stream_cut_on_one_instance_resumes_on_another_with_every_chart_once()
     );
     let complete = &rest.data_of("complete")[0]["data"];
     assert_eq!(complete["totalCharts"], stocks as u64, "{complete}");
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 /// A live stream cut on one instance resumes live on another by a live event's id: no history
 /// again, and each chart's bars changed since (at least its last bar) before anything else.
 #[actix_web::test]
 async fn a_live_stream_cut_on_one_instance_resumes_live_on_another() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, _sim, apps)) = cluster(2, |s| s.faults.tick_ms = 50, |_| {}).await else {
         return;
     };
-    let sim = start_simulator(|s| s.faults.tick_ms = 50).await;
-    let apps = instances(2, &sim, &redis.url(), |_| {}).await;
     let token = apps[0].settings.server.api_token.expose().to_string();
     let path = format!(
         "/api/formula-results-with-charts?symbols=NSE:TCS,NSE:INFY&resolutions=1D&bars=10&live=true&access_token={token}"
@@ -793,9 +796,7 @@ async fn a_live_stream_cut_on_one_instance_resumes_live_on_another() {
         "only bars: {:?}",
         rest.names()
     );
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 #[actix_web::test]
@@ -895,20 +896,23 @@ async fn most_connections(
 
 #[actix_web::test]
 async fn a_burst_on_three_instances_never_opens_more_upstream_connections_than_the_budget() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((_redis, sim, apps)) = cluster(
+        3,
+        |s| s.faults.latency_ms = 150,
+        |s| {
+            s.cluster.max_upstream_connections = 2;
+            s.pool.max_connections = 3;
+            // One fetch per connection: a burst wants every connection the pool may open.
+            s.pool.requests_per_connection = 1;
+            s.upstream.request_timeout_ms = 60_000;
+            // Idle connections hand their permits back at once, so every instance gets its turn.
+            s.manager.idle_timeout_secs = 0;
+        },
+    )
+    .await
+    else {
         return;
     };
-    let sim = start_simulator(|s| s.faults.latency_ms = 150).await;
-    let apps = instances(3, &sim, &redis.url(), |s| {
-        s.cluster.max_upstream_connections = 2;
-        s.pool.max_connections = 3;
-        // One fetch per connection: a burst wants every connection the pool may open.
-        s.pool.requests_per_connection = 1;
-        s.upstream.request_timeout_ms = 60_000;
-        // Idle connections hand their permits back at once, so every instance gets its turn.
-        s.manager.idle_timeout_secs = 0;
-    })
-    .await;
     let done = std::cell::Cell::new(false);
     let requests = apps.iter().enumerate().flat_map(|(i, app)| {
         (0..6).map(move |j| async move {
@@ -927,23 +931,24 @@ async fn a_burst_on_three_instances_never_opens_more_upstream_connections_than_t
     }
     assert!(most >= 1, "the burst was fetched upstream");
     assert!(most <= 2, "at most the budget open at once: {most}");
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
 
 #[actix_web::test]
 async fn permits_of_an_instance_that_stopped_renewing_return_within_their_lease() {
-    let Some(redis) = RedisServer::start() else {
+    let Some((redis, sim, apps)) = cluster(
+        1,
+        |_| {},
+        |s| {
+            s.cluster.max_upstream_connections = 2;
+            s.manager.stale_after_secs = 3;
+            s.upstream.request_timeout_ms = 60_000;
+        },
+    )
+    .await
+    else {
         return;
     };
-    let sim = start_simulator(|_| {}).await;
-    let apps = instances(1, &sim, &redis.url(), |s| {
-        s.cluster.max_upstream_connections = 2;
-        s.manager.stale_after_secs = 3;
-        s.upstream.request_timeout_ms = 60_000;
-    })
-    .await;
     // What an instance killed mid-work leaves behind: the whole budget in permits nobody renews,
     // each with the lease an instance gives them (`manager.stale_after_secs`).
     let mut conn = redis.connect().await;
@@ -968,9 +973,7 @@ async fn permits_of_an_instance_that_stopped_renewing_return_within_their_lease(
         "only the live instance's permits remain: {live:?}"
     );
     // Stopping gives its permits back (at once, not after their lease).
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
     let deadline = Instant::now() + WITHIN;
     while budget::count(&mut conn, keys::PERMITS).await.unwrap() != 0 {
         assert!(
@@ -1019,7 +1022,5 @@ async fn with_redis_down_each_instance_keeps_to_its_share_of_the_budget() {
     }
     assert!(most >= 1, "the burst was fetched upstream");
     assert!(most <= 2, "at most the local share open at once: {most}");
-    for app in apps {
-        app.stopper.stop().await;
-    }
+    stop_all(apps).await;
 }
