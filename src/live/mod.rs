@@ -500,7 +500,14 @@ impl Live {
     /// The chart as the live series holds it, while `key`'s series is live: from its bars, or
     /// the cached chart with the live bars laid over it when more bars are asked than it holds.
     pub fn chart(&self, key: &ChartKey) -> Option<Arc<ReadyChart>> {
-        let feed = self.registry().series.get(&series_key(key))?.feed.clone();
+        let feed = {
+            let registry = self.registry();
+            // Asked for every chart of every request: with nothing live, no key is built.
+            if registry.series.is_empty() {
+                return None;
+            }
+            registry.series.get(&series_key(key))?.feed.clone()
+        };
         if let Some(chart) = feed.chart(key.bars.get(), None) {
             return Some(chart);
         }
