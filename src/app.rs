@@ -130,7 +130,13 @@ impl Chartgate {
         );
         let (shutdown, shutdown_rx) = watch::channel(false);
         let cache = Arc::new(Cache::new(&settings.cache, &metrics).with_cluster(cluster.clone()));
-        let live = Live::new(&settings, pool.clone(), cache.clone(), &metrics);
+        let live = Live::new(
+            &settings,
+            pool.clone(),
+            cache.clone(),
+            cluster.clone(),
+            &metrics,
+        );
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             charts: ChartService::new(cache, pool.clone(), live, &metrics)
@@ -184,6 +190,7 @@ impl Chartgate {
     /// Closes the upstream connections and stops the embedded simulator.
     pub async fn stop(self) {
         self.begin_shutdown();
+        self.state.charts.live.stop().await;
         let closed = self.pool.send(CloseAll).await.unwrap_or(0);
         log::info!("shutdown: closed {closed} upstream connections");
         if let Some(cluster) = &self.cluster {

@@ -1024,3 +1024,125 @@ async fn with_redis_down_each_instance_keeps_to_its_share_of_the_budget() {
     assert!(most <= 2, "at most the local share open at once: {most}");
     stop_all(apps).await;
 }
+
+/// `live` of `app`'s stats: (series subscribed upstream here, series relayed from another
+/// instance).
+async fn live_sources(app: &TestApp) -> (u64, u64) {
+    let stats = app.conn_stats().await;
+    let live = &stats["live"];
+    (
+        live["series"].as_u64().unwrap_or(u64::MAX),
+        live["relayed"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+/// Live followers of the same chart on two instances: one upstream live series in the whole
+/// cluster (the simulator serves one), owned by the first instance and relayed by the second;
+/// both followers get new bars. The owner stops: the other instance takes the series over (its
+/// stats say so, the simulator still serves one), and its follower, having never reconnected,
+/// ends up with exactly the simulator's chart, no bar missing.
+#[actix_web::test]
+async fn live_followers_on_two_instances_share_one_upstream_series_and_outlive_its_owner() {
+    use common::feed::sim_history;
+    use common::live::{LIVE_WAIT, LiveStream, wait_until};
+    // A new 1-minute bar every 100 ms (two 50 ms ticks of 30 simulated seconds).
+    let Some((_redis, sim, mut apps)) = cluster(
+        2,
+        |s| {
+            s.faults.tick_ms = 50;
+            s.faults.time_scale = 600;
+        },
+        |s| s.manager.stale_after_secs = 3,
+    )
+    .await
+    else {
+        return;
+    };
+    let id = ("NSE:TCS".to_string(), "1".to_string());
+    let token = apps[0].settings.server.api_token.expose().to_string();
+    let path = format!(
+        "/api/formula-results-with-charts?symbols=NSE:TCS&resolutions=1&bars=60&live=true&access_token={token}"
+    );
+    let mut owners = LiveStream::open(apps[0].get(&path)).await;
+    owners.read_history().await;
+    wait_until(LIVE_WAIT, "the first instance owns the series", || async {
+        let s = live_sources(&apps[0]).await;
+        (s == (1, 0), s)
+    })
+    .await;
+    let mut relayed = LiveStream::open(apps[1].get(&path)).await;
+    relayed.read_history().await;
+    wait_until(LIVE_WAIT, "the second instance relays it", || async {
+        let s = live_sources(&apps[1]).await;
+        (s == (0, 1), s)
+    })
+    .await;
+    let appended = |s: &LiveStream| s.view.appended.get(&id).copied().unwrap_or(0);
+    let (a0, r0) = (appended(&owners), appended(&relayed));
+    owners
+        .read_until("new bars on the owner", |s| appended(s) >= a0 + 3)
+        .await;
+    relayed
+        .read_until("new bars through the relay", |s| appended(s) >= r0 + 3)
+        .await;
+    assert_eq!(sim.stats().live_series, 1, "one upstream series for both");
+
+    let owner = apps.remove(0);
+    owner.stopper.stop().await;
+    drop(owners);
+    wait_until(
+        LIVE_WAIT,
+        "the second instance took the series over",
+        || async {
+            let s = live_sources(&apps[0]).await;
+            (s == (1, 0), s)
+        },
+    )
+    .await;
+    let r1 = appended(&relayed);
+    relayed
+        .read_until("new bars after the takeover", |s| appended(s) >= r1 + 3)
+        .await;
+    // The stopped owner's connection closes with it: one series remains upstream.
+    wait_until(LIVE_WAIT, "the series moved, not doubled", || async {
+        let n = sim.stats().live_series;
+        (n == 1, n)
+    })
+    .await;
+
+    // Freeze the feed, then the follower's chart must become exactly the simulator's.
+    sim.set_faults(chartgate_simulator::Faults {
+        tick_ms: 3_600_000,
+        time_scale: 600,
+        ..Default::default()
+    });
+    let app = &apps[0];
+    let deadline = Instant::now() + LIVE_WAIT;
+    loop {
+        relayed.read_while_busy(Duration::from_millis(300)).await;
+        let feed = sim_history(
+            &app.settings.upstream.url,
+            &app.settings.upstream.origin,
+            "NSE:TCS",
+            "1",
+            60,
+        )
+        .await;
+        if relayed.view.newest(&id, 60) == feed.as_slice() {
+            for w in feed.windows(2) {
+                assert_eq!(w[1].time - w[0].time, 60, "no bar missing");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower's chart never became the feed's"
+        );
+    }
+    assert!(
+        relayed.view.out_of_order.is_empty(),
+        "{:?}",
+        relayed.view.out_of_order
+    );
+    stop_all(apps).await;
+}

@@ -60,7 +60,7 @@ async fn rig(latency_ms: u64) -> Rig {
     let metrics = Metrics::new();
     let pool = Pool::new(Arc::new(settings.clone()), target, &metrics).start();
     let cache = Arc::new(Cache::new(&settings.cache, &metrics));
-    let live = crate::live::Live::new(&settings, pool.clone(), cache.clone(), &metrics);
+    let live = crate::live::Live::new(&settings, pool.clone(), cache.clone(), None, &metrics);
     let charts = ChartService::new(cache, pool.clone(), live, &metrics);
     Rig { sim, pool, charts }
 }

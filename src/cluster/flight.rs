@@ -72,16 +72,21 @@ const CODES: [&str; 8] = [
 fn message_of(outcome: &Loaded) -> String {
     match outcome {
         Ok(_) => "ok".into(),
-        Err(f) => serde_json::to_string(&Failed {
-            code: f.code.into(),
-            message: f.message.clone(),
-        })
-        .unwrap_or_else(|_| "ok".into()),
+        Err(f) => failure_json(f),
     }
 }
 
+/// A failure as published (`{"code","message"}`), read back by [`failure_of`].
+pub(super) fn failure_json(f: &ChartFailure) -> String {
+    serde_json::to_string(&Failed {
+        code: f.code.into(),
+        message: f.message.clone(),
+    })
+    .unwrap_or_default()
+}
+
 /// A published outcome: `None` for `ok` (read the tier), or the failure.
-fn failure_of(message: &str) -> Option<ChartFailure> {
+pub(super) fn failure_of(message: &str) -> Option<ChartFailure> {
     let failed: Failed = serde_json::from_str(message).ok()?;
     let code = CODES
         .iter()

@@ -6,6 +6,7 @@
 
 use crate::cache::ChartKey;
 use crate::domain::BarsFormat;
+use crate::live::SeriesKey;
 
 /// The namespace of every key and channel.
 pub const PREFIX: &str = "chartgate:";
@@ -54,6 +55,22 @@ pub fn done(key: &ChartKey) -> String {
     format!("{PREFIX}done:{}", chart_tag(key))
 }
 
+/// `{SYMBOL:RESOLUTION}`: a live series' identity, as a hash tag (its lock and stream share a
+/// slot).
+fn series_tag(key: &SeriesKey) -> String {
+    format!("{{{}:{}}}", key.symbol.as_str(), key.resolution.as_str())
+}
+
+/// The lock naming the instance that owns a live series upstream (see [`super::live`]).
+pub fn live_owner(key: &SeriesKey) -> String {
+    format!("{PREFIX}live:owner:{}", series_tag(key))
+}
+
+/// The stream of a live series' updates, written by its owner, read by the other instances.
+pub fn live_stream(key: &SeriesKey) -> String {
+    format!("{PREFIX}live:stream:{}", series_tag(key))
+}
+
 /// A formula's stock list (JSON of `FormulaResult`).
 pub fn formula(id: &str) -> String {
     format!("{PREFIX}formula:{id}")
@@ -79,5 +96,11 @@ mod tests {
         assert_eq!(done(&key), "chartgate:done:{NSE:TCS:1D:300}");
         assert!(done(&key).starts_with(DONE_PATTERN.trim_end_matches('*')));
         assert_eq!(formula("breakouts"), "chartgate:formula:breakouts");
+        let series = SeriesKey {
+            symbol: key.symbol.clone(),
+            resolution: key.resolution,
+        };
+        assert_eq!(live_owner(&series), "chartgate:live:owner:{NSE:TCS:1D}");
+        assert_eq!(live_stream(&series), "chartgate:live:stream:{NSE:TCS:1D}");
     }
 }

@@ -10,6 +10,8 @@
 //!   chart fetch, a completion notice on pub/sub, takeover when an owner dies.
 //! - [`budget`]: the cluster-wide upstream connection budget: expiring permits, one per upstream
 //!   connection, renewed with the membership, released with a notice to those waiting.
+//! - [`live`]: one live series in the cluster: the owner's lock and stream of updates, and the
+//!   reader relaying them into the other instances' series.
 //! - [`keys`]: every key and channel, all under `chartgate:`.
 //!
 //! Runtimes: actix-web runs one single-threaded runtime per worker, and the `redis` crate spawns
@@ -29,6 +31,7 @@ pub mod budget;
 pub mod flight;
 pub mod keys;
 pub mod link;
+pub mod live;
 pub mod lock;
 pub mod membership;
 pub mod tier;
@@ -42,7 +45,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use serde::Serialize;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::config::Settings;
 use crate::telemetry::Metrics;
@@ -51,7 +54,7 @@ use crate::upstream::backoff::Backoff;
 use self::link::{Announce, Link, Next};
 
 /// How long connecting (the announcement and the subscription) may take, and one command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `"cluster"` in `/api/connections/stats` (SPEC 3.4), present when `cluster.redis_url` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -133,6 +136,16 @@ struct Inner {
     /// A command failed: the supervisor checks the link now rather than at its next tick.
     trouble: Notify,
     stop: watch::Sender<bool>,
+    /// Whether the link is up, for those who act when it changes (the live registry).
+    link: watch::Sender<bool>,
+    /// Owned live series' entries, to the publisher task ([`live`]).
+    publish: mpsc::UnboundedSender<live::Outgoing>,
+    /// The live series this instance relays from their owners' streams.
+    relays: Mutex<live::Relays>,
+    /// A relay was added: the reader reads its stream too.
+    relays_changed: Notify,
+    /// An owner handed a relayed series off.
+    handoffs: Notify,
 }
 
 #[derive(Default)]
@@ -231,6 +244,7 @@ impl Cluster {
             cluster.instance_id.clone()
         };
         let (stop, stopped) = watch::channel(false);
+        let (publish, published) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             instance_id,
             configured_budget: cluster.max_upstream_connections,
@@ -252,6 +266,11 @@ impl Cluster {
             waiters: Mutex::default(),
             trouble: Notify::new(),
             stop,
+            link: watch::Sender::new(false),
+            publish,
+            relays: Mutex::default(),
+            relays_changed: Notify::new(),
+            handoffs: Notify::new(),
         });
         let backoff = Backoff::new(
             Duration::from_millis(settings.manager.reconnect_backoff_ms.max(50)),
@@ -263,6 +282,8 @@ impl Cluster {
             inner.url_redacted,
         );
         let cluster = Cluster(inner);
+        actix_web::rt::spawn(cluster.clone().publish(published));
+        actix_web::rt::spawn(cluster.clone().read_relays(stopped.clone()));
         actix_web::rt::spawn(cluster.clone().supervise(Link::new(backoff), stopped));
         Ok(Some(cluster))
     }
@@ -500,6 +521,9 @@ impl Cluster {
     fn set_up(&self, up: bool) {
         self.0.up.store(up, Ordering::SeqCst);
         self.0.up_gauge.set(if up { 1.0 } else { 0.0 });
+        self.0
+            .link
+            .send_if_modified(|was| std::mem::replace(was, up) != up);
         if !up {
             let drained = std::mem::take(&mut self.waiters().by_channel);
             for (_, list) in drained {

@@ -13,6 +13,10 @@
 //!
 //! The chart cache follows live updates through [`Live::chart`], which `crate::charts` asks
 //! before the cache: while a series is live its charts are made from the live bars.
+//!
+//! With a cluster (SPEC 7, one live series) each series also has a [`Source`]: one instance owns
+//! it (subscribed upstream, publishing its changes) and the others relay the owner's stream
+//! ([`crate::cluster::live`]); the transitions, on every claim's answer, are in [`Live::settle`].
 
 mod follower;
 mod quote;
@@ -30,6 +34,8 @@ pub use self::follower::{Cursor, Drained, Follower};
 pub use self::quote::{QuoteData, QuoteFeed};
 pub use self::series::{SeriesFeed, SeriesKey};
 use crate::cache::{Cache, ChartKey};
+use crate::cluster::Cluster;
+use crate::cluster::lock::new_token;
 use crate::config::Settings;
 use crate::domain::{BarCount, Symbol};
 use crate::ready_chart::ReadyChart;
@@ -90,6 +96,9 @@ pub struct LiveStats {
     pub updates_sent: u64,
     /// Changes a follower never saw because a newer one replaced them before it wrote.
     pub conflated: u64,
+    /// Live series followed here through another instance's upstream subscription (with a
+    /// cluster: SPEC 7); not counted in `series`.
+    pub relayed: usize,
 }
 
 /// Counts shared by the registry, the feeds (on the connections' threads) and the followers.
@@ -194,12 +203,38 @@ impl Holds {
     }
 }
 
+/// Where a series' updates come from. Without a cluster always `Alone`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Subscribed upstream here, for this instance only (no cluster, or Redis down).
+    Alone,
+    /// Asking Redis whether another instance owns it; nothing subscribed yet.
+    Claiming,
+    /// Subscribed upstream here as the cluster's owner; its changes are published.
+    Owner,
+    /// Another instance owns it; its changes are read from the owner's stream.
+    Relayed,
+}
+
+impl Source {
+    fn is_upstream(self) -> bool {
+        matches!(self, Source::Alone | Source::Owner)
+    }
+}
+
 struct SeriesEntry {
+    /// Its upstream subscription's id (a new one each time it is subscribed again).
     id: LiveId,
+    /// Unique to this entry, so that a late answer about an ended series is not taken for a
+    /// newer one of the same chart.
+    generation: u64,
     feed: Arc<SeriesFeed>,
     /// Bars its subscription asked for.
     bars: BarCount,
     holds: Holds,
+    source: Source,
+    /// The owner lock's token this instance claims the series with (with a cluster).
+    token: String,
 }
 
 struct QuoteEntry {
@@ -224,6 +259,10 @@ struct Inner {
     pool: Addr<Pool>,
     cache: Arc<Cache>,
     registry: Mutex<Registry>,
+    /// With `cluster.redis_url` set: where ownership is claimed and relays read.
+    cluster: Option<Cluster>,
+    /// Set by [`Live::hand_off_all`]: the instance is stopping and claims nothing more.
+    leaving: std::sync::atomic::AtomicBool,
     counters: Arc<LiveCounters>,
     series_gauge: metrics::Gauge,
     followers_gauge: metrics::Gauge,
@@ -236,13 +275,15 @@ pub struct Live {
 }
 
 impl Live {
+    /// The registry; with a `cluster`, its upkeep task is started on the current runtime.
     pub fn new(
         settings: &Settings,
         pool: Addr<Pool>,
         cache: Arc<Cache>,
+        cluster: Option<Cluster>,
         metrics: &Metrics,
     ) -> Live {
-        Live {
+        let live = Live {
             inner: Arc::new(Inner {
                 linger: Duration::from_secs(settings.live.linger_secs),
                 resume_window: Duration::from_secs(settings.live.resume_window_secs),
@@ -253,11 +294,17 @@ impl Live {
                 pool,
                 cache,
                 registry: Mutex::default(),
+                cluster,
+                leaving: std::sync::atomic::AtomicBool::new(false),
                 counters: Arc::new(LiveCounters::new(metrics)),
                 series_gauge: metrics.gauge("chartgate_live_series"),
                 followers_gauge: metrics.gauge("chartgate_live_followers"),
             }),
+        };
+        if let Some(cluster) = &live.inner.cluster {
+            actix_web::rt::spawn(upkeep(Arc::downgrade(&live.inner), cluster.clone()));
         }
+        live
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -345,7 +392,7 @@ impl Live {
             return entry.feed.clone();
         }
         registry.next_id += 1;
-        let id = registry.next_id;
+        let generation = registry.next_id;
         let seed = self.inner.cache.peek_chart(key);
         let feed = SeriesFeed::new(
             series.clone(),
@@ -354,28 +401,193 @@ impl Live {
             self.inner.resume_window,
         );
         log::info!(
-            "live: following {} {} upstream (live series: {})",
+            "live: following {} {} (live series: {})",
             series.symbol,
             series.resolution.as_str(),
             registry.series.len() + 1
         );
+        let cluster = self
+            .inner
+            .cluster
+            .as_ref()
+            .filter(|c| c.is_up() && !self.inner.leaving.load(Ordering::SeqCst));
+        let mut entry = SeriesEntry {
+            id: 0,
+            generation,
+            feed: feed.clone(),
+            bars: key.bars,
+            holds: Holds::one(),
+            source: if cluster.is_some() {
+                Source::Claiming
+            } else {
+                Source::Alone
+            },
+            token: cluster
+                .map(|c| new_token(c.instance_id()))
+                .unwrap_or_default(),
+        };
+        match cluster {
+            Some(cluster) => {
+                let (live, cluster, key) = (self.clone(), cluster.clone(), series.clone());
+                let token = entry.token.clone();
+                actix_web::rt::spawn(async move {
+                    let verdict = cluster.own_series(&key, &token).await;
+                    if !live.settle(&key, generation, verdict) && verdict == Some(true) {
+                        cluster.hand_off_series(&key, &token);
+                    }
+                });
+            }
+            None => self.subscribe(registry, &mut entry),
+        }
+        registry.series.insert(series, entry);
+        feed
+    }
+
+    /// Subscribes the entry's series upstream, under a new subscription id.
+    fn subscribe(&self, registry: &mut Registry, entry: &mut SeriesEntry) {
+        registry.next_id += 1;
+        entry.id = registry.next_id;
         self.inner.pool.do_send(SubscribeLive {
-            live: id,
+            live: entry.id,
             target: LiveTarget::Series {
-                feed: feed.clone(),
-                bars: key.bars,
+                feed: entry.feed.clone(),
+                bars: entry.bars,
             },
         });
-        registry.series.insert(
-            series,
-            SeriesEntry {
-                id,
-                feed: feed.clone(),
-                bars: key.bars,
-                holds: Holds::one(),
-            },
-        );
-        feed
+    }
+
+    /// Carries out what Redis said of a series (SPEC 7): `Some(true)`, this instance owns it
+    /// now; `Some(false)`, another instance does; `None`, Redis could not say (down). False when
+    /// the series ended since (or ended and began again): a claim just made for it is the
+    /// caller's to let go.
+    fn settle(&self, key: &SeriesKey, generation: u64, verdict: Option<bool>) -> bool {
+        let Some(cluster) = self.inner.cluster.clone() else {
+            return false;
+        };
+        let mut guard = self.registry();
+        let registry = &mut *guard;
+        if registry
+            .series
+            .get(key)
+            .is_none_or(|e| e.generation != generation)
+        {
+            return false;
+        }
+        let Some(mut entry) = registry.series.remove(key) else {
+            return false;
+        };
+        let was = entry.source;
+        let now = match (was, verdict) {
+            (Source::Claiming | Source::Alone | Source::Relayed, Some(true)) => Source::Owner,
+            (Source::Claiming | Source::Alone | Source::Owner, Some(false)) => Source::Relayed,
+            (Source::Claiming | Source::Relayed, None) => Source::Alone,
+            (same, _) => same,
+        };
+        if now != was {
+            self.change_source(registry, &mut entry, now, &cluster);
+        }
+        registry.series.insert(key.clone(), entry);
+        true
+    }
+
+    /// Ends every series (a graceful stop): those this instance owns are handed off first, so
+    /// the instances relaying them take them over at once rather than after the lease; then
+    /// nothing is subscribed upstream any more and nothing is claimed.
+    pub async fn stop(&self) {
+        self.inner.leaving.store(true, Ordering::SeqCst);
+        let owned: Vec<(SeriesKey, String)> = {
+            let mut registry = self.registry();
+            registry
+                .series
+                .iter_mut()
+                .filter(|(_, e)| e.source == Source::Owner)
+                .map(|(k, e)| {
+                    // Handed off here, not again when it ends.
+                    e.source = Source::Alone;
+                    e.feed.publish_to(None);
+                    (k.clone(), e.token.clone())
+                })
+                .collect()
+        };
+        if let Some(cluster) = &self.inner.cluster {
+            for (key, token) in &owned {
+                cluster.hand_off_series_now(key, token).await;
+            }
+        }
+        let mut registry = self.registry();
+        let keys: Vec<SeriesKey> = registry.series.keys().cloned().collect();
+        for key in &keys {
+            self.end_series(&mut registry, key, "the service is stopping");
+        }
+        if !owned.is_empty() {
+            log::info!(
+                "shutdown: handed {} live series off to the cluster",
+                owned.len()
+            );
+        }
+    }
+
+    /// Whether series entry `generation` of `key` is still relayed.
+    fn relays(&self, key: &SeriesKey, generation: u64) -> bool {
+        self.registry()
+            .series
+            .get(key)
+            .is_some_and(|e| e.generation == generation && e.source == Source::Relayed)
+    }
+
+    /// Moves a series from one [`Source`] to another: subscribes or unsubscribes upstream,
+    /// starts or stops publishing, starts or stops relaying.
+    fn change_source(
+        &self,
+        registry: &mut Registry,
+        entry: &mut SeriesEntry,
+        now: Source,
+        cluster: &Cluster,
+    ) {
+        let feed = entry.feed.clone();
+        let (key, was) = (&feed.key, entry.source);
+        match was {
+            Source::Relayed => cluster.unrelay(key, entry.generation),
+            Source::Owner | Source::Alone if !now.is_upstream() => {
+                self.inner.pool.do_send(UnsubscribeLive { live: entry.id });
+            }
+            _ => {}
+        }
+        entry
+            .feed
+            .publish_to((now == Source::Owner).then(|| cluster.publisher(key)));
+        if now.is_upstream() && !was.is_upstream() {
+            self.subscribe(registry, entry);
+        }
+        if now == Source::Relayed {
+            let (live, cluster) = (self.clone(), cluster.clone());
+            let (key, feed, generation) = (key.clone(), feed.clone(), entry.generation);
+            actix_web::rt::spawn(async move {
+                if !cluster.relay(&key, feed, generation).await {
+                    live.settle(&key, generation, None);
+                } else if !live.relays(&key, generation) {
+                    // It ended, or changed source, while the stream was being read.
+                    cluster.unrelay(&key, generation);
+                }
+            });
+        }
+        entry.source = now;
+        let (symbol, resolution) = (&key.symbol, key.resolution.as_str());
+        match (was, now) {
+            (Source::Relayed, Source::Owner) => log::info!(
+                "live: {symbol} {resolution} taken over upstream (its owner let it go or stopped renewing)"
+            ),
+            (_, Source::Owner) => {
+                log::info!("live: {symbol} {resolution} owned here, published for the cluster")
+            }
+            (_, Source::Relayed) => {
+                log::info!("live: {symbol} {resolution} relayed from the instance that owns it")
+            }
+            (_, Source::Alone) => log::info!(
+                "live: {symbol} {resolution} subscribed upstream for this instance alone (Redis is down)"
+            ),
+            (_, Source::Claiming) => {}
+        }
     }
 
     fn hold_quote(&self, registry: &mut Registry, symbol: &Symbol) -> Arc<QuoteFeed> {
@@ -457,7 +669,17 @@ impl Live {
         let Some(entry) = registry.series.remove(key) else {
             return;
         };
-        self.inner.pool.do_send(UnsubscribeLive { live: entry.id });
+        if entry.source.is_upstream() {
+            self.inner.pool.do_send(UnsubscribeLive { live: entry.id });
+        }
+        if let Some(cluster) = &self.inner.cluster {
+            match entry.source {
+                Source::Owner => cluster.hand_off_series(key, &entry.token),
+                Source::Relayed => cluster.unrelay(key, entry.generation),
+                Source::Alone | Source::Claiming => {}
+            }
+            entry.feed.publish_to(None);
+        }
         let asked = entry.feed.asked_counts(entry.bars);
         // Charts of this series cached for other bar counts hold bars it has moved on from.
         self.inner
@@ -518,13 +740,57 @@ impl Live {
     pub fn stats(&self) -> LiveStats {
         let registry = self.registry();
         let c = &self.inner.counters;
+        let relayed = registry
+            .series
+            .values()
+            .filter(|e| e.source == Source::Relayed)
+            .count();
         LiveStats {
-            series: registry.series.len(),
+            series: registry.series.len() - relayed,
+            relayed,
             quotes: registry.quotes.len(),
             followers: registry.followers,
             updates_received: c.received.load(Ordering::Relaxed),
             updates_sent: c.sent.load(Ordering::Relaxed),
             conflated: c.conflated.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// With a cluster: claims or renews every series' ownership every third of the lease, and at once
+/// when an owner hands one off or the link goes up or down, then carries out the answers
+/// ([`Live::settle`]). Holds the registry only while working, so it ends with it.
+async fn upkeep(inner: std::sync::Weak<Inner>, cluster: Cluster) {
+    let mut every = tokio::time::interval(cluster.permit_lease() / 3);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut link = cluster.link_changes();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = cluster.handoffs().notified() => {}
+            changed = link.changed() => if changed.is_err() {
+                return;
+            },
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.leaving.load(Ordering::SeqCst) {
+            return;
+        }
+        let live = Live { inner };
+        let asked: Vec<(SeriesKey, u64, String)> = live
+            .registry()
+            .series
+            .iter()
+            .filter(|(_, e)| e.source != Source::Claiming)
+            .map(|(k, e)| (k.clone(), e.generation, e.token.clone()))
+            .collect();
+        for (key, generation, token) in asked {
+            let verdict = cluster.own_series(&key, &token).await;
+            if !live.settle(&key, generation, verdict) && verdict == Some(true) {
+                cluster.hand_off_series(&key, &token);
+            }
         }
     }
 }

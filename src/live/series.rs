@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::LiveCounters;
 use super::follower::{Followers, Inbox};
 use crate::charts::ChartFailure;
+use crate::cluster::live::{Entry, Publisher};
 use crate::domain::{Bar, BarCount, Chart, ChartMetadata, Resolution, Symbol};
 use crate::ready_chart::ReadyChart;
 
@@ -87,6 +88,9 @@ pub struct SeriesState {
     derived: Vec<(u16, u64, Arc<ReadyChart>)>,
     /// Streams following, each with its slot for this series.
     followers: Followers,
+    /// While this instance owns the series for the cluster: what its changes are published
+    /// through, for the other instances' relays.
+    tap: Option<Publisher>,
 }
 
 /// One live series. See the module documentation.
@@ -138,6 +142,7 @@ impl SeriesFeed {
                 seq: 0,
                 derived: Vec::new(),
                 followers: Followers::default(),
+                tap: None,
             }),
             counters,
             resume_window_secs: i64::try_from(resume_window.as_secs()).unwrap_or(i64::MAX / 2),
@@ -190,6 +195,7 @@ impl SeriesFeed {
         }));
         state.trim();
         state.seq = seq;
+        state.publish_snapshot();
         self.told(&state, changed)
     }
 
@@ -231,14 +237,39 @@ impl SeriesFeed {
         }
         let changed = state.bars.len() - from;
         state.trim();
+        let SeriesState {
+            tap,
+            bars: held,
+            metadata,
+            ..
+        } = &mut *state;
+        if let Some(tap) = tap {
+            tap.update(bars, || Entry::Snapshot {
+                bars: held.iter().map(|s| s.bar).collect(),
+                metadata: metadata.clone(),
+            });
+        }
         self.told(&state, changed)
     }
 
     /// The feed refused the series: followers are told, and drop it.
     pub fn fail(&self, failure: ChartFailure) {
         let mut state = self.lock();
+        if let Some(tap) = &mut state.tap {
+            tap.refused(failure.clone());
+        }
         state.phase = Phase::Failed(failure);
         state.tell(0);
+    }
+
+    /// Publishes the series' changes through `tap` from now on (this instance owns it for the
+    /// cluster), starting with every bar it holds when it is live; `None` stops publishing.
+    pub fn publish_to(&self, tap: Option<Publisher>) {
+        let mut state = self.lock();
+        state.tap = tap;
+        if state.phase == Phase::Live {
+            state.publish_snapshot();
+        }
     }
 
     /// Tells the followers of a change, counted as an update received when bars changed.
@@ -327,6 +358,16 @@ impl SeriesFeed {
 }
 
 impl SeriesState {
+    /// Publishes every bar, when the series is published.
+    fn publish_snapshot(&mut self) {
+        if let Some(tap) = &mut self.tap {
+            tap.snapshot(
+                self.bars.iter().map(|s| s.bar).collect(),
+                self.metadata.clone(),
+            );
+        }
+    }
+
     /// Drops the oldest bars beyond [`MAX_BARS`]; returns how many.
     fn trim(&mut self) -> usize {
         let over = self.bars.len().saturating_sub(MAX_BARS);
