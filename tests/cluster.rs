@@ -438,6 +438,20 @@ async fn nothing_secret_goes_to_redis_and_every_key_expires() {
         .get_json(&auth("/api/chart-data?symbol=NSE:TCS&barsFormat=columns"))
         .await;
     assert_eq!(status, 200);
+    // A live series owned by one instance and relayed by the other: its lock and stream too.
+    let live_path =
+        auth("/api/formula-results-with-charts?symbols=NSE:TCS&resolutions=1D&live=true");
+    let mut followers = Vec::new();
+    for app in &apps {
+        let mut follower = common::live::LiveStream::open(app.get(&live_path)).await;
+        follower.read_history().await;
+        followers.push(follower);
+    }
+    common::live::wait_until(WITHIN, "the series is shared", || async {
+        let s = (live_sources(&apps[0]).await, live_sources(&apps[1]).await);
+        (s == ((1, 0), (0, 1)), s)
+    })
+    .await;
     let (_, stats) = apps[1]
         .get_json(&format!("/api/connections/stats?access_token={API_TOKEN}"))
         .await;
@@ -448,6 +462,10 @@ async fn nothing_secret_goes_to_redis_and_every_key_expires() {
     assert!(
         keys.len() > 2,
         "charts, a formula and the members: {keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.starts_with("chartgate:live:stream:")),
+        "the live series' stream: {keys:?}"
     );
     for key in &keys {
         assert!(key.starts_with("chartgate:"), "{key}");
@@ -463,6 +481,10 @@ async fn nothing_secret_goes_to_redis_and_every_key_expires() {
             "zset" => {
                 let members: Vec<String> = conn.zrange(key, 0, -1).await.unwrap();
                 members.join(",")
+            }
+            "stream" => {
+                let entries: redis::streams::StreamRangeReply = conn.xrange_all(key).await.unwrap();
+                format!("{:?}", entries.ids)
             }
             other => panic!("{key}: unexpected type {other}"),
         };
@@ -1028,7 +1050,11 @@ async fn with_redis_down_each_instance_keeps_to_its_share_of_the_budget() {
 /// `live` of `app`'s stats: (series subscribed upstream here, series relayed from another
 /// instance).
 async fn live_sources(app: &TestApp) -> (u64, u64) {
-    let stats = app.conn_stats().await;
+    let token = app.settings.server.api_token.expose();
+    let (status, stats) = app
+        .get_json(&format!("/api/connections/stats?access_token={token}"))
+        .await;
+    assert_eq!(status, 200, "{stats}");
     let live = &stats["live"];
     (
         live["series"].as_u64().unwrap_or(u64::MAX),
@@ -1144,5 +1170,151 @@ async fn live_followers_on_two_instances_share_one_upstream_series_and_outlive_i
         "{:?}",
         relayed.view.out_of_order
     );
+    stop_all(apps).await;
+}
+
+/// The live ownership scripts on their own, against the real server: the first claim wins, the
+/// owner renews (the stream's expiry with it), nobody else can; a stranger's hand-off changes
+/// nothing; the owner's frees the lock and leaves an `h` entry on the stream for the relays; a
+/// lock whose owner stopped renewing is claimed by another once it expires.
+#[actix_web::test]
+async fn live_ownership_scripts_claim_renew_hand_off_and_expire() {
+    use chartgate::cluster::live;
+    use chartgate::live::SeriesKey;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let mut conn = redis.connect().await;
+    let key = SeriesKey {
+        symbol: "NSE:TCS".parse().unwrap(),
+        resolution: "1".parse().unwrap(),
+    };
+    let (owner_key, stream) = (keys::live_owner(&key), keys::live_stream(&key));
+    let (a, b) = (lock::new_token("a"), lock::new_token("b"));
+    let lease = Duration::from_secs(30);
+
+    assert!(live::own(&mut conn, &key, &a, lease).await.unwrap());
+    assert!(!live::own(&mut conn, &key, &b, lease).await.unwrap());
+    let holder: String = conn.get(&owner_key).await.unwrap();
+    assert_eq!(holder, a);
+    // The owner's renewal also renews the stream's expiry (twice the lease).
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("k")
+        .arg("u")
+        .arg("d")
+        .arg("[]")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(live::own(&mut conn, &key, &a, lease).await.unwrap());
+    let stream_ttl: i64 = conn.pttl(&stream).await.unwrap();
+    assert!(stream_ttl > 30_000 && stream_ttl <= 60_000, "{stream_ttl}");
+
+    assert!(!live::hand_off(&mut conn, &key, &b, lease).await.unwrap());
+    assert!(conn.exists::<_, bool>(&owner_key).await.unwrap());
+    assert!(live::hand_off(&mut conn, &key, &a, lease).await.unwrap());
+    assert!(!conn.exists::<_, bool>(&owner_key).await.unwrap());
+    let last: redis::streams::StreamRangeReply =
+        conn.xrevrange_count(&stream, "+", "-", 1).await.unwrap();
+    let kind: String = redis::from_redis_value_ref(&last.ids[0].map["k"]).unwrap();
+    assert_eq!(kind, "h", "the hand-off is on the stream");
+    assert!(live::own(&mut conn, &key, &b, lease).await.unwrap());
+
+    // An owner that stops renewing loses the series when its lease runs out.
+    let short = Duration::from_millis(100);
+    let c = lock::new_token("c");
+    assert!(live::hand_off(&mut conn, &key, &b, lease).await.unwrap());
+    assert!(live::own(&mut conn, &key, &a, short).await.unwrap());
+    assert!(!live::own(&mut conn, &key, &c, lease).await.unwrap());
+    // Redis's own expiry: paused time cannot move it.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(live::own(&mut conn, &key, &c, lease).await.unwrap());
+    assert!(
+        !live::own(&mut conn, &key, &a, lease).await.unwrap(),
+        "a lost it"
+    );
+}
+
+/// Reads each stream until two more bars of `id` have begun on it.
+async fn read_on(streams: &mut [common::live::LiveStream], id: &common::live::ChartId, what: &str) {
+    let appended = |s: &common::live::LiveStream| s.view.appended.get(id).copied().unwrap_or(0);
+    for stream in streams {
+        let before = appended(stream);
+        stream.read_until(what, |s| appended(s) >= before + 2).await;
+    }
+}
+
+/// Live followers on two instances, then Redis stops: the instance that relayed the series
+/// subscribes upstream itself (two series at the simulator) and both followers keep getting
+/// bars; Redis comes back: the two agree on one owner again (one series at the simulator, the
+/// other instance relaying) and both followers still get bars.
+#[actix_web::test]
+async fn with_redis_down_live_series_are_subscribed_by_each_and_shared_again_when_it_is_back() {
+    use common::live::{LIVE_WAIT, LiveStream, wait_until};
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = start_simulator(|s| {
+        s.faults.tick_ms = 50;
+        s.faults.time_scale = 600;
+    })
+    .await;
+    let apps = instances(2, &sim, &redis.url(), |s| s.manager.stale_after_secs = 3).await;
+    let id = ("NSE:INFY".to_string(), "1".to_string());
+    let token = apps[0].settings.server.api_token.expose().to_string();
+    let path = format!(
+        "/api/formula-results-with-charts?symbols=NSE:INFY&resolutions=1&bars=30&live=true&access_token={token}"
+    );
+    let mut streams = Vec::new();
+    for app in &apps {
+        let mut stream = LiveStream::open(app.get(&path)).await;
+        stream.read_history().await;
+        streams.push(stream);
+    }
+    let sources = || async {
+        let mut both = Vec::new();
+        for app in &apps {
+            both.push(live_sources(app).await);
+        }
+        both
+    };
+    let shared = |s: &Vec<(u64, u64)>| s.contains(&(1, 0)) && s.contains(&(0, 1));
+    wait_until(LIVE_WAIT, "one owner, one relay", || async {
+        let s = sources().await;
+        (shared(&s), s)
+    })
+    .await;
+    read_on(&mut streams, &id, "bars while shared").await;
+
+    redis.stop();
+    wait_until(LIVE_WAIT, "each subscribed upstream itself", || async {
+        let s = sources().await;
+        (s == vec![(1, 0), (1, 0)], s)
+    })
+    .await;
+    assert_eq!(sim.stats().live_series, 2);
+    read_on(&mut streams, &id, "bars with Redis down").await;
+
+    redis.restart();
+    wait_until(LIVE_WAIT, "one owner again", || async {
+        let s = sources().await;
+        (shared(&s), s)
+    })
+    .await;
+    wait_until(LIVE_WAIT, "one upstream series again", || async {
+        let n = sim.stats().live_series;
+        (n == 1, n)
+    })
+    .await;
+    read_on(&mut streams, &id, "bars once shared again").await;
+    for stream in &streams {
+        assert!(
+            stream.view.out_of_order.is_empty(),
+            "{:?}",
+            stream.view.out_of_order
+        );
+    }
     stop_all(apps).await;
 }
