@@ -1318,3 +1318,55 @@ async fn with_redis_down_live_series_are_subscribed_by_each_and_shared_again_whe
     }
     stop_all(apps).await;
 }
+
+/// A live series that ends on its owner leaves its last state in the shared tier: another
+/// instance, which never followed it, serves that state (newer than the history first fetched)
+/// without a fetch.
+#[actix_web::test]
+async fn a_live_series_that_ends_leaves_its_state_to_every_instance() {
+    use common::live::{LiveStream, bars_of};
+    let Some((_redis, sim, apps)) = cluster(
+        2,
+        |s| {
+            s.faults.tick_ms = 50;
+            s.faults.time_scale = 600;
+        },
+        |s| s.live.linger_secs = 0,
+    )
+    .await
+    else {
+        return;
+    };
+    let id = ("NSE:SBIN".to_string(), "1".to_string());
+    let token = apps[0].settings.server.api_token.expose().to_string();
+    let mut follower = LiveStream::open(apps[0].get(&format!(
+        "/api/formula-results-with-charts?symbols=NSE:SBIN&resolutions=1&bars=30&live=true&access_token={token}"
+    )))
+    .await;
+    follower.read_history().await;
+    let first = follower.view.charts[&id].last().expect("a history").time;
+    follower
+        .read_until("new bars", |s| {
+            s.view.appended.get(&id).copied().unwrap_or(0) >= 3
+        })
+        .await;
+    drop(follower);
+    common::live::wait_until(WITHIN, "the series ended", || async {
+        let s = live_sources(&apps[0]).await;
+        (s == (0, 0), s)
+    })
+    .await;
+    let served = sim.stats().series_served;
+    let (status, ended) = chart(&apps[0], "symbol=NSE:SBIN&resolution=1&bars=30").await;
+    assert_eq!(status, 200, "{ended}");
+    let (status, elsewhere) = chart(&apps[1], "symbol=NSE:SBIN&resolution=1&bars=30").await;
+    assert_eq!(status, 200, "{elsewhere}");
+    assert_eq!(sim.stats().series_served, served, "no fetch for either");
+    let bars = bars_of(&elsewhere["bars"]);
+    assert_eq!(bars, bars_of(&ended["bars"]), "the same state on both");
+    assert!(
+        bars.last().expect("bars").time >= first + 3 * 60,
+        "newer than the history"
+    );
+    stop_all(apps).await;
+}

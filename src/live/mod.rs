@@ -685,21 +685,27 @@ impl Live {
         self.inner
             .cache
             .forget_charts_of(&key.symbol, key.resolution, asked.clone());
+        // The instance that had it upstream also leaves its state in the cluster's shared tier
+        // (a relay's is the same, written by the owner).
+        let shared = self
+            .inner
+            .cluster
+            .as_ref()
+            .filter(|_| entry.source.is_upstream());
         for bars in asked {
-            let base = self.inner.cache.peek_chart(&ChartKey {
+            let cache_key = ChartKey {
                 symbol: key.symbol.clone(),
                 resolution: key.resolution,
                 bars,
-            });
+            };
+            let base = self.inner.cache.peek_chart(&cache_key);
             if let Some(chart) = entry
                 .feed
                 .chart(bars.get(), base.as_ref().map(|c| &c.chart))
             {
-                let cache_key = ChartKey {
-                    symbol: key.symbol.clone(),
-                    resolution: key.resolution,
-                    bars,
-                };
+                if let Some(cluster) = shared {
+                    cluster.store_chart(&cache_key, &chart);
+                }
                 self.inner.cache.insert_chart(cache_key, chart);
             }
         }
