@@ -26,6 +26,8 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 
+use super::millis;
+
 /// KEYS: the permit set. ARGV: the permit id, the limit, the lease in ms. Answers `{1, count}`
 /// when granted (the count of live permits, this one included) or `{0, ms}` when refused, `ms`
 /// the time until the earliest permit lapses. A permit already held is renewed and granted.
@@ -88,10 +90,6 @@ pub enum Grant {
 /// A permit's id: the instance and its pool's connection.
 pub fn permit_id(instance_id: &str, conn: u64) -> String {
     format!("{instance_id}:{conn}")
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Takes the permit `id` for `lease` if fewer than `limit` are live.

@@ -28,7 +28,7 @@ use redis::{AsyncConnectionConfig, RedisResult, Script};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
-use super::{COMMAND_TIMEOUT, Cluster, keys};
+use super::{COMMAND_TIMEOUT, Cluster, keys, millis};
 use crate::charts::ChartFailure;
 use crate::domain::{Bar, ChartMetadata};
 use crate::live::{SeriesFeed, SeriesKey};
@@ -211,10 +211,6 @@ struct Relay {
 /// The relays of this instance, by stream key.
 #[derive(Default)]
 pub(super) struct Relays(HashMap<String, Relay>);
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
 
 /// Runs [`OWN`]: true when `token` owns the series now.
 pub async fn own<C: ConnectionLike>(

@@ -14,6 +14,8 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 
+use super::millis;
+
 /// Takes the lock (`{1, ttl}`), or says how long the current holder's lock still runs
 /// (`{0, pttl}`; `pttl` -2 when it vanished in between). A lock found without an expiry (not one
 /// chartgate made: set by hand) is given one, so nothing can hold a chart's fetch forever.
@@ -74,10 +76,6 @@ pub enum Claim {
 /// operator who holds it).
 pub fn new_token(instance_id: &str) -> String {
     format!("{instance_id}:{:032x}", rand::random::<u128>())
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// `SET NX PX` with `token`; on failure, the holder's remaining time.

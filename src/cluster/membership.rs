@@ -13,6 +13,7 @@ use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script};
 
 use super::keys::MEMBERS;
+use super::millis;
 
 /// Announces `ARGV[1]` until `ARGV[2]` ms from now, drops expired members, keeps the set itself
 /// expiring with its longest-lived member (a short announcement never shortens it), and answers
@@ -39,10 +40,6 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 const LEAVE: &str = r"
 return redis.call('ZREM', KEYS[1], ARGV[1])
 ";
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
 
 /// Announces `instance_id` for `ttl`; the number of live instances, this one included.
 pub async fn announce<C: ConnectionLike>(

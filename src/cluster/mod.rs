@@ -56,6 +56,12 @@ use self::link::{Announce, Link, Next};
 /// How long connecting (the announcement and the subscription) may take, and one command.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A duration in whole milliseconds, at least 1, as Redis's `PX`/`PEXPIRE` and the scripts take
+/// them.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 /// `"cluster"` in `/api/connections/stats` (SPEC 3.4), present when `cluster.redis_url` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -70,7 +70,7 @@ impl Cluster {
             return;
         };
         let key = keys::formula(id);
-        let ttl = u64::try_from(self.cache_ttl().as_millis()).unwrap_or(u64::MAX);
+        let ttl = super::millis(self.cache_ttl());
         self.run_detached(move |mut conn| async move {
             redis::cmd("SET")
                 .arg(key)
