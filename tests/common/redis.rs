@@ -1,6 +1,7 @@
 //! A real `redis-server` for the tests (Debian's, which `.ci/run` installs): started on a free
 //! loopback port in a temporary directory with persistence off, stopped when dropped; it can be
-//! stopped and started again on the same port to test an outage.
+//! stopped and started again on the same port to test an outage; with TLS (`rediss://`) on a
+//! self-signed certificate made for the run, when asked.
 //!
 //! Shared by the test binaries (`mod common;`); not every binary uses every helper.
 #![allow(dead_code)]
@@ -21,6 +22,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct RedisServer {
     pub port: u16,
     password: Option<String>,
+    /// Serving TLS only, with `cert.pem` and `key.pem` in `dir`.
+    tls: bool,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -46,24 +49,42 @@ impl RedisServer {
     /// A server with no password; `None` when `redis-server` is not installed (see
     /// [`redis_server_binary`]).
     pub fn start() -> Option<RedisServer> {
-        Self::start_with(None)
+        Self::start_with(None, false)
     }
 
     /// A server that requires `password` (`requirepass`).
     pub fn start_with_password(password: &str) -> Option<RedisServer> {
-        Self::start_with(Some(password.to_string()))
+        Self::start_with(Some(password.to_string()), false)
     }
 
-    fn start_with(password: Option<String>) -> Option<RedisServer> {
+    /// A server that requires `password` and speaks only TLS, on a certificate for `127.0.0.1`
+    /// signed by itself ([`RedisServer::ca_file`]).
+    pub fn start_tls(password: &str) -> Option<RedisServer> {
+        Self::start_with(Some(password.to_string()), true)
+    }
+
+    fn start_with(password: Option<String>, tls: bool) -> Option<RedisServer> {
         redis_server_binary()?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
+        let server_dir = tempfile::tempdir().expect("a temporary directory");
+        if tls {
+            let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()])
+                .expect("a self-signed certificate");
+            std::fs::write(server_dir.path().join("cert.pem"), made.cert.pem()).unwrap();
+            std::fs::write(
+                server_dir.path().join("key.pem"),
+                made.key_pair.serialize_pem(),
+            )
+            .unwrap();
+        }
         let mut server = RedisServer {
             port,
             password,
-            dir: tempfile::tempdir().expect("a temporary directory"),
+            tls,
+            dir: server_dir,
             child: None,
         };
         server.run();
@@ -73,8 +94,18 @@ impl RedisServer {
     /// Starts the process and waits for its "Ready to accept connections" line.
     fn run(&mut self) {
         let mut command = Command::new(REDIS_SERVER);
+        if self.tls {
+            command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(self.ca_file())
+                .arg("--tls-key-file")
+                .arg(self.dir.path().join("key.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.args(["--port", &self.port.to_string()]);
+        }
         command
-            .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -108,12 +139,18 @@ impl RedisServer {
         self.child = Some(child);
     }
 
-    /// `redis://127.0.0.1:PORT` (with the password, when there is one).
+    /// `redis://127.0.0.1:PORT` (`rediss://` with TLS; with the password, when there is one).
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {
-            Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(password) => format!("{scheme}://:{password}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
+    }
+
+    /// The certificate a TLS server serves, which is its own CA: what a client must trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
     }
 
     /// Stops the server (SIGKILL: an outage, not a goodbye) and waits for it to exit.
@@ -132,7 +169,19 @@ impl RedisServer {
 
     /// A connection for the test to look at what chartgate stored.
     pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
+        let client = if self.tls {
+            let ca = std::fs::read(self.ca_file()).expect("the server's certificate");
+            redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca),
+                },
+            )
+        } else {
+            redis::Client::open(self.url())
+        };
+        client
             .expect("a Redis URL")
             .get_multiplexed_async_connection()
             .await
