@@ -549,6 +549,13 @@ async fn the_live_owner_killed_followers_on_the_other_process_see_no_gap() {
         stream.view.out_of_order
     );
     assert!(stream.view.strays.is_empty(), "{:?}", stream.view.strays);
+    // And among them, every minute since the owner died has its bar.
+    for id in &charts {
+        let since = stream.view.appended[id] - appended + 1;
+        for w in stream.view.newest(id, since).windows(2) {
+            assert_eq!(w[1].time - w[0].time, 60, "{id:?}: no bar missing");
+        }
+    }
 
     let survivor = &pair.procs[follower];
     let n = charts.len() as u64;
