@@ -1,8 +1,8 @@
 //! Several `chartgate serve` processes (the binary, as operators run it) as one service (SPEC 7),
 //! sharing one `redis-server` and one simulator that the test runs in-process: fetches made once
-//! across processes, a stream resumed on another process after a SIGKILL with nothing lost and
-//! the dead process's permits returning, live series shared across processes and taken over
-//! when their owner is killed.
+//! across processes, a stream resumed on another process after its client cut it or its process
+//! was killed (SIGKILL) with nothing lost and the dead process's permits returning, live series
+//! shared across processes and taken over when their owner is killed.
 //!
 //! Waits poll a state with a deadline; nothing is timed by sleeping.
 
