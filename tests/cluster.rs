@@ -25,6 +25,7 @@ use chartgate::cluster::lock::{self, Claim, Finish};
 use chartgate::cluster::membership;
 use common::app::{TestApp, spawn_app_on, start_simulator};
 use common::redis::RedisServer;
+use common::serve::ServeProcess;
 
 /// How long a condition may take to hold before the test fails.
 const WITHIN: Duration = Duration::from_secs(20);
@@ -495,96 +496,36 @@ async fn nothing_secret_goes_to_redis_and_every_key_expires() {
     stop_all(apps).await;
 }
 
-/// A plain HTTP/1.1 GET to a `chartgate serve` process: the status line and the body.
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the service");
-    stream.set_read_timeout(Some(WITHIN)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
-}
-
-/// Polls the process's stats until `"redis"` is `want`, every 25 ms for at most [`WITHIN`] (counted
-/// in polls: this test has no runtime clock).
-fn wait_redis_state(addr: &str, want: &str) {
-    let polls = WITHIN.as_millis() / 25;
-    for _ in 0..polls {
-        let (_, body) = http_get(addr, "/api/connections/stats");
-        if body.contains(&format!("\"redis\":\"{want}\"")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let (_, body) = http_get(addr, "/api/connections/stats");
-    panic!("stats never said redis {want}: {body}");
-}
-
 #[test]
 fn the_binary_with_a_redis_password_never_logs_it_and_says_down_and_back_once() {
-    use std::io::{BufRead, BufReader, Read};
-    use std::process::{Command, Stdio};
     const PASSWORD: &str = "pw-for-the-log-test-77";
     let Some(mut redis) = RedisServer::start_with_password(PASSWORD) else {
         return;
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chartgate"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("RUST_LOG", "debug")
-        .env("CHARTGATE__CLUSTER__REDIS_URL", redis.url())
-        .env("CHARTGATE__CLUSTER__INSTANCE_ID", "proc-a")
-        .env("CHARTGATE__MANAGER__RECONNECT_BACKOFF_MS", "50")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chartgate serve");
-    // Debug logging is plentiful: read it all along, so the process never blocks on the pipe.
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr_pipe.read_to_string(&mut text);
-        text
-    });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("the URL line");
-    let addr = line
-        .trim()
-        .strip_prefix("chartgate: listening on http://")
-        .and_then(|rest| rest.strip_suffix('/'))
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    // Debug logging is plentiful: the helper reads it all along, so the process never blocks.
+    let serve = ServeProcess::start(
+        "proc-a",
+        [
+            ("RUST_LOG", "debug".to_string()),
+            ("CHARTGATE__CLUSTER__REDIS_URL", redis.url()),
+            ("CHARTGATE__CLUSTER__INSTANCE_ID", "proc-a".to_string()),
+            ("CHARTGATE__MANAGER__RECONNECT_BACKOFF_MS", "50".to_string()),
+        ],
+    );
 
-    wait_redis_state(&addr, "ok");
-    let (status, body) = http_get(&addr, "/api/chart-data?symbol=NSE:TCS");
+    serve.wait_redis_state("ok");
+    let (status, body) = serve.get("/api/chart-data?symbol=NSE:TCS");
     assert!(status.contains("200"), "{status} {body}");
     redis.stop();
-    wait_redis_state(&addr, "down");
-    let (status, _) = http_get(&addr, "/api/chart-data?symbol=NSE:INFY");
+    serve.wait_redis_state("down");
+    let (status, _) = serve.get("/api/chart-data?symbol=NSE:INFY");
     assert!(status.contains("200"), "served with Redis down: {status}");
     redis.restart();
-    wait_redis_state(&addr, "ok");
-    let (_, stats) = http_get(&addr, "/api/connections/stats");
+    serve.wait_redis_state("ok");
+    let (_, stats) = serve.get("/api/connections/stats");
     assert!(!stats.contains(PASSWORD));
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = child.wait().expect("chartgate exits");
-    let stderr = stderr.join().unwrap();
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    let stderr = serve.stop();
     assert!(
         !stderr.contains(PASSWORD),
         "the password was logged:\n{stderr}"

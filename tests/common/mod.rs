@@ -5,3 +5,4 @@ pub mod feed;
 pub mod live;
 pub mod pool;
 pub mod redis;
+pub mod serve;
