@@ -1316,3 +1316,64 @@ async fn a_live_series_that_ends_leaves_its_state_to_every_instance() {
     );
     stop_all(apps).await;
 }
+
+/// `rediss://` with a password: the binary joins a TLS-only Redis whose CA it is given
+/// (`SSL_CERT_FILE`, read by the system trust store loader), and its fetch lands in Redis;
+/// without that CA it refuses the server's certificate, says Redis is down, and serves anyway.
+/// The password shows in neither log.
+#[actix_web::test]
+async fn the_binary_joins_redis_over_tls_only_when_it_trusts_the_certificate() {
+    const PASSWORD: &str = "tls-pw-for-the-test-3c1";
+    let Some(redis) = RedisServer::start_tls(PASSWORD) else {
+        return;
+    };
+    let env = |trust: Option<String>| {
+        let mut env = vec![
+            ("CHARTGATE__CLUSTER__REDIS_URL", redis.url()),
+            ("CHARTGATE__MANAGER__RECONNECT_BACKOFF_MS", "50".to_string()),
+        ];
+        if let Some(ca) = trust {
+            env.push(("SSL_CERT_FILE", ca));
+        }
+        env
+    };
+    let ca = redis.ca_file().display().to_string();
+    let trusting = ServeProcess::start("proc-tls", env(Some(ca)));
+    trusting.wait_redis_state("ok");
+    let (status, body) = trusting.get("/api/chart-data?symbol=NSE:TCS&bars=20");
+    assert!(status.contains("200"), "{status} {body}");
+    let conn = redis.connect().await;
+    common::live::wait_until(WITHIN, "the chart is in Redis", || {
+        let mut conn = conn.clone();
+        async move {
+            let keys: Vec<String> = conn
+                .keys("chartgate:chart:{NSE:TCS:1D:20}:*")
+                .await
+                .unwrap();
+            (keys.len() == 2, keys)
+        }
+    })
+    .await;
+
+    let doubting = ServeProcess::start("proc-untrusting", env(None));
+    let deadline = Instant::now() + WITHIN;
+    while !doubting.log().contains("is down") {
+        assert!(
+            Instant::now() < deadline,
+            "never said down:\n{}",
+            doubting.log()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_, stats) = doubting.get("/api/connections/stats");
+    assert!(stats.contains("\"redis\":\"down\""), "{stats}");
+    let (status, _) = doubting.get("/api/chart-data?symbol=NSE:INFY&bars=20");
+    assert!(
+        status.contains("200"),
+        "served with Redis unreachable: {status}"
+    );
+    for log in [trusting.stop(), doubting.stop()] {
+        assert!(!log.contains(PASSWORD), "the password was logged:\n{log}");
+        assert!(log.contains("rediss://:***@127.0.0.1"), "{log}");
+    }
+}
