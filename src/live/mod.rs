@@ -816,3 +816,63 @@ fn series_key(key: &ChartKey) -> SeriesKey {
         resolution: key.resolution,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::UpstreamTarget;
+    use actix::Actor;
+
+    /// A registry whose pool points at a closed port: it subscribes nothing, which the linger
+    /// timer does not care about.
+    fn registry(linger_secs: u64) -> Live {
+        let mut settings = Settings::default();
+        settings.live.linger_secs = linger_secs;
+        let metrics = Metrics::new();
+        let target = UpstreamTarget {
+            feed_url: "ws://127.0.0.1:9/socket.io/websocket".into(),
+            token_url: "http://127.0.0.1:9/chart/".into(),
+        };
+        let pool = Pool::new(Arc::new(settings.clone()), target, &metrics).start();
+        let cache = Arc::new(Cache::new(&settings.cache, &metrics));
+        Live::new(&settings, pool, cache, None, &metrics)
+    }
+
+    fn key() -> ChartKey {
+        ChartKey {
+            symbol: "NSE:TCS".parse().unwrap(),
+            resolution: crate::domain::Resolution::Day,
+            bars: BarCount::new(50).unwrap(),
+        }
+    }
+
+    /// In paused time: a series outlives its last follower by `live.linger_secs`; taken up again
+    /// meanwhile it is the same series, and the first idle spell's timer does not end it; it
+    /// ends a whole linger after its last follower left.
+    #[actix_web::test]
+    async fn a_series_lingers_after_its_last_follower_then_ends() {
+        tokio::time::pause();
+        let live = registry(30);
+        let first = live.follow(&[key()], &[]).unwrap();
+        assert_eq!((live.stats().series, live.stats().followers), (1, 1));
+        drop(first);
+        assert_eq!((live.stats().series, live.stats().followers), (1, 0));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let again = live.follow(&[key()], &[]).unwrap();
+        assert_eq!(
+            live.stats().series,
+            1,
+            "the lingering series, not a new one"
+        );
+        drop(again);
+        // The first spell's timer fires at 30 s: the series is idle again, but since 20 s.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(live.stats().series, 1, "still lingering at 35 s");
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        assert_eq!(
+            live.stats().series,
+            0,
+            "ended 30 s after the last follower left"
+        );
+    }
+}
