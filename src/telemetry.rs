@@ -17,7 +17,7 @@ const BUCKETS: [f64; 12] = [
 
 /// The metrics operators rely on: name, kind, help text. All are registered at zero when the
 /// registry is made, so a dashboard sees every series from the first scrape.
-const DESCRIBED: [(&str, Kind, &str); 17] = [
+const DESCRIBED: [(&str, Kind, &str); 18] = [
     (
         "chartgate_http_requests_total",
         Kind::Counter,
@@ -73,6 +73,11 @@ const DESCRIBED: [(&str, Kind, &str); 17] = [
         "chartgate_live_series",
         Kind::Gauge,
         "live series subscribed upstream (lingering ones included)",
+    ),
+    (
+        "chartgate_live_relayed",
+        Kind::Gauge,
+        "live series followed through another instance's upstream subscription (a cluster)",
     ),
     (
         "chartgate_live_followers",

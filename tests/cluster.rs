@@ -1045,6 +1045,10 @@ async fn live_followers_on_two_instances_share_one_upstream_series_and_outlive_i
         (s == (0, 1), s)
     })
     .await;
+    let metrics = apps[1].metrics().await;
+    for line in ["chartgate_live_series 0", "chartgate_live_relayed 1"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     let appended = |s: &LiveStream| s.view.appended.get(&id).copied().unwrap_or(0);
     let (a0, r0) = (appended(&owners), appended(&relayed));
     owners

@@ -251,6 +251,16 @@ struct Registry {
     followers: usize,
 }
 
+impl Registry {
+    /// Series followed through another instance's upstream subscription.
+    fn relayed(&self) -> usize {
+        self.series
+            .values()
+            .filter(|e| e.source == Source::Relayed)
+            .count()
+    }
+}
+
 struct Inner {
     linger: Duration,
     /// `live.resume_window_secs`.
@@ -265,6 +275,7 @@ struct Inner {
     leaving: std::sync::atomic::AtomicBool,
     counters: Arc<LiveCounters>,
     series_gauge: metrics::Gauge,
+    relayed_gauge: metrics::Gauge,
     followers_gauge: metrics::Gauge,
 }
 
@@ -298,6 +309,7 @@ impl Live {
                 leaving: std::sync::atomic::AtomicBool::new(false),
                 counters: Arc::new(LiveCounters::new(metrics)),
                 series_gauge: metrics.gauge("chartgate_live_series"),
+                relayed_gauge: metrics.gauge("chartgate_live_relayed"),
                 followers_gauge: metrics.gauge("chartgate_live_followers"),
             }),
         };
@@ -375,7 +387,7 @@ impl Live {
         }
         registry.followers += 1;
         self.inner.followers_gauge.set(registry.followers as f64);
-        self.inner.series_gauge.set(registry.series.len() as f64);
+        self.count_series(&registry);
         drop(registry);
         Ok(Follower::new(
             held,
@@ -483,11 +495,24 @@ impl Live {
             (Source::Claiming | Source::Relayed, None) => Source::Alone,
             (same, _) => same,
         };
-        if now != was {
+        let changed = now != was;
+        if changed {
             self.change_source(registry, &mut entry, now, &cluster);
         }
         registry.series.insert(key.clone(), entry);
+        if changed {
+            self.count_series(registry);
+        }
         true
+    }
+
+    /// Sets the series gauges: subscribed upstream here (or about to be), and relayed.
+    fn count_series(&self, registry: &Registry) {
+        let relayed = registry.relayed();
+        self.inner
+            .series_gauge
+            .set((registry.series.len() - relayed) as f64);
+        self.inner.relayed_gauge.set(relayed as f64);
     }
 
     /// Ends every series (a graceful stop): those this instance owns are handed off first, so
@@ -709,7 +734,7 @@ impl Live {
                 self.inner.cache.insert_chart(cache_key, chart);
             }
         }
-        self.inner.series_gauge.set(registry.series.len() as f64);
+        self.count_series(registry);
         log::info!(
             "live: {} {} ended, {why} (live series: {})",
             key.symbol,
@@ -746,11 +771,7 @@ impl Live {
     pub fn stats(&self) -> LiveStats {
         let registry = self.registry();
         let c = &self.inner.counters;
-        let relayed = registry
-            .series
-            .values()
-            .filter(|e| e.source == Source::Relayed)
-            .count();
+        let relayed = registry.relayed();
         LiveStats {
             series: registry.series.len() - relayed,
             relayed,
