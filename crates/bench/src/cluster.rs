@@ -17,8 +17,11 @@
 //!    scripts are counted by Redis too; the breakdown by command is in the notes.
 //! 4. **Losing an instance.** Live streams on A, A killed with SIGKILL, each stream resumed on B
 //!    with its `Last-Event-ID` as soon as its connection broke: the time from the kill until every
-//!    stream had its next live event on B, and until A's permits had lapsed from
-//!    `chartgate:permits` (and A from `chartgate:instances`), polled in Redis's own clock.
+//!    stream had its next live event on B (beside the same streams opened fresh on C), and until
+//!    A's permits had lapsed from `chartgate:permits` (and A from `chartgate:instances`), polled
+//!    in Redis's own clock. Then history streams cut while A was fetching their second batch:
+//!    B waits for A's fetch locks to expire (`upstream.request_timeout_ms`) and fetches the
+//!    charts itself; the time from the kill to each stream's next batch on B.
 
 use std::collections::BTreeMap;
 use std::path::Path;
