@@ -36,7 +36,7 @@ use serde_json::json;
 use chartgate::cluster::keys;
 
 use crate::live::{self, Held};
-use crate::load::{LiveSpec, LoadClient, StreamSpec};
+use crate::load::{LiveSpec, LoadClient, StreamResult, StreamSpec};
 use crate::procs::{self, Latency, Proc, Service, Simulator};
 use crate::report::{Report, Row, median, ms, percentile};
 use crate::scenarios::{self, Ctx};
@@ -509,6 +509,11 @@ struct FanOutRun {
     cpu_us: u64,
     first_p50: f64,
     redis: Net,
+    /// Per instance (A, B, C): fetches it made (`cache.misses`) and the upstream connections it
+    /// had open at the end.
+    split: Vec<(u64, u64)>,
+    /// Per instance streamed to: its streams' completion, median and last (ms).
+    completes: Vec<(f64, f64)>,
 }
 
 /// Part 2: the fan-out scenario on A alone, then round-robin over the three.
@@ -519,7 +524,7 @@ async fn fan_out(
     sim: &Simulator,
 ) -> Result<(), String> {
     let streams = if ctx.quick { 100 } else { 1000 };
-    let rounds = if ctx.quick { 1 } else { 2 };
+    let rounds = if ctx.quick { 1 } else { 3 };
     let lat = scenarios::profile(ctx);
     sim.set_latency(lat).await?;
     let (mut one, mut three) = (Vec::new(), Vec::new());
@@ -580,6 +585,34 @@ async fn fan_out(
             breakdown(&r.redis.per_unit)
         ));
     }
+    for (name, runs) in [("all on A", &one), ("spread", &three)] {
+        let each: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                let (fetches, conns): (Vec<String>, Vec<String>) = r
+                    .split
+                    .iter()
+                    .map(|(f, c)| (f.to_string(), c.to_string()))
+                    .unzip();
+                let done: Vec<String> = r
+                    .completes
+                    .iter()
+                    .map(|(p50, last)| format!("{p50:.0}/{last:.0}"))
+                    .collect();
+                format!(
+                    "{:.0} ms (fetches {}, connections {}, streams complete p50/last {} ms)",
+                    r.wall,
+                    fetches.join("/"),
+                    conns.join("/"),
+                    done.join(", ")
+                )
+            })
+            .collect();
+        report.note(format!(
+            "fan-out runs, {name}, per instance A/B/C: {}",
+            each.join("; ")
+        ));
+    }
     report.detail(
         "fan_out",
         json!({
@@ -608,20 +641,55 @@ async fn fan_out_run(
     let nodes = start_instances(ctx, sim, redis, tag, &[]).await?;
     let client = LoadClient::new(&nodes[0].base, ctx.client_threads);
     let bases: Vec<Arc<str>> = nodes.iter().map(|n| Arc::from(n.base.as_str())).collect();
-    let specs = (0..streams)
-        .map(|i| StreamSpec {
-            base: Some(bases[if spread { i % bases.len() } else { 0 }].clone()),
-            ..scenarios::formula_spec()
+    // Stream i goes to instance i mod 3 (or to A); each instance's streams are run as a group,
+    // all groups at once, so that their results stay apart.
+    let used = if spread { bases.len() } else { 1 };
+    let groups: Vec<Vec<StreamSpec>> = (0..used)
+        .map(|n| {
+            (n..streams)
+                .step_by(used)
+                .map(|_| StreamSpec {
+                    base: Some(bases[n].clone()),
+                    ..scenarios::formula_spec()
+                })
+                .collect()
         })
         .collect();
     let served = sim.series_served().await?;
     let commands = redis.commands().await?;
     let cpu = cpu_us(&nodes);
-    let (results, wall) = scenarios::run_many(&client, specs, streams).await;
+    let started = Instant::now();
+    let per_node = futures_util::future::join_all(groups.into_iter().map(|g| {
+        let n = g.len();
+        scenarios::run_many(&client, g, n)
+    }))
+    .await;
+    let wall = started.elapsed();
     let cpu = cpu_us(&nodes).saturating_sub(cpu);
+    // Per instance: the median and the last of its streams' completions.
+    let completes: Vec<(f64, f64)> = per_node
+        .iter()
+        .map(|(results, _)| {
+            let done: Vec<f64> = results
+                .iter()
+                .filter_map(|r| r.complete_at.map(ms))
+                .collect();
+            (median(&done), percentile(&done, 100.0))
+        })
+        .collect();
+    let results: Vec<StreamResult> = per_node.into_iter().flat_map(|(r, _)| r).collect();
     let served = sim.series_served().await? - served;
     // The fan-out's Redis traffic dwarfs the renewals; none subtracted.
     let redis = Net::measure(redis, &commands, &Commands::new(), 0.0, streams).await?;
+    let mut split = Vec::new();
+    for node in &nodes {
+        let stats = node.stats().await?;
+        let count = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        split.push((
+            count(&stats["cache"]["misses"]),
+            count(&stats["pool"]["openConnections"]),
+        ));
+    }
     let (failed, first_error) = scenarios::failures(&results);
     drop(client);
     stop_instances(nodes, sim).await?;
@@ -642,6 +710,8 @@ async fn fan_out_run(
         cpu_us: cpu,
         first_p50: median(&firsts),
         redis,
+        split,
+        completes,
     })
 }
 
