@@ -516,6 +516,9 @@ struct FanOutRun {
     completes: Vec<(f64, f64)>,
 }
 
+/// A figure of the fan-out runs: its name, unit, and how it is read off a run.
+type FanOutFigure = (&'static str, &'static str, fn(&FanOutRun) -> f64);
+
 /// Part 2: the fan-out scenario on A alone, then round-robin over the three.
 async fn fan_out(
     ctx: &Ctx,
@@ -543,7 +546,7 @@ async fn fan_out(
     };
     let distinct = (scenarios::FORMULA_STOCKS * 2) as u64;
     // Spread against all on A, figure by figure.
-    let figures: [(&str, &'static str, fn(&FanOutRun) -> f64); 4] = [
+    let figures: [FanOutFigure; 4] = [
         (
             "fan-out wall, streams round-robin over A, B, C",
             "ms",
