@@ -1053,7 +1053,7 @@ async fn losing_history(
         "",
     ));
     report.note(format!(
-        "losing (history): {streams} streams of {} charts (1D, 300 bars) on A, the first {half} of each cached in Redis beforehand, A SIGKILLed {} ms after formula-results while it fetched the rest (series latency {series_ms} ms, upstream.request_timeout_ms {request_timeout_ms}: the fetch locks' lifetime), each stream resumed on B by its Last-Event-ID",
+        "losing (history): {streams} streams of {} charts (1D, 300 bars) on A, the first {half} of each cached in Redis beforehand, A SIGKILLed {} ms after formula-results while it fetched the rest (series latency {series_ms} ms, upstream.request_timeout_ms {request_timeout_ms}: the fetch locks' lifetime; budget 30, so B need not wait for A's permits), each stream resumed on B by its Last-Event-ID",
         half * 2,
         lat.connect_ms + series_ms / 3
     ));
