@@ -66,7 +66,7 @@ const SAMPLE_BITS: u32 = 3;
 
 /// `NSE:` and the simulator's tickers in its order, then its synthetic ones (as its screens
 /// append them), `charts` in all.
-fn symbols(charts: usize) -> Vec<String> {
+pub(crate) fn symbols(charts: usize) -> Vec<String> {
     let mut out: Vec<String> = chartgate_simulator::tickers::NSE_TICKERS
         .iter()
         .take(charts)
@@ -81,7 +81,7 @@ fn symbols(charts: usize) -> Vec<String> {
 }
 
 /// Percent-encodes a symbol for a query (`M&M`).
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b":._-".contains(&b) {
@@ -225,16 +225,16 @@ async fn align(grid: Grid, after: Duration) {
 }
 
 /// Streams held open until their hold is released.
-struct Held {
+pub(crate) struct Held {
     hold: watch::Sender<bool>,
     pending: Vec<LocalBoxFuture<'static, StreamResult>>,
-    opened: usize,
-    open_time: Duration,
+    pub opened: usize,
+    pub open_time: Duration,
 }
 
 impl Held {
     /// Hangs every stream up; their results.
-    async fn release(self) -> Vec<StreamResult> {
+    pub async fn release(self) -> Vec<StreamResult> {
         let _ = self.hold.send(true);
         futures_util::future::join_all(self.pending).await
     }
@@ -242,7 +242,7 @@ impl Held {
 
 /// Opens `specs`, at most [`MAX_OPENING`] waiting for their first live event at once, and
 /// waits until each has had it or failed (or `deadline` passed).
-async fn open(client: &LoadClient, specs: Vec<StreamSpec>, deadline: Duration) -> Held {
+pub(crate) async fn open(client: &LoadClient, specs: Vec<StreamSpec>, deadline: Duration) -> Held {
     let (hold, hold_rx) = watch::channel(false);
     let (open_tx, mut open_rx) = mpsc::unbounded_channel();
     let total = specs.len();
@@ -285,7 +285,7 @@ async fn open(client: &LoadClient, specs: Vec<StreamSpec>, deadline: Duration) -
     }
 }
 
-fn live_spec(path: String, live: LiveSpec) -> StreamSpec {
+pub(crate) fn live_spec(path: String, live: LiveSpec) -> StreamSpec {
     StreamSpec {
         path,
         live: Some(live),
@@ -1076,14 +1076,9 @@ pub async fn resume(ctx: &Ctx) -> Result<Report, String> {
 
     // Followers that will reconnect: live for a few ticks, then gone for `gap`.
     let specs = (0..n)
-        .map(|i| {
-            live_spec(
-                screens.path(i),
-                LiveSpec {
-                    keep_id: true,
-                    ..LiveSpec::default()
-                },
-            )
+        .map(|i| StreamSpec {
+            keep_id: true,
+            ..live_spec(screens.path(i), LiveSpec::default())
         })
         .collect();
     let first = open(&client, specs, Duration::from_secs(120)).await;

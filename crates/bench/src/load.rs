@@ -9,6 +9,7 @@
 //! their arrival times into its [`Tally`], which [`LoadClient::collect`] takes.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -30,6 +31,9 @@ use crate::tally::{Tally, unix_ns};
 pub struct StreamSpec {
     /// Path and query, e.g. `/api/formula-results-with-charts?formula=largecaps`.
     pub path: String,
+    /// The service to ask (`http://127.0.0.1:PORT`) when not the client's own (several
+    /// instances).
+    pub base: Option<Arc<str>>,
     /// Keep reading until this turns `true`, then hang up (idle streams).
     pub hold: Option<watch::Receiver<bool>>,
     /// Told `true` when the first event (`formula-results`) arrived, `false` when the stream
@@ -41,6 +45,8 @@ pub struct StreamSpec {
     pub stop_after_first: bool,
     /// Extra request header lines, each ending in CRLF (e.g. `last-event-id: ...\r\n`).
     pub headers: String,
+    /// Keep the id of the last event (for a resume).
+    pub keep_id: bool,
     /// A live stream (`live=true`): its live events are counted and sampled, and `opened` is told
     /// at its first live event instead of at `formula-results`.
     pub live: Option<LiveSpec>,
@@ -51,8 +57,6 @@ pub struct StreamSpec {
 pub struct LiveSpec {
     /// The group its events are counted in ([`crate::tally::GROUPS`]).
     pub group: u8,
-    /// Keep the id of the last event (for a resume).
-    pub keep_id: bool,
     /// Count the live events that arrive within this long of the first one.
     pub burst: Option<Duration>,
     /// Read slowly.
@@ -75,6 +79,8 @@ pub struct StreamResult {
     pub head: Option<Duration>,
     /// Request start to the `formula-results` event parsed.
     pub first_event: Option<Duration>,
+    /// Request start to the first `chart-batch` event parsed.
+    pub first_batch: Option<Duration>,
     /// Request start to the `complete` event parsed.
     pub complete_at: Option<Duration>,
     pub total: Duration,
@@ -101,7 +107,7 @@ pub struct StreamResult {
     pub first_live: Option<Duration>,
     /// Live events within [`LiveSpec::burst`] of the first.
     pub burst_events: u64,
-    /// The id of the last event (with [`LiveSpec::keep_id`]).
+    /// The id of the last event (with [`StreamSpec::keep_id`]).
     pub last_id: Option<String>,
 }
 
@@ -114,8 +120,9 @@ impl StreamResult {
 /// Bytes a stream reads before letting the thread's other streams run.
 const YIELD_AFTER_BYTES: usize = 64 * 1024;
 
-/// A thread's kept-alive connections, waiting for their next request.
-type Idle = Rc<RefCell<Vec<Conn>>>;
+/// A thread's kept-alive connections, waiting for their next request, by host (streams of one
+/// client may go to several instances).
+type Idle = Rc<RefCell<HashMap<String, Vec<Conn>>>>;
 
 /// A thread's live record, shared by its streams.
 type SharedTally = Rc<RefCell<Tally>>;
@@ -165,7 +172,7 @@ impl LoadClient {
         let (reply, rx) = oneshot::channel();
         let n = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         let job = Job::Stream {
-            base: self.base.clone(),
+            base: spec.base.clone().unwrap_or_else(|| self.base.clone()),
             spec,
             reply,
         };
@@ -279,7 +286,10 @@ async fn run(idle: &Idle, tally: &SharedTally, base: &str, spec: StreamSpec) -> 
             res.head = Some(started.elapsed());
             if let Some(conn) = read_body(conn, &head, &rest, spec, started, tally, &mut res).await
             {
-                idle.borrow_mut().push(conn.served());
+                idle.borrow_mut()
+                    .entry(host.to_string())
+                    .or_default()
+                    .push(conn.served());
             }
         }
         Err(e) => res.error = Some(e),
@@ -306,7 +316,7 @@ async fn request(
         let pooled = if rcvbuf.is_some() {
             None
         } else {
-            idle.borrow_mut().pop()
+            idle.borrow_mut().get_mut(host).and_then(Vec::pop)
         };
         let mut conn = match (pooled, rcvbuf) {
             (Some(conn), _) => conn,
@@ -401,7 +411,7 @@ async fn read_body(
     let mut opened = OpenedSignal(spec.opened);
     let live = spec.live;
     let mut stream = StreamReader {
-        scanner: Scanner::keeping_ids(live.as_ref().is_some_and(|l| l.keep_id)),
+        scanner: Scanner::keeping_ids(spec.keep_id),
         events: Vec::new(),
         body,
         stamp: live.is_some(),
@@ -545,7 +555,10 @@ fn on_event(
                 res.released = true;
             }
         }
-        Kind::ChartBatch => res.batches += 1,
+        Kind::ChartBatch => {
+            res.batches += 1;
+            res.first_batch.get_or_insert_with(|| started.elapsed());
+        }
         Kind::Complete => {
             res.complete_at = Some(started.elapsed());
             if let Ok(v) = serde_json::from_str::<Value>(data) {

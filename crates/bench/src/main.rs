@@ -18,6 +18,7 @@
 // The harness measures wall time across processes, where no clock is paused.
 #![allow(clippy::disallowed_types)]
 
+mod cluster;
 mod codec;
 mod http1;
 mod live;
@@ -59,6 +60,9 @@ enum Scenario {
     LiveSlow,
     /// Reconnecting a live stream with Last-Event-ID, beside fresh streams.
     LiveResume,
+    /// Three instances and one Redis: shared-cache hits, fan-out spread over the three, Redis
+    /// commands per chart, losing an instance.
+    Cluster,
 }
 
 #[derive(Debug, Parser)]
@@ -207,6 +211,7 @@ fn main() -> ExitCode {
         Scenario::LiveFanout,
         Scenario::LiveSlow,
         Scenario::LiveResume,
+        Scenario::Cluster,
     ];
     let chosen: Vec<Scenario> = match cli.scenario {
         Scenario::All => order.to_vec(),
@@ -227,6 +232,7 @@ fn main() -> ExitCode {
                 Scenario::LiveFanout => live::fanout(&ctx).await,
                 Scenario::LiveSlow => live::slow(&ctx).await,
                 Scenario::LiveResume => live::resume(&ctx).await,
+                Scenario::Cluster => cluster::cluster(&ctx).await,
                 Scenario::All => unreachable!("expanded above"),
             };
             match result {

@@ -30,13 +30,13 @@ pub struct Ctx {
 
 const STREAM: &str = "/api/formula-results-with-charts";
 /// The 150-stock demo formula (`config::DEMO_FORMULAS`) and the two resolutions of the issue.
-const FORMULA: &str = "largecaps";
-const FORMULA_STOCKS: usize = 150;
-const RESOLUTIONS: &str = "1W,1D";
+pub(crate) const FORMULA: &str = "largecaps";
+pub(crate) const FORMULA_STOCKS: usize = 150;
+pub(crate) const RESOLUTIONS: &str = "1W,1D";
 
 /// The latency profile of the real capture: connect plus auth 300 ms, a series answer 400 ms;
 /// scaled down by 5 in `--quick`. `series_concurrency` is the pool's `requests_per_connection`.
-fn profile(ctx: &Ctx) -> Latency {
+pub(crate) fn profile(ctx: &Ctx) -> Latency {
     if ctx.quick {
         Latency {
             connect_ms: 60,
@@ -52,7 +52,7 @@ fn profile(ctx: &Ctx) -> Latency {
     }
 }
 
-fn formula_spec() -> StreamSpec {
+pub(crate) fn formula_spec() -> StreamSpec {
     StreamSpec {
         path: format!("{STREAM}?formula={FORMULA}&resolutions={RESOLUTIONS}"),
         ..StreamSpec::default()
@@ -91,7 +91,7 @@ async fn run_clients(
 }
 
 /// Runs `specs` with at most `concurrency` streams open at once.
-async fn run_many(
+pub(crate) async fn run_many(
     client: &LoadClient,
     specs: Vec<StreamSpec>,
     concurrency: usize,
@@ -105,7 +105,7 @@ async fn run_many(
     (results, started.elapsed())
 }
 
-fn failures(results: &[StreamResult]) -> (usize, Option<String>) {
+pub(crate) fn failures(results: &[StreamResult]) -> (usize, Option<String>) {
     let failed: Vec<&StreamResult> = results.iter().filter(|r| !r.completed()).collect();
     (failed.len(), failed.first().and_then(|r| r.error.clone()))
 }
@@ -154,7 +154,7 @@ fn cpu_rows(report: &mut Report, before: &Cpu, after: &Cpu, wall: Duration) {
 }
 
 /// Waits until the simulator has no feed connection open (or 10 s pass).
-async fn wait_connections_closed(sim: &Simulator) -> Result<(), String> {
+pub(crate) async fn wait_connections_closed(sim: &Simulator) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let open = sim.stats().await?["connectionsOpen"].as_u64().unwrap_or(0);
