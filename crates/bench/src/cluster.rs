@@ -17,9 +17,10 @@
 //!    scripts are counted by Redis too; the breakdown by command is in the notes.
 //! 4. **Losing an instance.** Live streams on A, A killed with SIGKILL, each stream resumed on B
 //!    with its `Last-Event-ID` as soon as its connection broke: the time from the kill until every
-//!    stream had its next live event on B (beside the same streams opened fresh on C), and until
-//!    A's permits had lapsed from `chartgate:permits` (and A from `chartgate:instances`), polled
-//!    in Redis's own clock. Then history streams cut while A was fetching their second batch:
+//!    stream had its next live event on B (beside the same streams opened on C, which relays A's
+//!    series), until B and C between them had taken A's live series over upstream (its ownership
+//!    lapsed), and until A's permits had lapsed from `chartgate:permits` (and A from
+//!    `chartgate:instances`), polled in Redis's own clock. Then history streams cut while A was fetching their second batch:
 //!    B waits for A's fetch locks to expire (`upstream.request_timeout_ms`) and fetches the
 //!    charts itself; the time from the kill to each stream's next batch on B.
 
@@ -790,7 +791,30 @@ fn symbols_path(symbols: &[String], bars: usize, live: bool) -> String {
     )
 }
 
-/// Part 4: live streams on A, A killed, the streams resumed on B; A's permits lapsing.
+/// Polls the stats of `nodes` every 10 ms until they subscribe `charts` live series upstream
+/// between them (A's series, taken over once its ownership lapsed); an error after 60 s.
+async fn taken_over(nodes: &[Arc<str>], charts: usize) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut upstream = 0;
+        for base in nodes {
+            let stats = procs::http_json(&format!("{base}/api/connections/stats"), None).await?;
+            upstream += stats["live"]["series"].as_u64().unwrap_or(0) as usize;
+        }
+        if upstream >= charts {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{upstream} of {charts} live series taken over within 60 s"
+            ));
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Part 4: live streams on A, A killed, the streams resumed on B; A's live series taken over and
+/// its permits lapsing.
 async fn losing(
     ctx: &Ctx,
     report: &mut Report,
@@ -828,7 +852,7 @@ async fn losing(
         })
         .collect();
     let on_a = open_all(&client, specs, "live streams on A").await?;
-    // The reference: the same streams opened fresh on C, cold like B, with no failure.
+    // The reference: the same streams opened on C, with no failure (C relays A's series).
     let c: Arc<str> = nodes[2].base.as_str().into();
     let specs = (0..streams)
         .map(|i| StreamSpec {
@@ -842,6 +866,7 @@ async fn losing(
     // Past the service's 1 s resume margin after the series' first answers.
     sleep(Duration::from_secs(2)).await;
     let before = nodes[1].stats().await?;
+    let charts = streams * per_stream;
     let killed = kill_a(redis, &mut nodes, on_a, |ids| {
         let specs = (0..streams)
             .map(|i| StreamSpec {
@@ -850,13 +875,21 @@ async fn losing(
                 ..live::live_spec(path(i), LiveSpec::default())
             })
             .collect();
-        live::open(&client, specs, Duration::from_secs(60))
+        let resumed = live::open(&client, specs, Duration::from_secs(60));
+        let others = [b.clone(), c.clone()];
+        async move {
+            let started = Instant::now();
+            let (resumed, taken) = futures_util::join!(resumed, taken_over(&others, charts));
+            (resumed, taken.map(|()| started.elapsed()))
+        }
     })
     .await?;
+    let (resumed, taken) = killed.resumed;
+    let taken_ms = ms(killed.asked + taken?);
     let after = nodes[1].stats().await?;
-    let all_resumed = killed.asked + killed.resumed.open_time;
-    let resumed_opened = killed.resumed.opened;
-    let results = killed.resumed.release().await;
+    let all_resumed = killed.asked + resumed.open_time;
+    let resumed_opened = resumed.opened;
+    let results = resumed.release().await;
     drop(client);
     stop_instances(nodes.split_off(1), sim).await?;
 
@@ -876,8 +909,15 @@ async fn losing(
         "kill of A to every live stream's next event on B",
         ms(all_resumed),
         "ms",
-        "the same streams fresh on C (cold)",
+        "the same streams opened on C (relaying A's series)",
         ms(fresh_on_c),
+    ));
+    report.row(Row::versus(
+        "kill of A to its live series taken over by B or C",
+        taken_ms,
+        "ms",
+        "manager.stale_after_secs",
+        (STALE_AFTER_SECS * 1000) as f64,
     ));
     report.row(Row::info(
         "kill of A to a live stream's next event on B, p50",
@@ -935,6 +975,7 @@ async fn losing(
         json!({
             "streams": streams,
             "next_event_ms": next,
+            "taken_over_ms": taken_ms,
             "asked_ms": ms(killed.asked),
             "permits_ms": killed.lapse.permits_ms,
             "member_ms": killed.lapse.member_ms,
