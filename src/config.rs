@@ -265,7 +265,7 @@ impl Default for LiveSettings {
 
 /// Several instances as one service (SPEC 7): where their shared state lives, and this instance's
 /// name among them. With `redis_url` empty nothing of this applies.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSettings {
     /// `redis://[:password@]host[:port][/db]`, or `rediss://` for TLS. Empty: one instance, all
@@ -278,6 +278,20 @@ pub struct ClusterSettings {
     /// Upstream connections allowed across all instances; 0: the token's `max_connections` claim,
     /// else `pool.max_connections`.
     pub max_upstream_connections: usize,
+    /// How long a live series' owner holds it without renewing (renewed every third of it): the
+    /// longest its updates pause when the owner dies, before another instance takes it over.
+    pub live_lease_secs: u64,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            redis_url: Secret::default(),
+            instance_id: String::new(),
+            max_upstream_connections: 0,
+            live_lease_secs: 5,
+        }
+    }
 }
 
 impl ClusterSettings {
@@ -476,7 +490,7 @@ impl Settings {
                 reason: reason.into(),
             })
         };
-        let positive: [(&str, u64); 14] = [
+        let positive: [(&str, u64); 15] = [
             (
                 "upstream.connect_timeout_ms",
                 self.upstream.connect_timeout_ms,
@@ -509,6 +523,7 @@ impl Settings {
                 self.live.series_per_connection as u64,
             ),
             ("live.resume_window_secs", self.live.resume_window_secs),
+            ("cluster.live_lease_secs", self.cluster.live_lease_secs),
         ];
         for (key, value) in positive {
             if value == 0 {

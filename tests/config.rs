@@ -266,6 +266,10 @@ fn cluster_keys_parse_and_the_redis_password_stays_secret() {
             "[cluster]\nmax_upstream_connections = -1\n",
             "cluster.max_upstream_connections",
         ),
+        (
+            "[cluster]\nlive_lease_secs = 0\n",
+            "cluster.live_lease_secs",
+        ),
     ] {
         let err = load(bad).unwrap_err().to_string();
         assert!(err.contains(key), "{bad}: {err}");

@@ -4,7 +4,7 @@
 //! registry's ([`crate::live`]).
 //!
 //! - **Ownership** is an owner-checked expiring lock per series (`chartgate:live:owner:{SYM:RES}`),
-//!   claimed or renewed by one script every third of [`Cluster::permit_lease`]: an owner that dies
+//!   claimed or renewed by one script every third of `cluster.live_lease_secs`: an owner that dies
 //!   stops renewing, and another instance following the chart claims it after at most one lease.
 //! - **The stream** (`chartgate:live:stream:{SYM:RES}`, a Redis stream capped near
 //!   [`STREAM_LEN`] entries, expiring unless the owner renews it) carries the owner's updates in
@@ -290,14 +290,14 @@ impl Cluster {
     /// when this instance owns it now, `Some(false)` when another does, `None` when Redis cannot
     /// say (down).
     pub(crate) async fn own_series(&self, key: &SeriesKey, token: &str) -> Option<bool> {
-        let (key, token, lease) = (key.clone(), token.to_string(), self.permit_lease());
+        let (key, token, lease) = (key.clone(), token.to_string(), self.live_lease());
         self.run(|mut conn| async move { own(&mut conn, &key, &token, lease).await })
             .await
     }
 
     /// Lets the series go, if `token` still owns it, telling its relays to claim it.
     pub(crate) fn hand_off_series(&self, key: &SeriesKey, token: &str) {
-        let (key, token, lease) = (key.clone(), token.to_string(), self.permit_lease());
+        let (key, token, lease) = (key.clone(), token.to_string(), self.live_lease());
         self.run_detached(move |mut conn| async move {
             hand_off(&mut conn, &key, &token, lease).await?;
             Ok(())
@@ -306,7 +306,7 @@ impl Cluster {
 
     /// [`Cluster::hand_off_series`], waited for (at most [`COMMAND_TIMEOUT`]).
     pub(crate) async fn hand_off_series_now(&self, key: &SeriesKey, token: &str) {
-        let (key, token, lease) = (key.clone(), token.to_string(), self.permit_lease());
+        let (key, token, lease) = (key.clone(), token.to_string(), self.live_lease());
         let _ = tokio::time::timeout(
             COMMAND_TIMEOUT,
             self.run(|mut conn| async move { hand_off(&mut conn, &key, &token, lease).await }),
@@ -407,7 +407,7 @@ impl Cluster {
     /// expiry renewed with its entries. Entries given while Redis is down are dropped (the
     /// relays subscribe upstream themselves then).
     pub(super) async fn publish(self, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
-        let ttl = millis(stream_ttl(self.permit_lease()));
+        let ttl = millis(stream_ttl(self.live_lease()));
         let mut batch = Vec::with_capacity(PUBLISH_BATCH);
         while rx.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
             if !self.is_up() {

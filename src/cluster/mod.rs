@@ -134,6 +134,8 @@ struct Inner {
     lock_ttl: Duration,
     /// Membership announcements' lifetime (renewed every third of it).
     member_ttl: Duration,
+    /// `cluster.live_lease_secs`: a live series' ownership lifetime (renewed every third of it).
+    live_lease: Duration,
     /// The permits this instance holds (granted in Redis, or locally while it was down), renewed
     /// every third of their lease.
     permits: Mutex<HashSet<String>>,
@@ -268,6 +270,7 @@ impl Cluster {
             cache_ttl: Duration::from_secs(settings.cache.ttl_secs.max(1)),
             lock_ttl: Duration::from_millis(settings.upstream.request_timeout_ms.max(1)),
             member_ttl: Duration::from_secs(settings.manager.stale_after_secs.max(3)),
+            live_lease: Duration::from_secs(cluster.live_lease_secs.max(1)),
             permits: Mutex::default(),
             waiters: Mutex::default(),
             trouble: Notify::new(),
@@ -347,6 +350,11 @@ impl Cluster {
     /// membership's lifetime, renewed with it.
     pub(crate) fn permit_lease(&self) -> Duration {
         self.0.member_ttl
+    }
+
+    /// How long a live series' owner holds it unless renewed: `cluster.live_lease_secs`.
+    pub(crate) fn live_lease(&self) -> Duration {
+        self.0.live_lease
     }
 
     /// Asks Redis for the permit of this instance's connection `conn`, within `limit` permits

@@ -788,7 +788,7 @@ impl Live {
 /// when an owner hands one off or the link goes up or down, then carries out the answers
 /// ([`Live::settle`]). Holds the registry only while working, so it ends with it.
 async fn upkeep(inner: std::sync::Weak<Inner>, cluster: Cluster) {
-    let mut every = tokio::time::interval(cluster.permit_lease() / 3);
+    let mut every = tokio::time::interval(cluster.live_lease() / 3);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut link = cluster.link_changes();
     loop {

@@ -46,7 +46,8 @@ use crate::scenarios::{self, Ctx};
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 /// The instances' ids; A is the first.
 const INSTANCES: [&str; 3] = ["cbench-a", "cbench-b", "cbench-c"];
-/// `manager.stale_after_secs`: the permits' and the membership's lease (its minimum in a cluster).
+/// `manager.stale_after_secs`: the permits' and the membership's lease (its minimum in a cluster);
+/// `cluster.live_lease_secs` too, live ownership's.
 const STALE_AFTER_SECS: u64 = 3;
 
 // ------------------------------------------------------------------------------------------------
@@ -253,6 +254,7 @@ async fn start_instances(
             ("cluster.redis_url", redis.url.clone()),
             ("cluster.instance_id", id.to_string()),
             ("manager.stale_after_secs", STALE_AFTER_SECS.to_string()),
+            ("cluster.live_lease_secs", STALE_AFTER_SECS.to_string()),
         ];
         overrides.extend(extra.iter().cloned());
         let node =
@@ -916,7 +918,7 @@ async fn losing(
         "kill of A to its live series taken over by B or C",
         taken_ms,
         "ms",
-        "manager.stale_after_secs",
+        "cluster.live_lease_secs",
         (STALE_AFTER_SECS * 1000) as f64,
     ));
     report.row(Row::info(
