@@ -19,7 +19,8 @@
 //! - [`live`]: live series and quotes (`live=true`): one upstream subscription per chart, shared
 //!   by every follower, conflation per follower, the cache kept as updated live.
 //! - [`cluster`]: several instances as one service (`cluster.redis_url`): the Redis link's
-//!   supervision, membership, the shared cache tier, single flight across instances.
+//!   supervision, membership, the shared cache tier, single flight across instances, the upstream
+//!   connection budget, one live series per chart in the cluster (owner, stream, relays).
 //! - [`manager`]: the lease manager actor: refcounted leases, the idle timer that closes the pool,
 //!   the periodic health check.
 //! - [`telemetry`]: one Prometheus registry per running chartgate.
