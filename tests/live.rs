@@ -456,7 +456,8 @@ async fn a_series_lingers_after_its_last_follower_then_ends() {
 /// for while it was (more bars than it held, and fewer).
 #[actix_web::test]
 async fn after_a_series_ends_every_cached_bar_count_has_its_live_bars() {
-    let app = live_app(50, 600, |s| s.live.linger_secs = 1).await;
+    // No linger: the series ends as its follower leaves (lingering is tested above).
+    let app = live_app(50, 600, |s| s.live.linger_secs = 0).await;
     let tcs = ("NSE:TCS".to_string(), "1".to_string());
     for bars in [500, 50] {
         service_chart(&app, &tcs, bars).await;

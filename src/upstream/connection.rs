@@ -38,18 +38,14 @@ use crate::config::{Secret, Settings};
 use crate::domain::{BarCount, Chart, ChartMetadata, Resolution, Symbol};
 use crate::live::{LiveId, LiveTarget, QuoteFeed, SeriesFeed};
 use crate::ready_chart::ReadyChart;
-use chartgate_protocol::client::SymbolSpec;
+// The series id and turnaround of every chart session (constant: each fetch and each live series
+// has a session of its own).
+use chartgate_protocol::client::{SERIES_ID, TURNAROUND};
 use chartgate_protocol::server::{IndexedBar, into_ascending};
 use chartgate_protocol::{ClientMessage, Packet, ServerMessage, decode_message, encode_packet};
 
 /// A desktop browser's `User-Agent`: the feed treats other clients with suspicion.
 pub const USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
-
-/// Series, turnaround and symbol ids inside a fetch's chart session. Constant because each fetch
-/// has a session of its own.
-const SERIES_ID: &str = "sds_1";
-const TURNAROUND: &str = "s1";
-const SYMBOL_ID: &str = "sds_sym_1";
 
 /// The feed URL with `from=chart&type=chart` added when the query lacks them.
 pub fn feed_url(base: &str) -> String {
@@ -478,11 +474,11 @@ impl Connection {
         match target {
             LiveTarget::Series { feed, bars } => {
                 let session = new_session_id();
-                let messages = series_request(
+                let messages = ClientMessage::chart_series(
                     &session,
-                    &feed.key.symbol,
+                    feed.key.symbol.as_str(),
                     feed.key.resolution.as_str(),
-                    bars,
+                    u32::from(bars.get()),
                 );
                 self.live_ids.insert(live, session.clone());
                 self.live_sessions.insert(
@@ -895,7 +891,12 @@ impl Handler<StartFetch> for Connection {
         let timer = ctx.run_later(timeout, move |act, ctx| {
             act.finish(&timer_session, |_| Err(FetchError::Timeout), ctx);
         });
-        let messages = series_request(&session, &msg.symbol, &msg.feed_resolution, msg.bars);
+        let messages = ClientMessage::chart_series(
+            &session,
+            msg.symbol.as_str(),
+            &msg.feed_resolution,
+            u32::from(msg.bars.get()),
+        );
         self.sessions.insert(
             session,
             FetchState {
@@ -937,39 +938,6 @@ impl Handler<Shutdown> for Connection {
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         self.fail(EndReason::Closed, ctx);
     }
-}
-
-/// The messages that ask for a chart in a new chart session: create it, resolve the symbol,
-/// create the series.
-fn series_request(
-    session: &str,
-    symbol: &Symbol,
-    resolution: &str,
-    bars: BarCount,
-) -> [ClientMessage; 3] {
-    [
-        ClientMessage::ChartCreateSession {
-            session: session.to_string(),
-        },
-        ClientMessage::ResolveSymbol {
-            session: session.to_string(),
-            symbol_id: SYMBOL_ID.into(),
-            spec: SymbolSpec {
-                adjustment: Some("splits".into()),
-                session: None,
-                symbol: symbol.to_string(),
-            },
-        },
-        ClientMessage::CreateSeries {
-            session: session.to_string(),
-            series_id: SERIES_ID.into(),
-            turnaround: TURNAROUND.into(),
-            symbol_id: SYMBOL_ID.into(),
-            resolution: resolution.to_string(),
-            count: u32::from(bars.get()),
-            range: String::new(),
-        },
-    ]
 }
 
 /// `cs_` and twelve random letters and digits, as the browser does.

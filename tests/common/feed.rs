@@ -9,7 +9,7 @@ use std::time::Duration;
 use awc::ws::{Frame, Message};
 use futures_util::{SinkExt, StreamExt};
 
-use chartgate_protocol::client::{ClientMessage, SymbolSpec};
+use chartgate_protocol::client::ClientMessage;
 use chartgate_protocol::{
     Bar, Packet, ServerMessage, decode_message, encode_heartbeat, encode_packet,
 };
@@ -37,32 +37,12 @@ pub async fn sim_history(
         .expect("connect to the simulator's feed");
     let (mut sink, mut stream) = framed.split();
     let session = "cs_testhistory";
-    let calls = [
-        ClientMessage::SetAuthToken {
-            token: "unauthorized_user_token".into(),
-        },
-        ClientMessage::ChartCreateSession {
-            session: session.into(),
-        },
-        ClientMessage::ResolveSymbol {
-            session: session.into(),
-            symbol_id: "sds_sym_1".into(),
-            spec: SymbolSpec {
-                adjustment: Some("splits".into()),
-                session: None,
-                symbol: symbol.into(),
-            },
-        },
-        ClientMessage::CreateSeries {
-            session: session.into(),
-            series_id: "sds_1".into(),
-            turnaround: "s1".into(),
-            symbol_id: "sds_sym_1".into(),
-            resolution: resolution.into(),
-            count,
-            range: String::new(),
-        },
-    ];
+    let mut calls = vec![ClientMessage::SetAuthToken {
+        token: "unauthorized_user_token".into(),
+    }];
+    calls.extend(ClientMessage::chart_series(
+        session, symbol, resolution, count,
+    ));
     let mut text = String::new();
     for call in &calls {
         encode_packet(&call.to_payload(), &mut text);
@@ -174,29 +154,7 @@ pub async fn keep_live(feed_url: &str, origin: &str, charts: &[(String, String)]
     }];
     let sessions: Vec<String> = (0..charts.len()).map(|n| format!("cs_keeper{n}")).collect();
     for (session, (symbol, resolution)) in sessions.iter().zip(charts) {
-        calls.extend([
-            ClientMessage::ChartCreateSession {
-                session: session.clone(),
-            },
-            ClientMessage::ResolveSymbol {
-                session: session.clone(),
-                symbol_id: "sds_sym_1".into(),
-                spec: SymbolSpec {
-                    adjustment: Some("splits".into()),
-                    session: None,
-                    symbol: symbol.clone(),
-                },
-            },
-            ClientMessage::CreateSeries {
-                session: session.clone(),
-                series_id: "sds_1".into(),
-                turnaround: "s1".into(),
-                symbol_id: "sds_sym_1".into(),
-                resolution: resolution.clone(),
-                count: 10,
-                range: String::new(),
-            },
-        ]);
+        calls.extend(ClientMessage::chart_series(session, symbol, resolution, 10));
     }
     let mut text = String::new();
     for call in &calls {

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use awc::ws::{self, Frame};
-use chartgate_protocol::client::{ClientMessage, SymbolSpec};
+use chartgate_protocol::client::ClientMessage;
 use chartgate_protocol::framing::{Packet, decode_message, encode_heartbeat, encode_packet};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::oneshot;
@@ -110,33 +110,15 @@ async fn follow(url: &str, record: &Mutex<Vec<Arrival>>) -> Result<(), String> {
         .connect()
         .await
         .map_err(|e| format!("connect {url}: {e}"))?;
-    let session = "cs_benchprobe01".to_string();
-    let hello = [
-        ClientMessage::SetAuthToken {
-            token: "unauthorized_user_token".into(),
-        },
-        ClientMessage::ChartCreateSession {
-            session: session.clone(),
-        },
-        ClientMessage::ResolveSymbol {
-            session: session.clone(),
-            symbol_id: "sds_sym_1".into(),
-            spec: SymbolSpec {
-                adjustment: Some("splits".into()),
-                session: None,
-                symbol: PROBE_SYMBOL.into(),
-            },
-        },
-        ClientMessage::CreateSeries {
-            session,
-            series_id: "sds_1".into(),
-            turnaround: "s1".into(),
-            symbol_id: "sds_sym_1".into(),
-            resolution: "1D".into(),
-            count: 10,
-            range: String::new(),
-        },
-    ];
+    let mut hello = vec![ClientMessage::SetAuthToken {
+        token: "unauthorized_user_token".into(),
+    }];
+    hello.extend(ClientMessage::chart_series(
+        "cs_benchprobe01",
+        PROBE_SYMBOL,
+        "1D",
+        10,
+    ));
     let mut text = String::new();
     for m in &hello {
         encode_packet(&m.to_payload(), &mut text);

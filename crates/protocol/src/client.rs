@@ -208,7 +208,48 @@ pub enum ClientDecodeError {
     InvalidParameters { method: String },
 }
 
+/// The ids chartgate's client gives a chart session's one symbol and one series, and the
+/// turnaround its `create_series` asks for (the browser's own choices). Constant: each chart
+/// session carries one series.
+pub const SYMBOL_ID: &str = "sds_sym_1";
+pub const SERIES_ID: &str = "sds_1";
+pub const TURNAROUND: &str = "s1";
+
 impl ClientMessage {
+    /// The three calls that ask a new chart session for `count` bars of `symbol` at
+    /// `resolution`, with split adjustment, as chartgate's client (and the browser) sends them
+    /// in one message: `chart_create_session`, `resolve_symbol`, `create_series`.
+    pub fn chart_series(
+        session: &str,
+        symbol: &str,
+        resolution: &str,
+        count: u32,
+    ) -> [ClientMessage; 3] {
+        [
+            ClientMessage::ChartCreateSession {
+                session: session.into(),
+            },
+            ClientMessage::ResolveSymbol {
+                session: session.into(),
+                symbol_id: SYMBOL_ID.into(),
+                spec: SymbolSpec {
+                    adjustment: Some("splits".into()),
+                    session: None,
+                    symbol: symbol.into(),
+                },
+            },
+            ClientMessage::CreateSeries {
+                session: session.into(),
+                series_id: SERIES_ID.into(),
+                turnaround: TURNAROUND.into(),
+                symbol_id: SYMBOL_ID.into(),
+                resolution: resolution.into(),
+                count,
+                range: String::new(),
+            },
+        ]
+    }
+
     /// The method name on the wire.
     pub fn name(&self) -> &str {
         match self {
@@ -490,5 +531,27 @@ mod tests {
             token: "eyJsecret".into(),
         };
         assert!(!format!("{msg:?}").contains("eyJ"));
+    }
+
+    /// The ids and the series' parameters are the browser's, as in the real capture
+    /// (`create_series ["cs_...","sds_1","s1","sds_sym_1","1D",300,""]`).
+    #[test]
+    fn a_chart_series_asks_as_the_browser_does() {
+        let [create, resolve, series] = ClientMessage::chart_series("cs_x", "NSE:TCS", "1D", 300);
+        assert_eq!(
+            create.to_payload(),
+            r#"{"m":"chart_create_session","p":["cs_x",""]}"#
+        );
+        assert!(
+            resolve
+                .to_payload()
+                .starts_with(r#"{"m":"resolve_symbol","p":["cs_x","sds_sym_1","#),
+            "{}",
+            resolve.to_payload()
+        );
+        assert_eq!(
+            series.to_payload(),
+            r#"{"m":"create_series","p":["cs_x","sds_1","s1","sds_sym_1","1D",300,""]}"#
+        );
     }
 }

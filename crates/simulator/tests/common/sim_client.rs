@@ -10,7 +10,7 @@ use std::time::Duration;
 use awc::ws::{CloseReason, Frame, Message};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 
-use chartgate_protocol::client::{ClientMessage, SymbolSpec};
+use chartgate_protocol::client::ClientMessage;
 use chartgate_protocol::{Packet, ServerMessage, decode_message, encode_heartbeat, encode_packet};
 
 type WsSink = Pin<Box<dyn Sink<Message, Error = awc::error::WsProtocolError>>>;
@@ -277,27 +277,5 @@ pub fn chart_calls(
     resolution: &str,
     count: u32,
 ) -> Vec<ClientMessage> {
-    vec![
-        ClientMessage::ChartCreateSession {
-            session: session.into(),
-        },
-        ClientMessage::ResolveSymbol {
-            session: session.into(),
-            symbol_id: "sds_sym_1".into(),
-            spec: SymbolSpec {
-                adjustment: Some("splits".into()),
-                session: None,
-                symbol: symbol.into(),
-            },
-        },
-        ClientMessage::CreateSeries {
-            session: session.into(),
-            series_id: "sds_1".into(),
-            turnaround: "s1".into(),
-            symbol_id: "sds_sym_1".into(),
-            resolution: resolution.into(),
-            count,
-            range: String::new(),
-        },
-    ]
+    ClientMessage::chart_series(session, symbol, resolution, count).to_vec()
 }
