@@ -1194,8 +1194,9 @@ async fn read_on(streams: &mut [common::live::LiveStream], id: &common::live::Ch
 
 /// Live followers on two instances, then Redis stops: the instance that relayed the series
 /// subscribes upstream itself (two series at the simulator) and both followers keep getting
-/// bars; Redis comes back: the two agree on one owner again (one series at the simulator, the
-/// other instance relaying) and both followers still get bars.
+/// bars; a second chart first followed while Redis is down is subscribed by each. Redis comes
+/// back: the two agree on one owner per chart again (one series per chart at the simulator, the
+/// other instance relaying) and every follower still gets bars.
 #[actix_web::test]
 async fn with_redis_down_live_series_are_subscribed_by_each_and_shared_again_when_it_is_back() {
     use common::live::{LIVE_WAIT, LiveStream, wait_until};
@@ -1226,10 +1227,9 @@ async fn with_redis_down_live_series_are_subscribed_by_each_and_shared_again_whe
         }
         both
     };
-    let shared = |s: &Vec<(u64, u64)>| s.contains(&(1, 0)) && s.contains(&(0, 1));
     wait_until(LIVE_WAIT, "one owner, one relay", || async {
         let s = sources().await;
-        (shared(&s), s)
+        (s.contains(&(1, 0)) && s.contains(&(0, 1)), s)
     })
     .await;
     read_on(&mut streams, &id, "bars while shared").await;
@@ -1246,20 +1246,37 @@ async fn with_redis_down_live_series_are_subscribed_by_each_and_shared_again_whe
     })
     .await;
     read_on(&mut streams, &id, "bars with Redis down").await;
-
-    redis.restart();
-    wait_until(LIVE_WAIT, "one owner again", || async {
+    // A chart first followed while Redis is down, on both: each subscribes it alone, and claims
+    // it once Redis is back (with a token of its own, so only one of them wins).
+    let other = ("NSE:SBIN".to_string(), "1".to_string());
+    let mut later = Vec::new();
+    for app in &apps {
+        let mut stream = LiveStream::open(app.get(&path.replace("NSE:INFY", "NSE:SBIN"))).await;
+        stream.read_history().await;
+        later.push(stream);
+    }
+    wait_until(LIVE_WAIT, "each subscribed the new chart alone", || async {
         let s = sources().await;
-        (shared(&s), s)
+        (s == vec![(2, 0), (2, 0)], s)
     })
     .await;
-    wait_until(LIVE_WAIT, "one upstream series again", || async {
+
+    redis.restart();
+    // One owner per chart: two series upstream in all, two relayed.
+    wait_until(LIVE_WAIT, "one owner per chart again", || async {
+        let s = sources().await;
+        let total = s.iter().fold((0, 0), |t, x| (t.0 + x.0, t.1 + x.1));
+        (total == (2, 2), s)
+    })
+    .await;
+    wait_until(LIVE_WAIT, "one upstream series per chart again", || async {
         let n = sim.stats().live_series;
-        (n == 1, n)
+        (n == 2, n)
     })
     .await;
     read_on(&mut streams, &id, "bars once shared again").await;
-    for stream in &streams {
+    read_on(&mut later, &other, "bars of the later chart once shared").await;
+    for stream in streams.iter().chain(&later) {
         assert!(
             stream.view.out_of_order.is_empty(),
             "{:?}",

@@ -271,7 +271,7 @@ struct Inner {
     registry: Mutex<Registry>,
     /// With `cluster.redis_url` set: where ownership is claimed and relays read.
     cluster: Option<Cluster>,
-    /// Set by [`Live::hand_off_all`]: the instance is stopping and claims nothing more.
+    /// Set by [`Live::stop`]: the instance is stopping and claims nothing more.
     leaving: std::sync::atomic::AtomicBool,
     counters: Arc<LiveCounters>,
     series_gauge: metrics::Gauge,
@@ -434,7 +434,11 @@ impl Live {
             } else {
                 Source::Alone
             },
-            token: cluster
+            // Made even while Redis is down: the series claims with it once Redis is back.
+            token: self
+                .inner
+                .cluster
+                .as_ref()
                 .map(|c| new_token(c.instance_id()))
                 .unwrap_or_default(),
         };
@@ -449,16 +453,17 @@ impl Live {
                     }
                 });
             }
-            None => self.subscribe(registry, &mut entry),
+            None => self.subscribe(&mut registry.next_id, &mut entry),
         }
         registry.series.insert(series, entry);
         feed
     }
 
-    /// Subscribes the entry's series upstream, under a new subscription id.
-    fn subscribe(&self, registry: &mut Registry, entry: &mut SeriesEntry) {
-        registry.next_id += 1;
-        entry.id = registry.next_id;
+    /// Subscribes the entry's series upstream, under a new subscription id (from the registry's
+    /// `next_id`).
+    fn subscribe(&self, next_id: &mut LiveId, entry: &mut SeriesEntry) {
+        *next_id += 1;
+        entry.id = *next_id;
         self.inner.pool.do_send(SubscribeLive {
             live: entry.id,
             target: LiveTarget::Series {
@@ -477,15 +482,10 @@ impl Live {
             return false;
         };
         let mut guard = self.registry();
-        let registry = &mut *guard;
-        if registry
-            .series
-            .get(key)
-            .is_none_or(|e| e.generation != generation)
-        {
-            return false;
-        }
-        let Some(mut entry) = registry.series.remove(key) else {
+        let Registry {
+            series, next_id, ..
+        } = &mut *guard;
+        let Some(entry) = series.get_mut(key).filter(|e| e.generation == generation) else {
             return false;
         };
         let was = entry.source;
@@ -495,13 +495,9 @@ impl Live {
             (Source::Claiming | Source::Relayed, None) => Source::Alone,
             (same, _) => same,
         };
-        let changed = now != was;
-        if changed {
-            self.change_source(registry, &mut entry, now, &cluster);
-        }
-        registry.series.insert(key.clone(), entry);
-        if changed {
-            self.count_series(registry);
+        if now != was {
+            self.change_source(next_id, entry, now, &cluster);
+            self.count_series(&guard);
         }
         true
     }
@@ -564,7 +560,7 @@ impl Live {
     /// starts or stops publishing, starts or stops relaying.
     fn change_source(
         &self,
-        registry: &mut Registry,
+        next_id: &mut LiveId,
         entry: &mut SeriesEntry,
         now: Source,
         cluster: &Cluster,
@@ -582,7 +578,7 @@ impl Live {
             .feed
             .publish_to((now == Source::Owner).then(|| cluster.publisher(key)));
         if now.is_upstream() && !was.is_upstream() {
-            self.subscribe(registry, entry);
+            self.subscribe(next_id, entry);
         }
         if now == Source::Relayed {
             let (live, cluster) = (self.clone(), cluster.clone());
