@@ -17,6 +17,37 @@ use chartgate_protocol::{
 /// How long the simulator may take to answer one history request.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
+type Feed = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+/// A WebSocket to the feed at `feed_url` (as from `origin`), with `calls` sent in one message:
+/// its two halves.
+async fn connect_and_send(
+    feed_url: &str,
+    origin: &str,
+    calls: &[ClientMessage],
+) -> (
+    futures_util::stream::SplitSink<Feed, Message>,
+    futures_util::stream::SplitStream<Feed>,
+) {
+    let client = awc::Client::builder().timeout(ANSWER_WITHIN).finish();
+    let (_, framed) = client
+        .ws(feed_url)
+        .origin(origin)
+        .max_frame_size(32 << 20)
+        .connect()
+        .await
+        .expect("connect to the simulator's feed");
+    let (mut sink, stream) = framed.split();
+    let mut text = String::new();
+    for call in calls {
+        encode_packet(&call.to_payload(), &mut text);
+    }
+    sink.send(Message::Text(text.into()))
+        .await
+        .expect("send the calls");
+    (sink, stream)
+}
+
 /// The newest `count` bars of `symbol` at `resolution` as the feed at `feed_url` answers a history
 /// request now, ascending. The chart session is deleted as soon as the answer is in, as chartgate
 /// does, so the request moves nothing on the simulator.
@@ -27,15 +58,6 @@ pub async fn sim_history(
     resolution: &str,
     count: u32,
 ) -> Vec<Bar> {
-    let client = awc::Client::builder().timeout(ANSWER_WITHIN).finish();
-    let (_, framed) = client
-        .ws(feed_url)
-        .origin(origin)
-        .max_frame_size(32 << 20)
-        .connect()
-        .await
-        .expect("connect to the simulator's feed");
-    let (mut sink, mut stream) = framed.split();
     let session = "cs_testhistory";
     let mut calls = vec![ClientMessage::SetAuthToken {
         token: "unauthorized_user_token".into(),
@@ -43,13 +65,7 @@ pub async fn sim_history(
     calls.extend(ClientMessage::chart_series(
         session, symbol, resolution, count,
     ));
-    let mut text = String::new();
-    for call in &calls {
-        encode_packet(&call.to_payload(), &mut text);
-    }
-    sink.send(Message::Text(text.into()))
-        .await
-        .expect("send the history request");
+    let (mut sink, mut stream) = connect_and_send(feed_url, origin, &calls).await;
 
     let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
     let mut bars: Vec<(i64, Bar)> = Vec::new();
@@ -140,15 +156,6 @@ impl Drop for Keeper {
 /// Subscribes `charts` (symbol, resolution) live on a connection of its own, waits for every
 /// answer, then keeps reading (and echoing heartbeats) until dropped.
 pub async fn keep_live(feed_url: &str, origin: &str, charts: &[(String, String)]) -> Keeper {
-    let client = awc::Client::builder().timeout(ANSWER_WITHIN).finish();
-    let (_, framed) = client
-        .ws(feed_url)
-        .origin(origin)
-        .max_frame_size(32 << 20)
-        .connect()
-        .await
-        .expect("connect to the simulator's feed");
-    let (mut sink, mut stream) = framed.split();
     let mut calls = vec![ClientMessage::SetAuthToken {
         token: "unauthorized_user_token".into(),
     }];
@@ -156,13 +163,7 @@ pub async fn keep_live(feed_url: &str, origin: &str, charts: &[(String, String)]
     for (session, (symbol, resolution)) in sessions.iter().zip(charts) {
         calls.extend(ClientMessage::chart_series(session, symbol, resolution, 10));
     }
-    let mut text = String::new();
-    for call in &calls {
-        encode_packet(&call.to_payload(), &mut text);
-    }
-    sink.send(Message::Text(text.into()))
-        .await
-        .expect("send the subscriptions");
+    let (mut sink, mut stream) = connect_and_send(feed_url, origin, &calls).await;
     let deadline = tokio::time::Instant::now() + ANSWER_WITHIN;
     let mut completed = 0;
     while completed < charts.len() {
