@@ -845,19 +845,6 @@ async fn permit_scripts_grant_up_to_the_limit_reclaim_lapsed_permits_and_announc
     }
 }
 
-/// Samples the simulator's open connections until `done` holds; the highest seen.
-async fn most_connections(
-    sim: &chartgate_simulator::Simulator,
-    done: &std::cell::Cell<bool>,
-) -> u64 {
-    let mut most = 0;
-    while !done.get() {
-        most = most.max(sim.stats().connections_open);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    most.max(sim.stats().connections_open)
-}
-
 #[actix_web::test]
 async fn a_burst_on_three_instances_never_opens_more_upstream_connections_than_the_budget() {
     let Some((_redis, sim, apps)) = cluster(
@@ -889,7 +876,7 @@ async fn a_burst_on_three_instances_never_opens_more_upstream_connections_than_t
         done.set(true);
         answers
     };
-    let (answers, most) = futures_util::join!(burst, most_connections(&sim, &done));
+    let (answers, most) = futures_util::join!(burst, common::app::most_connections(&sim, &done));
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
     }
@@ -980,7 +967,7 @@ async fn with_redis_down_each_instance_keeps_to_its_share_of_the_budget() {
         done.set(true);
         answers
     };
-    let (answers, most) = futures_util::join!(burst, most_connections(&sim, &done));
+    let (answers, most) = futures_util::join!(burst, common::app::most_connections(&sim, &done));
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
     }

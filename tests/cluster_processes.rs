@@ -2,7 +2,8 @@
 //! sharing one `redis-server` and one simulator that the test runs in-process: fetches made once
 //! across processes, a stream resumed on another process after its client cut it or its process
 //! was killed (SIGKILL) with nothing lost and the dead process's permits returning, live series
-//! shared across processes and taken over when their owner is killed.
+//! shared across processes and taken over when their owner is killed, a burst within the
+//! cluster's connection budget, Redis stopped and restarted under traffic.
 //!
 //! Waits poll a state with a deadline; nothing is timed by sleeping.
 
@@ -568,4 +569,117 @@ async fn the_live_owner_killed_followers_on_the_other_process_see_no_gap() {
     drop(streams);
     let survivor = procs.into_iter().nth(follower).expect("the survivor");
     survivor.stop();
+}
+
+/// SPEC 7 "one connection budget" across processes: a burst of 18 distinct charts spread over
+/// three processes, each allowed 3 connections of one fetch each, under a cluster budget of 2:
+/// every request is answered and the simulator never has more than 2 feed connections open.
+#[actix_web::test]
+async fn a_burst_on_three_processes_never_opens_more_upstream_connections_than_the_budget() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = simulator(|s| s.faults.latency_ms = 150).await;
+    let procs = instances(
+        3,
+        &sim,
+        &redis,
+        &[
+            ("CHARTGATE__CLUSTER__MAX_UPSTREAM_CONNECTIONS", "2"),
+            ("CHARTGATE__POOL__MAX_CONNECTIONS", "3"),
+            // One fetch per connection: a burst wants every connection the pool may open.
+            ("CHARTGATE__POOL__REQUESTS_PER_CONNECTION", "1"),
+            ("CHARTGATE__UPSTREAM__REQUEST_TIMEOUT_MS", "60000"),
+            // Idle connections hand their permits back at once, so every process gets its turn.
+            ("CHARTGATE__MANAGER__IDLE_TIMEOUT_SECS", "0"),
+        ],
+    )
+    .await;
+    let done = std::cell::Cell::new(false);
+    let requests = procs.iter().enumerate().flat_map(|(i, process)| {
+        (0..6).map(move |j| async move {
+            let query = format!("/api/chart-data?symbol=NSE:P{i}X{j}&bars={}", 50 + j);
+            get_json(process, &query).await
+        })
+    });
+    let burst = async {
+        let answers = join_all(requests).await;
+        done.set(true);
+        answers
+    };
+    let (answers, most) = futures_util::join!(burst, common::app::most_connections(&sim, &done));
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    assert!(most >= 1, "the burst was fetched upstream");
+    assert!(most <= 2, "at most the budget open at once: {most}");
+    stop_all(procs);
+}
+
+/// SPEC 7 "Redis down" with processes: Redis is stopped while requests run on two processes;
+/// every request is answered, both say `down` in their stats, keep serving, and say `ok` again
+/// once Redis is back, without a restart, sharing again (a chart fetched by one is a cache hit
+/// on the other).
+#[actix_web::test]
+async fn redis_stopped_under_traffic_fails_no_request_on_the_processes() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let sim = simulator(|s| s.faults.latency_ms = 50).await;
+    let procs = instances(2, &sim, &redis, &[]).await;
+    let symbols = [
+        "NSE:TCS",
+        "NSE:INFY",
+        "NSE:WIPRO",
+        "NSE:ITC",
+        "NSE:SBIN",
+        "NSE:LT",
+    ];
+    let traffic =
+        join_all(
+            symbols.iter().enumerate().map(|(n, symbol)| {
+                let process = &procs[n % 2];
+                async move {
+                    get_json(process, &format!("/api/chart-data?symbol={symbol}&bars=40")).await
+                }
+            }),
+        );
+    let (answers, ()) = tokio::join!(traffic, async { redis.stop() });
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    for process in &procs {
+        wait_stats(process, "says Redis is down", |s| {
+            s["cluster"]["redis"] == "down"
+        })
+        .await;
+    }
+    for (n, symbol) in symbols.iter().enumerate() {
+        let (status, body) = get_json(
+            &procs[(n + 1) % 2],
+            &format!("/api/chart-data?symbol={symbol}&bars=60"),
+        )
+        .await;
+        assert_eq!(status, 200, "served with Redis down: {body}");
+    }
+    redis.restart();
+    for process in &procs {
+        wait_stats(process, "says Redis is back", |s| {
+            s["cluster"]["redis"] == "ok"
+        })
+        .await;
+    }
+    let (status, _) = get_json(&procs[0], "/api/chart-data?symbol=NSE:HDFCBANK&bars=70").await;
+    assert_eq!(status, 200);
+    let (status, shared) = get_json(&procs[1], "/api/chart-data?symbol=NSE:HDFCBANK&bars=70").await;
+    assert_eq!(
+        (status, &shared["cached"]),
+        (200, &Value::Bool(true)),
+        "{shared}"
+    );
+    for log in procs.into_iter().map(ServeProcess::stop) {
+        for said in ["serves from its own state", "shares its state again"] {
+            assert_eq!(log.matches(said).count(), 1, "{said:?} once:\n{log}");
+        }
+    }
 }

@@ -418,3 +418,13 @@ pub async fn read_stream_until(
     let resp = req.send().await.expect("open the stream");
     read_response(resp, stop).await
 }
+
+/// Samples the simulator's open feed connections until `done` holds; the highest seen.
+pub async fn most_connections(sim: &Simulator, done: &std::cell::Cell<bool>) -> u64 {
+    let mut most = 0;
+    while !done.get() {
+        most = most.max(sim.stats().connections_open);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    most.max(sim.stats().connections_open)
+}
